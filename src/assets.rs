@@ -1,0 +1,371 @@
+//! The Lokomotive asset dir: where every certificate and key lives, which CA issues it, and
+//! which Terraform resources produce it (lokomotive-pki.md, sections 1 and 2).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Where a credential is stored inside `cluster-assets/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// A PEM certificate file, with its private key file when the asset dir keeps one.
+    Files { cert: &'static str, key: Option<&'static str> },
+    /// Base64 PEM inside the `lokomotive` chart values (`webhook.servingCert` / `servingKey`).
+    WebhookValues,
+    /// A bare key pair with no certificate, hence no expiry (the service-account key).
+    KeyPair { private: &'static str, public: &'static str },
+}
+
+/// Terraform resources, relative to the bootkube module (`<module>.<address>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerraformResources {
+    pub key: &'static str,
+    /// The `tls_self_signed_cert` or `tls_locally_signed_cert`; `None` for a bare key pair.
+    pub cert: Option<&'static str>,
+    /// The `local_file` resources that write this credential to disk.
+    pub files: &'static [&'static str],
+}
+
+/// One credential of the cluster's PKI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credential {
+    /// Stable name used in output and JSON (`aggregation-ca`).
+    pub name: &'static str,
+    pub storage: Storage,
+    /// Name of the issuing CA's credential; `None` for a self-signed CA or a key pair.
+    pub issuer: Option<&'static str>,
+    pub is_ca: bool,
+    /// Name of the credential this file is a copy of (the etcd CA is written four times).
+    pub copy_of: Option<&'static str>,
+    pub terraform: TerraformResources,
+    /// Only present when aggregation is enabled (`count = enable_aggregation ? 1 : 0`).
+    pub aggregation: bool,
+}
+
+const fn files(cert: &'static str, key: &'static str) -> Storage {
+    Storage::Files { cert, key: Some(key) }
+}
+
+/// Every credential of a Lokomotive cluster, CAs first, in the order `status` lists them.
+pub const CREDENTIALS: &[Credential] = &[
+    Credential {
+        name: "kube-ca",
+        storage: files("tls/ca.crt", "tls/ca.key"),
+        issuer: None,
+        is_ca: true,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.kube-ca",
+            cert: Some("tls_self_signed_cert.kube-ca"),
+            files: &["local_file.kube-ca-key", "local_file.kube-ca-crt"],
+        },
+        aggregation: false,
+    },
+    Credential {
+        name: "apiserver",
+        storage: files("tls/apiserver.crt", "tls/apiserver.key"),
+        issuer: Some("kube-ca"),
+        is_ca: false,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.apiserver",
+            cert: Some("tls_locally_signed_cert.apiserver"),
+            files: &["local_file.apiserver-key", "local_file.apiserver-crt"],
+        },
+        aggregation: false,
+    },
+    Credential {
+        name: "admin",
+        storage: files("tls/admin.crt", "tls/admin.key"),
+        issuer: Some("kube-ca"),
+        is_ca: false,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.admin",
+            cert: Some("tls_locally_signed_cert.admin"),
+            files: &["local_file.admin-key", "local_file.admin-crt"],
+        },
+        aggregation: false,
+    },
+    Credential {
+        name: "kubelet",
+        storage: files("tls/kubelet.crt", "tls/kubelet.key"),
+        issuer: Some("kube-ca"),
+        is_ca: false,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.kubelet",
+            cert: Some("tls_locally_signed_cert.kubelet"),
+            files: &["local_file.kubelet-key", "local_file.kubelet-crt"],
+        },
+        aggregation: false,
+    },
+    Credential {
+        name: "admission-webhook",
+        storage: Storage::WebhookValues,
+        issuer: Some("kube-ca"),
+        is_ca: false,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.admission-webhook-server",
+            cert: Some("tls_locally_signed_cert.admission-webhook-server"),
+            files: &["local_file.lokomotive"],
+        },
+        aggregation: false,
+    },
+    Credential {
+        name: "service-account",
+        storage: Storage::KeyPair {
+            private: "tls/service-account.key",
+            public: "tls/service-account.pub",
+        },
+        issuer: None,
+        is_ca: false,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.service-account",
+            cert: None,
+            files: &["local_file.service-account-key", "local_file.service-account-crt"],
+        },
+        aggregation: false,
+    },
+    Credential {
+        name: "etcd-ca",
+        storage: files("tls/etcd-ca.crt", "tls/etcd-ca.key"),
+        issuer: None,
+        is_ca: true,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.etcd-ca",
+            cert: Some("tls_self_signed_cert.etcd-ca"),
+            files: &["local_file.etcd_ca_key", "local_file.etcd_ca_crt"],
+        },
+        aggregation: false,
+    },
+    etcd_ca_copy("etcd-client-ca", "tls/etcd-client-ca.crt", &["local_file.etcd_client_ca_crt"]),
+    etcd_ca_copy("etcd-server-ca", "tls/etcd/server-ca.crt", &["local_file.etcd_server_ca_crt"]),
+    etcd_ca_copy("etcd-peer-ca", "tls/etcd/peer-ca.crt", &["local_file.etcd_peer_ca_crt"]),
+    Credential {
+        name: "etcd-client",
+        storage: files("tls/etcd-client.crt", "tls/etcd-client.key"),
+        issuer: Some("etcd-ca"),
+        is_ca: false,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.client",
+            cert: Some("tls_locally_signed_cert.client"),
+            files: &["local_file.etcd_client_key", "local_file.etcd_client_crt"],
+        },
+        aggregation: false,
+    },
+    Credential {
+        name: "etcd-server",
+        storage: files("tls/etcd/server.crt", "tls/etcd/server.key"),
+        issuer: Some("etcd-ca"),
+        is_ca: false,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.server",
+            cert: Some("tls_locally_signed_cert.server"),
+            files: &["local_file.etcd_server_key", "local_file.etcd_server_crt"],
+        },
+        aggregation: false,
+    },
+    Credential {
+        name: "etcd-peer",
+        storage: files("tls/etcd/peer.crt", "tls/etcd/peer.key"),
+        issuer: Some("etcd-ca"),
+        is_ca: false,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.peer",
+            cert: Some("tls_locally_signed_cert.peer"),
+            files: &["local_file.etcd_peer_key", "local_file.etcd_peer_crt"],
+        },
+        aggregation: false,
+    },
+    Credential {
+        name: "aggregation-ca",
+        storage: files("tls/aggregation-ca.crt", "tls/aggregation-ca.key"),
+        issuer: None,
+        is_ca: true,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.aggregation-ca[0]",
+            cert: Some("tls_self_signed_cert.aggregation-ca[0]"),
+            files: &["local_file.aggregation-ca-key[0]", "local_file.aggregation-ca-crt[0]"],
+        },
+        aggregation: true,
+    },
+    Credential {
+        name: "aggregation-client",
+        storage: files("tls/aggregation-client.crt", "tls/aggregation-client.key"),
+        issuer: Some("aggregation-ca"),
+        is_ca: false,
+        copy_of: None,
+        terraform: TerraformResources {
+            key: "tls_private_key.aggregation-client[0]",
+            cert: Some("tls_locally_signed_cert.aggregation-client[0]"),
+            files: &[
+                "local_file.aggregation-client-key[0]",
+                "local_file.aggregation-client-crt[0]",
+            ],
+        },
+        aggregation: true,
+    },
+];
+
+const fn etcd_ca_copy(
+    name: &'static str,
+    cert: &'static str,
+    local_files: &'static [&'static str],
+) -> Credential {
+    Credential {
+        name,
+        storage: Storage::Files { cert, key: None },
+        issuer: None,
+        is_ca: true,
+        copy_of: Some("etcd-ca"),
+        terraform: TerraformResources {
+            key: "tls_private_key.etcd-ca",
+            cert: Some("tls_self_signed_cert.etcd-ca"),
+            files: local_files,
+        },
+        aggregation: false,
+    }
+}
+
+/// Looks a credential up by its stable name.
+pub fn credential(name: &str) -> Option<&'static Credential> {
+    CREDENTIALS.iter().find(|c| c.name == name)
+}
+
+/// Relative paths inside `cluster-assets/`.
+pub const KUBECONFIG: &str = "auth/kubeconfig";
+pub const LOKOMOTIVE_VALUES: &str = "charts/lokomotive-system/lokomotive.yaml";
+pub const KUBE_APISERVER_CHART: &str = "charts/kube-system/kube-apiserver";
+
+/// A validated Lokomotive asset dir.
+#[derive(Debug, Clone)]
+pub struct AssetDir {
+    root: PathBuf,
+}
+
+impl AssetDir {
+    /// Opens `path` after checking that it looks like an asset dir (it has `cluster-assets/`).
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::AssetDirMissing { path: path.to_path_buf() });
+        }
+        if !path.join("cluster-assets").is_dir() {
+            return Err(Error::NotAnAssetDir {
+                path: path.to_path_buf(),
+                missing: "cluster-assets/ folder",
+            });
+        }
+        let root = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn cluster_assets(&self) -> PathBuf {
+        self.root.join("cluster-assets")
+    }
+
+    /// A path inside `cluster-assets/`.
+    pub fn asset(&self, relative: &str) -> PathBuf {
+        self.cluster_assets().join(relative)
+    }
+
+    /// The admin kubeconfig Lokomotive writes, when it exists.
+    pub fn kubeconfig(&self) -> Option<PathBuf> {
+        Some(self.asset(KUBECONFIG)).filter(|p| p.is_file())
+    }
+
+    /// Aggregation is enabled unless none of its files exist (`enable_aggregation = false`
+    /// leaves them out entirely).
+    pub fn aggregation_enabled(&self) -> bool {
+        CREDENTIALS.iter().filter(|c| c.aggregation).any(|c| match c.storage {
+            Storage::Files { cert, key } => {
+                self.asset(cert).exists() || key.is_some_and(|k| self.asset(k).exists())
+            }
+            _ => false,
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LokomotiveValues {
+    webhook: Option<WebhookValues>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WebhookValues {
+    serving_cert: Option<String>,
+    serving_key: Option<String>,
+}
+
+/// Decodes `webhook.servingCert` and `webhook.servingKey` (base64 PEM) from the text of
+/// `lokomotive.yaml`; the error says which value is missing or broken.
+pub fn parse_webhook_values(yaml: &str) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
+    use base64::Engine as _;
+    let values: LokomotiveValues =
+        serde_saphyr::from_str(yaml).map_err(|e| format!("not valid YAML ({e})"))?;
+    let webhook = values.webhook.ok_or("has no webhook: section")?;
+    let decode = |name: &str, value: Option<String>| {
+        let value = value.filter(|v| !v.trim().is_empty());
+        let value = value.ok_or_else(|| format!("has no webhook.{name} value"))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .map_err(|e| format!("webhook.{name} is not valid base64 ({e})"))
+    };
+    let cert = decode("servingCert", webhook.serving_cert)?;
+    let key = decode("servingKey", webhook.serving_key)?;
+    Ok((cert, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_values_name_what_is_missing() {
+        assert_eq!(parse_webhook_values("other: 1\n").unwrap_err(), "has no webhook: section");
+        let err = parse_webhook_values("webhook:\n  servingKey: aGk=\n").unwrap_err();
+        assert_eq!(err, "has no webhook.servingCert value");
+        let err = parse_webhook_values("webhook:\n  servingCert: '!!'\n  servingKey: aGk=\n");
+        assert!(err.unwrap_err().contains("not valid base64"));
+        let ok = parse_webhook_values("webhook:\n  servingCert: aGk=\n  servingKey: aGk=\n");
+        assert_eq!(ok.unwrap(), (b"hi".to_vec(), b"hi".to_vec()));
+    }
+
+    #[test]
+    fn every_issuer_is_a_known_ca() {
+        for c in CREDENTIALS {
+            if let Some(issuer) = c.issuer {
+                let ca = credential(issuer).expect(issuer);
+                assert!(ca.is_ca && ca.copy_of.is_none(), "{} -> {issuer}", c.name);
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = CREDENTIALS.iter().map(|c| c.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CREDENTIALS.len());
+    }
+
+    #[test]
+    fn aggregation_addresses_are_counted() {
+        for c in CREDENTIALS.iter().filter(|c| c.aggregation) {
+            assert!(c.terraform.key.ends_with("[0]"));
+            assert!(c.terraform.files.iter().all(|f| f.ends_with("[0]")));
+        }
+    }
+}

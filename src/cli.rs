@@ -1,0 +1,166 @@
+//! Command-line interface: every flag and subcommand, parsed by clap derive.
+//!
+//! Parsing stays here; turning flags into validated settings happens in the command modules.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration::HumanDuration;
+
+/// How the help texts name the program: operators run it through kubectl.
+pub const DISPLAY_NAME: &str = "kubectl certrotate";
+
+/// Rotate the control-plane certificates of Lokomotive-style Kubernetes clusters.
+///
+/// Shows where every certificate of a cluster stands, then rotates them step by step
+/// (Terraform for the PKI, Helm for the control plane, the Kubernetes API for the rest),
+/// keeping the old CA until you drop it.
+#[derive(Debug, Parser)]
+#[command(
+    name = DISPLAY_NAME,
+    bin_name = DISPLAY_NAME,
+    version = crate::version::SHORT,
+    long_version = crate::version::LONG,
+    propagate_version = true,
+    max_term_width = 100,
+    after_help = "Exit codes: 0 fine, 1 error, 2 usage, 3 something expires within the window, \
+                  4 something has expired or is invalid."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// The Lokomotive asset dir (holds terraform/ and cluster-assets/). Repeat it, or give a
+    /// glob, to look at a fleet of clusters. [default: $ASSET_DIR, else the current folder]
+    #[arg(long = "assets-dir", value_name = "DIR", global = true)]
+    pub assets_dirs: Vec<String>,
+
+    /// Output format: a table for people, or JSON (a documented, stable schema).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+
+    /// More detail on stderr (repeatable).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(flatten)]
+    pub kube: KubeOpts,
+}
+
+/// The kubectl connection flags, with kubectl's names and meaning.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Kubernetes connection")]
+pub struct KubeOpts {
+    /// Path to the kubeconfig file. [default: $KUBECONFIG, else the asset dir's
+    /// cluster-assets/auth/kubeconfig, else ~/.kube/config]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub context: Option<String>,
+
+    /// The kubeconfig cluster to use.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub cluster: Option<String>,
+
+    /// The kubeconfig user to use.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub user: Option<String>,
+
+    /// How long to wait for one API request before giving up (e.g. 5s, 1m; 0 means no limit).
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub request_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Where every certificate stands: the asset dir's files and, when the cluster answers,
+    /// what the cluster serves and trusts.
+    Status(StatusArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completion(CompletionArgs),
+    /// Print the version and the git commit it was built from.
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Report certificates that expire within this window as EXPIRING (exit code 3).
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub expiring_within: HumanDuration,
+
+    /// Only look at the asset dir; do not contact the cluster.
+    #[arg(long)]
+    pub local: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to generate the completion script for.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn valid_command_lines_parse() {
+        for line in [
+            "kubectl-certrotate status",
+            "kubectl-certrotate status -o json --expiring-within 720h",
+            "kubectl-certrotate --assets-dir a --assets-dir b status --local",
+            "kubectl-certrotate status --kubeconfig k --context c --cluster x --user u --request-timeout 5s",
+            "kubectl-certrotate -vv status",
+            "kubectl-certrotate completion zsh",
+            "kubectl-certrotate version",
+        ] {
+            if let Err(err) = Cli::try_parse_from(line.split_whitespace()) {
+                panic!("{line:?} should parse: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_command_lines_are_usage_errors() {
+        for line in [
+            "kubectl-certrotate",
+            "kubectl-certrotate status --expiring-within soon",
+            "kubectl-certrotate status -o yaml",
+            "kubectl-certrotate completion powershell",
+            "kubectl-certrotate status --request-timeout -1s",
+        ] {
+            let err = Cli::try_parse_from(line.split_whitespace()).expect_err(line);
+            assert_eq!(err.exit_code(), 2, "{line:?}: {err}");
+        }
+    }
+}

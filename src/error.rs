@@ -1,0 +1,82 @@
+//! Typed errors that carry what an operator needs to act (the path, the object, the command),
+//! and the documented exit codes they map to.
+
+use std::path::PathBuf;
+
+/// Documented exit codes (README, `--help`).
+pub mod exit {
+    /// Everything is fine.
+    pub const OK: u8 = 0;
+    /// The tool could not do its job (bad asset dir, unreachable tool, failed step).
+    pub const ERROR: u8 = 1;
+    /// The command line is wrong.
+    pub const USAGE: u8 = 2;
+    /// Something expires within the `--expiring-within` window.
+    pub const EXPIRING: u8 = 3;
+    /// Something has expired, is not yet valid, is missing or is invalid.
+    pub const EXPIRED_OR_INVALID: u8 = 4;
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "asset dir {path} does not exist: pass the Lokomotive asset dir with --assets-dir DIR \
+         or set ASSET_DIR"
+    )]
+    AssetDirMissing { path: PathBuf },
+
+    #[error(
+        "{path} is not a Lokomotive asset dir: it has no {missing}; pass the folder that holds \
+         terraform/ and cluster-assets/ with --assets-dir DIR"
+    )]
+    NotAnAssetDir { path: PathBuf, missing: &'static str },
+
+    #[error("no asset dir matches {pattern:?}: check the path or the glob")]
+    NoAssetDirMatches { pattern: String },
+
+    #[error("invalid glob {pattern:?} for --assets-dir: {reason}")]
+    BadGlob { pattern: String, reason: String },
+
+    #[error("cannot read kubeconfig {path}: {reason}")]
+    Kubeconfig { path: PathBuf, reason: String },
+
+    #[error(
+        "no kubeconfig found: pass --kubeconfig, set KUBECONFIG, or keep the asset dir's \
+         cluster-assets/auth/kubeconfig"
+    )]
+    NoKubeconfig,
+
+    #[error("failed to {action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    #[error("timed out after {secs}s while trying to {action}")]
+    KubeTimeout { action: String, secs: u64 },
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+
+    #[error("cannot write output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl Error {
+    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
+        Self::Kube { action: action.into(), source: Box::new(source) }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => exit::USAGE,
+            _ => exit::ERROR,
+        }
+    }
+}

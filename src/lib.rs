@@ -1,0 +1,78 @@
+//! kubectl-certrotate: see where a Lokomotive cluster's certificates stand and rotate them.
+//!
+//! One module per concern: `cli` (flags), `assets` (the asset dir model), `pki` (certificate
+//! facts), `k8s` (the Kubernetes API), `output` (tables and JSON), and one module per command.
+
+pub mod assets;
+pub mod cli;
+pub mod duration;
+pub mod error;
+pub mod k8s;
+pub mod output;
+pub mod pki;
+pub mod status;
+pub mod version;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command, CompletionShell};
+use crate::error::{Result, exit};
+
+/// Parses the command line, runs the command and maps the outcome to a documented exit code.
+pub fn main_entry() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(exit::USAGE));
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match &cli.command {
+        Command::Status(args) => runtime()?.block_on(status::run(&cli.global, args)),
+        Command::Completion(args) => {
+            let shell = match args.shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            // Completion is registered for the binary name; kubectl's own plugin completion
+            // (kubectl 1.26+) calls `kubectl_complete-certrotate`, documented in the README.
+            let mut command = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "kubectl-certrotate",
+                &mut std::io::stdout(),
+            );
+            Ok(exit::OK)
+        }
+        Command::Version => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "kubectl-certrotate {}", version::VERSION)
+                .and_then(|_| writeln!(out, "commit: {}", version::COMMIT))
+                .map_err(error::Error::Output)?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(error::Error::Runtime)
+}

@@ -1,0 +1,423 @@
+//! A tiny extension API server for tests (think metrics-server).
+//!
+//! What matters is the one behaviour the aggregation-CA rotation is about:
+//! like a real extension API server it reads the requestheader client CA
+//! bundle ONCE at start, logs a "loaded client CA" line per CA, and from then
+//! on accepts the kube-apiserver's proxy client certificate only if it chains
+//! to one of those CAs. After the aggregation CA changes, it rejects the
+//! apiserver (so the APIService goes unavailable) until it is restarted.
+//!
+//! Usage: ext-apiserver --listen 127.0.0.1:PORT --tls-cert F --tls-key F
+//!          --requestheader-client-ca F --group-version metrics.k8s.io/v1beta1
+//!          [--allowed-names kube-apiserver[,other]]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use openssl::nid::Nid;
+use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod, SslStream, SslVerifyMode};
+use openssl::x509::{X509, X509Ref, X509VerifyResult};
+use serde_json::json;
+use testenv::{asn1_to_time, go_time, klog_header};
+
+const CA_PROVIDER: &str = "client-ca::kube-system::extension-apiserver-authentication::requestheader-client-ca-file";
+
+struct Config {
+    listen: String,
+    tls_cert: String,
+    tls_key: String,
+    client_ca: String,
+    group: String,
+    version: String,
+    allowed_names: Vec<String>,
+}
+
+fn parse_args() -> Result<Config> {
+    let mut args = std::env::args().skip(1);
+    let (mut listen, mut cert, mut key, mut ca, mut gv, mut allowed) =
+        (None, None, None, None, None, Vec::new());
+    while let Some(flag) = args.next() {
+        // Accept both "--flag value" and "--flag=value".
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (flag.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "--listen" => listen = Some(value()?),
+            "--tls-cert" => cert = Some(value()?),
+            "--tls-key" => key = Some(value()?),
+            "--requestheader-client-ca" => ca = Some(value()?),
+            "--group-version" => gv = Some(value()?),
+            "--allowed-names" => allowed.extend(
+                value()?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            ),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let gv: String = gv.context("--group-version is required")?;
+    let (group, version) = gv
+        .split_once('/')
+        .context("--group-version must look like group/version")?;
+    Ok(Config {
+        listen: listen.context("--listen is required")?,
+        tls_cert: cert.context("--tls-cert is required")?,
+        tls_key: key.context("--tls-key is required")?,
+        client_ca: ca.context("--requestheader-client-ca is required")?,
+        group: group.to_string(),
+        version: version.to_string(),
+        allowed_names: allowed,
+    })
+}
+
+fn log(severity: char, file_line: &str, msg: &str) {
+    eprintln!("{}{msg}", klog_header(severity, file_line));
+}
+
+fn common_name(name: &openssl::x509::X509NameRef) -> String {
+    name.entries_by_nid(Nid::COMMONNAME)
+        .next()
+        .and_then(|e| e.data().as_utf8().ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+/// The certificate summary Kubernetes' dynamiccertificates package prints:
+/// `"CN" [usages] groups=[O] validServingFor=[...] issuer="..." (from to to (now=...))`.
+fn describe(cert: &X509Ref) -> Result<String> {
+    let cn = common_name(cert.subject_name());
+    let issuer = common_name(cert.issuer_name());
+    let issuer = if issuer == cn {
+        "<self>".to_string()
+    } else {
+        issuer
+    };
+    let orgs: Vec<String> = cert
+        .subject_name()
+        .entries_by_nid(Nid::ORGANIZATIONNAME)
+        .filter_map(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+        .collect();
+    let groups = if orgs.is_empty() {
+        String::new()
+    } else {
+        format!(" groups=[{}]", orgs.join(","))
+    };
+    let serving: Vec<String> = cert
+        .subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| {
+                    n.ipaddress()
+                        .map(ip_string)
+                        .or_else(|| n.dnsname().map(String::from))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let serving = if serving.is_empty() {
+        String::new()
+    } else {
+        format!(" validServingFor=[{}]", serving.join(","))
+    };
+    let usages = ext_key_usages(cert).join(",");
+    Ok(format!(
+        "{cn:?} [{usages}]{groups}{serving} issuer={issuer:?} ({} to {} (now={}))",
+        go_time(asn1_to_time(cert.not_before())?),
+        go_time(asn1_to_time(cert.not_after())?),
+        go_time(time::OffsetDateTime::now_utc()),
+    ))
+}
+
+fn ip_string(b: &[u8]) -> String {
+    match b.len() {
+        4 => std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
+        16 => {
+            let a: [u8; 16] = b.try_into().unwrap_or([0; 16]);
+            std::net::Ipv6Addr::from(a).to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+/// "client"/"serving" for the two EKUs Kubernetes names; read from the text
+/// form because the openssl crate has no typed EKU accessor.
+fn ext_key_usages(cert: &X509Ref) -> Vec<&'static str> {
+    let text = cert
+        .to_text()
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    if let Some(pos) = text.find("X509v3 Extended Key Usage:") {
+        let line = text[pos..].lines().nth(1).unwrap_or("");
+        for part in line.split(',').map(str::trim) {
+            match part {
+                "TLS Web Client Authentication" => out.push("client"),
+                "TLS Web Server Authentication" => out.push("serving"),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Go's wording for the verification errors a test can provoke.
+fn go_x509_error(r: X509VerifyResult) -> String {
+    match r.as_raw() {
+        // unable to get (local) issuer, signature failure, self-signed in chain
+        2 | 7 | 18 | 19 | 20 | 21 => "x509: certificate signed by unknown authority".into(),
+        9 | 10 => "x509: certificate has expired or is not yet valid".into(),
+        _ => format!("x509: {}", r.error_string()),
+    }
+}
+
+struct Server {
+    acceptor: SslAcceptor,
+    group: String,
+    version: String,
+    allowed_names: Vec<String>,
+}
+
+enum Auth {
+    Ok,
+    Denied(String),
+}
+
+fn main() -> Result<()> {
+    let cfg = parse_args()?;
+
+    // Read the CA bundle once; like the real servers, never reload it.
+    let pem = std::fs::read(&cfg.client_ca)
+        .with_context(|| format!("reading --requestheader-client-ca {}", cfg.client_ca))?;
+    let cas = X509::stack_from_pem(&pem).context("parsing the client CA bundle")?;
+    if cas.is_empty() {
+        bail!("no certificate in {}", cfg.client_ca);
+    }
+    for (i, ca) in cas.iter().enumerate() {
+        log(
+            'I',
+            "tlsconfig.go:178",
+            &format!("loaded client CA [{i}/{CA_PROVIDER:?}]: {}", describe(ca)?),
+        );
+    }
+
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_certificate_chain_file(&cfg.tls_cert)
+        .with_context(|| format!("loading --tls-cert {}", cfg.tls_cert))?;
+    b.set_private_key_file(&cfg.tls_key, SslFiletype::PEM)
+        .with_context(|| format!("loading --tls-key {}", cfg.tls_key))?;
+    b.check_private_key()?;
+    for ca in cas {
+        b.cert_store_mut().add_cert(ca)?;
+    }
+    // Ask for a client certificate but let the handshake finish whatever it
+    // is: the verdict is given at the HTTP layer (401 plus the log line), as a
+    // Go server with RequestClientCert does. No CA names are sent, so Go
+    // clients always present their certificate.
+    b.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
+    let server = Arc::new(Server {
+        acceptor: b.build(),
+        group: cfg.group,
+        version: cfg.version,
+        allowed_names: cfg.allowed_names,
+    });
+
+    // SIGTERM/SIGINT: stop at once with status 0, as a pod's process would.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log('I', "secure_serving.go:241", &format!("Stopped listening (signal {sig})"));
+            std::process::exit(0);
+        }
+    });
+
+    let listener =
+        TcpListener::bind(&cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
+    log(
+        'I',
+        "secure_serving.go:197",
+        &format!("Serving securely on {}", listener.local_addr()?),
+    );
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let server = Arc::clone(&server);
+        std::thread::spawn(move || {
+            let peer = conn
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            if let Err(e) = server.handle(conn) {
+                log(
+                    'I',
+                    "log.go:184",
+                    &format!("http: connection from {peer}: {e:#}"),
+                );
+            }
+        });
+    }
+    Ok(())
+}
+
+impl Server {
+    fn handle(&self, tcp: TcpStream) -> Result<()> {
+        tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let ssl = Ssl::new(self.acceptor.context())?;
+        let mut stream = SslStream::new(ssl, tcp)?;
+        stream
+            .accept()
+            .map_err(|e| anyhow::anyhow!("TLS handshake error: {e}"))?;
+        let auth = self.authenticate(&stream);
+        let mut reader = BufReader::new(stream);
+        // HTTP/1.1 with keep-alive: Go's transport reuses connections.
+        loop {
+            let Some((method, path, body_len, close)) = read_request(&mut reader)? else {
+                return Ok(());
+            };
+            // Drain a request body so the next request parses.
+            std::io::copy(
+                &mut (&mut reader).take(body_len as u64),
+                &mut std::io::sink(),
+            )?;
+            let (status, body) = self.route(&method, &path, &auth);
+            let reason = match status {
+                200 => "OK",
+                401 => "Unauthorized",
+                404 => "Not Found",
+                _ => "Method Not Allowed",
+            };
+            let ctype = if body.starts_with('{') {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            let head = format!(
+                "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}\r\n",
+                body.len(),
+                if close { "Connection: close\r\n" } else { "" }
+            );
+            let s = reader.get_mut();
+            s.write_all(head.as_bytes())?;
+            s.write_all(body.as_bytes())?;
+            s.flush()?;
+            if close {
+                let _ = s.shutdown();
+                return Ok(());
+            }
+        }
+    }
+
+    fn authenticate(&self, stream: &SslStream<TcpStream>) -> Auth {
+        let ssl = stream.ssl();
+        let Some(cert) = ssl.peer_certificate() else {
+            return Auth::Denied("no client certificate".into());
+        };
+        let verdict = ssl.verify_result();
+        if verdict != X509VerifyResult::OK {
+            return Auth::Denied(go_x509_error(verdict));
+        }
+        let cn = common_name(cert.subject_name());
+        if !self.allowed_names.is_empty() && !self.allowed_names.contains(&cn) {
+            return Auth::Denied(format!(
+                "x509: subject with cn={cn} is not in the allowed list"
+            ));
+        }
+        Auth::Ok
+    }
+
+    fn route(&self, method: &str, path: &str, auth: &Auth) -> (u16, String) {
+        let path = path.split('?').next().unwrap_or(path);
+        // Probes come without a client certificate, as from a kubelet.
+        if matches!(path, "/healthz" | "/readyz" | "/livez") {
+            return (200, "ok".into());
+        }
+        if let Auth::Denied(why) = auth {
+            log(
+                'E',
+                "authentication.go:53",
+                &format!("Unable to authenticate the request due to an error: [{why}]"),
+            );
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401});
+            return (401, status.to_string());
+        }
+        if method != "GET" {
+            return (405, "method not allowed".into());
+        }
+        let (g, v) = (&self.group, &self.version);
+        let gv = format!("{g}/{v}");
+        let group = json!({"name": g, "versions": [{"groupVersion": gv, "version": v}],
+            "preferredVersion": {"groupVersion": gv, "version": v}});
+        if path == "/apis" || path == "/apis/" {
+            let list = json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]});
+            return (200, list.to_string());
+        }
+        if path == format!("/apis/{g}") {
+            let mut group = group;
+            group["kind"] = json!("APIGroup");
+            group["apiVersion"] = json!("v1");
+            return (200, group.to_string());
+        }
+        if path == format!("/apis/{gv}") {
+            return (200, self.resource_list(&gv).to_string());
+        }
+        (404, "404 page not found\n".into())
+    }
+
+    /// Discovery document: metrics-server's two resources for
+    /// metrics.k8s.io, else a single namespaced example resource.
+    fn resource_list(&self, gv: &str) -> serde_json::Value {
+        let verbs = json!(["get", "list"]);
+        let resources = if self.group == "metrics.k8s.io" {
+            json!([
+                {"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics", "verbs": verbs},
+                {"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics", "verbs": verbs},
+            ])
+        } else {
+            json!([{"name": "examples", "singularName": "example", "namespaced": true, "kind": "Example", "verbs": verbs}])
+        };
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+    }
+}
+
+/// Read one request head; None at a clean end of the connection.
+/// Returns (method, path, content length, whether to close after replying).
+fn read_request<R: BufRead>(r: &mut R) -> Result<Option<(String, String, usize, bool)>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("/").to_string();
+    let http10 = parts.next() == Some("HTTP/1.0");
+    let (mut len, mut close) = (0usize, http10);
+    for _ in 0..200 {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            return Ok(Some((method, path, len, close)));
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            if k == "content-length" {
+                len = v.parse().unwrap_or(0);
+            } else if k == "connection" {
+                close = v.eq_ignore_ascii_case("close");
+            }
+        }
+    }
+    bail!("too many header lines")
+}
