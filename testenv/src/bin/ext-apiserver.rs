@@ -88,8 +88,7 @@ fn log(severity: char, file_line: &str, msg: &str) {
 fn common_name(name: &openssl::x509::X509NameRef) -> String {
     name.entries_by_nid(Nid::COMMONNAME)
         .next()
-        .and_then(|e| e.data().as_utf8().ok())
-        .map(|s| s.to_string())
+        .and_then(|e| e.data().to_string().ok())
         .unwrap_or_default()
 }
 
@@ -106,7 +105,7 @@ fn describe(cert: &X509Ref) -> Result<String> {
     let orgs: Vec<String> = cert
         .subject_name()
         .entries_by_nid(Nid::ORGANIZATIONNAME)
-        .filter_map(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+        .filter_map(|e| e.data().to_string().ok())
         .collect();
     let groups = if orgs.is_empty() {
         String::new()

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
+use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, PKeyRef, Private, Public};
@@ -315,16 +316,20 @@ fn issue(
 ) -> Result<Issued> {
     let start = now()?;
     let end = start + time::Duration::hours(spec.validity_period_hours);
-    let serial = BigNum::rand(128, MsbOption::MAYBE_ZERO, false)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(128, MsbOption::MAYBE_ZERO, false)?;
 
     let mut b = X509::builder()?;
     b.set_version(2)?;
-    b.set_serial_number(&serial.to_asn1_integer()?)?;
+    let serial_asn1 = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial_asn1)?;
     b.set_subject_name(spec.subject)?;
     b.set_issuer_name(issuer.map_or(spec.subject, |i| i.subject_name()))?;
     b.set_pubkey(spec.public_key)?;
-    b.set_not_before(&openssl::asn1::Asn1Time::from_unix(start.unix_timestamp())?)?;
-    b.set_not_after(&openssl::asn1::Asn1Time::from_unix(end.unix_timestamp())?)?;
+    let not_before = Asn1Time::from_unix(start.unix_timestamp())?;
+    let not_after = Asn1Time::from_unix(end.unix_timestamp())?;
+    b.set_not_before(&not_before)?;
+    b.set_not_after(&not_after)?;
 
     let mut ku = KeyUsage::new();
     let mut eku = ExtendedKeyUsage::new();
@@ -646,13 +651,14 @@ impl SelfSignedCert {
 fn self_signed_schema() -> Schema {
     let mut attributes = cert_attributes();
     let s = |c, d| attr(AttributeType::String, c, d);
-    attributes.extend(map! {
+    let own: HashMap<String, Attribute> = map! {
         "key_algorithm" => s(Required, "RSA"),
         "private_key_pem" => secret(s(Required, "the key to self-sign with (stored as given, see docs)")),
         "dns_names" => attr(string_list(), Optional, "DNS SANs"),
         "ip_addresses" => attr(string_list(), Optional, "IP SANs"),
         "uris" => attr(string_list(), Optional, "URI SANs"),
-    });
+    };
+    attributes.extend(own);
     let mut sc = schema("self-signed certificate", attributes);
     sc.block.blocks = map! { "subject" => subject_block() };
     sc
@@ -786,7 +792,8 @@ impl CertRequest {
         )?;
         let mut b = X509ReqBuilder::new()?;
         b.set_version(0)?;
-        b.set_subject_name(&build_name(&s.subject)?)?;
+        let name = build_name(&s.subject)?;
+        b.set_subject_name(&name)?;
         b.set_pubkey(&key)?;
         if let Some(san) = sans(&s.dns_names, &s.ip_addresses, &s.uris) {
             let ext = san.build(&b.x509v3_context(None))?;
@@ -968,12 +975,13 @@ impl Resource for LocallySignedCert {
     fn schema(&self, _: &mut Diagnostics) -> Option<Schema> {
         let mut attributes = cert_attributes();
         let s = |c, d| attr(AttributeType::String, c, d);
-        attributes.extend(map! {
+        let own: HashMap<String, Attribute> = map! {
             "cert_request_pem" => s(Required, "PKCS#10 PEM (stored as given, see docs)"),
             "ca_key_algorithm" => s(Required, "RSA"),
             "ca_private_key_pem" => secret(s(Required, "CA key (stored as given, see docs)")),
             "ca_cert_pem" => s(Required, "CA certificate (stored as given, see docs)"),
-        });
+        };
+        attributes.extend(own);
         Some(schema("locally signed certificate", attributes))
     }
 
