@@ -124,7 +124,7 @@ impl Connection {
             .ok_or_else(|| {
                 format!("cannot check which cluster this is: {} is unusable", ca_path.display())
             })?;
-        if self.root_certs.iter().any(|der| *der == ca) {
+        if self.root_certs.contains(&ca) {
             return Ok(());
         }
         Err(format!(

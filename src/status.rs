@@ -485,8 +485,7 @@ fn load_credential(
 ) -> (LocalRow, Loaded) {
     let mut b = RowBuilder::new(credential);
     let restore = "restore it from a backup or re-create it with terraform apply";
-    let (cert_pem, key_pem): (Option<Vec<u8>>, Option<(String, Vec<u8>)>) = match credential.storage
-    {
+    let (cert_pem, key_pem) = match credential.storage {
         Storage::KeyPair { private, public } => {
             load_key_pair(assets, &mut b, private, public, restore);
             return (b.row, Loaded { cert: None });
@@ -509,7 +508,7 @@ fn load_credential(
             (cert_pem, key_pem)
         }
         Storage::WebhookValues => match webhook_values(assets) {
-            Ok((cert, key)) => (Some(cert), Some((assets::LOKOMOTIVE_VALUES.into(), key))),
+            Ok((cert, key)) => (Some(cert), Some((assets::LOKOMOTIVE_VALUES.to_string(), key))),
             Err((status, text)) => {
                 b.problem(status, text);
                 (None, None)
@@ -841,16 +840,21 @@ fn render_table(out: &mut impl Write, doc: &StatusDocument, fleet: bool) -> std:
 
 fn render_local(out: &mut impl Write, report: &ClusterReport) -> std::io::Result<()> {
     let mut table = Table::new(&[
-        "NAME", "FILE", "SUBJECT", "ISSUER", "EXPIRES", "RESIDUAL", "STATUS", "CHAIN", "KEY",
+        "NAME", "FILE", "SUBJECT", "CA", "EXPIRES", "RESIDUAL", "STATUS", "CHAIN", "KEY",
     ]);
     for row in &report.certificates {
         let no_expiry = row.chain == Check::NotApplicable && row.ca.is_none();
-        let (subject, issuer, expires, residual) = cert_columns(row.cert.as_ref(), no_expiry);
+        let (subject, expires, residual) = cert_columns(row.cert.as_ref(), no_expiry);
+        let ca = match (row.ca, &row.cert) {
+            (Some(ca), _) => ca,
+            (None, Some(_)) => "<self>",
+            (None, None) => "-",
+        };
         table.row(vec![
             row.name.to_string(),
             row.file.trim_start_matches("cluster-assets/").to_string(),
             subject,
-            issuer,
+            ca.to_string(),
             expires,
             residual,
             row.status.label().to_string(),
@@ -870,33 +874,35 @@ fn render_local(out: &mut impl Write, report: &ClusterReport) -> std::io::Result
     Ok(())
 }
 
-fn cert_columns(cert: Option<&CertFacts>, no_expiry: bool) -> (String, String, String, String) {
+/// Subject, expiry date and residual time columns.
+fn cert_columns(cert: Option<&CertFacts>, no_expiry: bool) -> (String, String, String) {
     match cert {
         Some(c) => (
             c.subject.clone(),
-            c.issuer.clone(),
             pki::human_date(c.not_after_unix),
             short_residual(c.residual_seconds),
         ),
-        None if no_expiry => ("-".into(), "-".into(), "never".into(), "-".into()),
-        None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        None if no_expiry => ("-".into(), "never".into(), "-".into()),
+        None => ("-".into(), "-".into(), "-".into()),
     }
 }
 
 fn render_cluster(out: &mut impl Write, cluster: &ClusterSection) -> std::io::Result<()> {
-    let server = cluster.server.as_deref().unwrap_or("?");
-    let kubeconfig = cluster.kubeconfig.as_deref().unwrap_or("?");
+    let target = match (&cluster.server, &cluster.kubeconfig) {
+        (Some(server), Some(kubeconfig)) => format!(" {server} ({kubeconfig})"),
+        _ => String::new(),
+    };
     if !cluster.reached {
         let reason = cluster.error.as_deref().unwrap_or("unknown reason");
-        writeln!(out, "cluster: not reached ({server}, {kubeconfig}): {reason}")?;
+        writeln!(out, "cluster:{target} not reached: {reason}")?;
         writeln!(out, "cluster: only the asset dir was checked")?;
         return Ok(());
     }
-    writeln!(out, "cluster: {server} ({kubeconfig})")?;
+    writeln!(out, "cluster:{target}")?;
     let mut table =
         Table::new(&["OBJECT", "KEY", "SUBJECT", "EXPIRES", "RESIDUAL", "STATUS", "ASSET DIR"]);
     for row in &cluster.certificates {
-        let (subject, _, expires, residual) = cert_columns(row.cert.as_ref(), false);
+        let (subject, expires, residual) = cert_columns(row.cert.as_ref(), false);
         let key = if row.index > 0 || row.key.ends_with("ca-file") || row.key.ends_with("ca.crt") {
             format!("{}[{}]", row.key, row.index)
         } else {
