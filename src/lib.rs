@@ -48,22 +48,21 @@ fn run(cli: Cli) -> Result<u8> {
                 CompletionShell::Zsh => clap_complete::Shell::Zsh,
                 CompletionShell::Fish => clap_complete::Shell::Fish,
             };
-            // Completion is registered for the binary name; kubectl's own plugin completion
-            // (kubectl 1.26+) calls `kubectl_complete-certrotate`, documented in the README.
+            // Registered for the binary name; kubectl's plugin completion goes through
+            // `kubectl_complete-certrotate` (docs/krew.md).
             let mut command = Cli::command();
-            clap_complete::generate(
-                shell,
-                &mut command,
-                "kubectl-certrotate",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "kubectl-certrotate", &mut script);
+            let written = std::io::stdout().lock().write_all(&script).map_err(error::Error::Output);
+            output::ignore_broken_pipe(written)?;
             Ok(exit::OK)
         }
         Command::Version => {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "kubectl-certrotate {}", version::VERSION)
-                .and_then(|_| writeln!(out, "commit: {}", version::COMMIT))
-                .map_err(error::Error::Output)?;
+            let text =
+                format!("kubectl-certrotate {}\ncommit: {}\n", version::VERSION, version::COMMIT);
+            let written =
+                std::io::stdout().lock().write_all(text.as_bytes()).map_err(error::Error::Output);
+            output::ignore_broken_pipe(written)?;
             Ok(exit::OK)
         }
     }

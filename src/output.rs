@@ -49,8 +49,17 @@ impl Table {
 /// Writes `value` as pretty JSON followed by a newline.
 pub fn write_json(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)
-        .map_err(|e| Error::Output(std::io::Error::other(e)))?;
+        .map_err(|e| Error::Output(std::io::Error::from(e)))?;
     writeln!(out).map_err(Error::Output)
+}
+
+/// A reader that closed the pipe (`| head`) chose to stop reading: not a failure, and the
+/// command's own exit code still stands.
+pub fn ignore_broken_pipe(written: Result<()>) -> Result<()> {
+    match written {
+        Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -246,10 +246,11 @@ pub async fn run(global: &GlobalOpts, args: &StatusArgs) -> Result<u8> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match global.output {
-        OutputFormat::Json => output::write_json(&mut out, &document)?,
-        OutputFormat::Table => render_table(&mut out, &document, fleet).map_err(Error::Output)?,
-    }
+    let written = match global.output {
+        OutputFormat::Json => output::write_json(&mut out, &document),
+        OutputFormat::Table => render_table(&mut out, &document, fleet).map_err(Error::Output),
+    };
+    output::ignore_broken_pipe(written)?;
     Ok(document.summary.exit_code)
 }
 
