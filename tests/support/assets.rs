@@ -1,0 +1,119 @@
+//! A real Lokomotive asset dir made by `testenv/make-assets.sh` (real `terraform apply` of the
+//! fixture bootkube module), and the programs that act on it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::cmd::Cmd;
+use super::tools::Tools;
+
+/// Options passed to `make-assets.sh`.
+#[derive(Debug, Clone, Default)]
+pub struct AssetOptions {
+    /// `--cluster NAME`: the cluster name (and so the terraform module `<platform>-<name>`).
+    pub cluster: Option<String>,
+    /// `--validity-hours H`: validity of every certificate (Lokomotive's default is 8760).
+    pub validity_hours: Option<u32>,
+    /// `--fake-now RFC3339`: the time the test provider takes as "now" when signing.
+    pub fake_now: Option<String>,
+    /// `--controllers N`: the kube-apiserver chart runs a Deployment for 1, else a DaemonSet.
+    pub controllers: Option<u32>,
+}
+
+/// A config dir (`cluster.lokocfg`) with its asset dir in `assets/`.
+#[derive(Debug, Clone)]
+pub struct Assets {
+    pub config_dir: PathBuf,
+    /// `$ASSET_DIR`: holds `terraform/` and `cluster-assets/`.
+    pub dir: PathBuf,
+    /// The port of `https://127.0.0.1:<port>` in the admin kubeconfig.
+    pub api_port: u16,
+}
+
+impl Assets {
+    /// Runs `make-assets.sh config_dir --api-port api_port …`.
+    pub fn make(config_dir: &Path, api_port: u16, opts: &AssetOptions) -> Assets {
+        let tools = Tools::get();
+        let mut cmd = Cmd::new(tools.make_assets_script())
+            .arg(config_dir)
+            .args(["--api-port", &api_port.to_string()])
+            .env("TF_CLI_CONFIG_FILE", &tools.tf_cli_config)
+            .timeout(Duration::from_secs(300));
+        if let Some(cluster) = &opts.cluster {
+            cmd = cmd.args(["--cluster", cluster]);
+        }
+        if let Some(hours) = opts.validity_hours {
+            cmd = cmd.args(["--validity-hours", &hours.to_string()]);
+        }
+        if let Some(now) = &opts.fake_now {
+            cmd = cmd.args(["--fake-now", now]);
+        }
+        if let Some(n) = opts.controllers {
+            cmd = cmd.args(["--controllers", &n.to_string()]);
+        }
+        cmd.ok();
+        let assets = Assets { config_dir: config_dir.to_path_buf(), dir: config_dir.join("assets"), api_port };
+        for must in [assets.kubeconfig(), assets.tls("ca.crt"), assets.tls("aggregation-ca.crt")] {
+            assert!(must.is_file(), "make-assets.sh left no {}", must.display());
+        }
+        assets
+    }
+
+    /// `cluster-assets/`.
+    pub fn cluster_assets(&self) -> PathBuf {
+        self.dir.join("cluster-assets")
+    }
+
+    /// `cluster-assets/tls/<name>`, e.g. `tls("aggregation-ca.crt")`.
+    pub fn tls(&self, name: &str) -> PathBuf {
+        self.cluster_assets().join("tls").join(name)
+    }
+
+    /// The admin kubeconfig, `cluster-assets/auth/kubeconfig`.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.cluster_assets().join("auth").join("kubeconfig")
+    }
+
+    /// `cluster-assets/charts/<namespace>/<chart>`: the chart directory lokoctl upgrades from.
+    pub fn chart(&self, namespace: &str, chart: &str) -> PathBuf {
+        self.cluster_assets().join("charts").join(namespace).join(chart)
+    }
+
+    /// `cluster-assets/charts/<namespace>/<chart>.yaml`: the values terraform rendered.
+    pub fn chart_values(&self, namespace: &str, chart: &str) -> PathBuf {
+        self.cluster_assets().join("charts").join(namespace).join(format!("{chart}.yaml"))
+    }
+
+    /// The terraform root, `terraform/`.
+    pub fn terraform_dir(&self) -> PathBuf {
+        self.dir.join("terraform")
+    }
+
+    /// Real terraform in the terraform root, with the offline provider mirror.
+    pub fn terraform(&self) -> Cmd {
+        let tools = Tools::get();
+        Cmd::new(&tools.terraform)
+            .dir(self.terraform_dir())
+            .env("TF_CLI_CONFIG_FILE", &tools.tf_cli_config)
+            .env("TF_IN_AUTOMATION", "1")
+            .timeout(Duration::from_secs(300))
+    }
+
+    /// The bootkube module address from `terraform state list`, e.g.
+    /// `module.aws-mycluster.module.bootkube`.
+    pub fn bootkube_module(&self) -> String {
+        let out = self.terraform().args(["state", "list"]).ok();
+        out.stdout
+            .lines()
+            .find_map(|l| l.find(".module.bootkube.").map(|i| l[..i + ".module.bootkube".len()].to_string()))
+            .unwrap_or_else(|| panic!("no module.bootkube address in `terraform state list`:\n{}", out.stdout))
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}

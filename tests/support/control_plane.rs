@@ -1,0 +1,308 @@
+//! etcd, kube-apiserver and kube-controller-manager on loopback, with the asset dir's PKI, so
+//! that the cluster *is* the asset dir's cluster and its admin kubeconfig works.
+
+use std::ffi::OsString;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use super::assets::{Assets, free_port};
+use super::pki::write_private;
+use super::process::{EventLog, ProcId, ProcSpec, Supervisor};
+use super::tools::Tools;
+use super::wait::wait_for_async;
+
+/// Bound for one kube-apiserver (re)start to reach `/readyz` ok (measured: 5–15 s).
+pub const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The aggregation (front-proxy) material a kube-apiserver runs with: what a real pod mounts
+/// from Secret `kube-apiserver` as `aggregation-ca.crt`, `aggregation-client.crt/.key`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Aggregation {
+    /// `--requestheader-client-ca-file`: one CA or a bundle.
+    pub ca_bundle: Vec<u8>,
+    /// `--proxy-client-cert-file`.
+    pub client_cert: Vec<u8>,
+    /// `--proxy-client-key-file` (never printed: no Debug).
+    pub client_key: Vec<u8>,
+}
+
+impl Aggregation {
+    fn read(dir: &Path) -> Aggregation {
+        let read = |name: &str| {
+            std::fs::read(dir.join(name))
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
+        };
+        Aggregation {
+            ca_bundle: read("aggregation-ca.crt"),
+            client_cert: read("aggregation-client.crt"),
+            client_key: read("aggregation-client.key"),
+        }
+    }
+
+    fn write(&self, dir: &Path) {
+        write_private(&dir.join("aggregation-ca.crt"), &self.ca_bundle);
+        write_private(&dir.join("aggregation-client.crt"), &self.client_cert);
+        write_private(&dir.join("aggregation-client.key"), &self.client_key);
+    }
+}
+
+/// The real kube-apiserver process, restartable with new aggregation files like a pod whose
+/// Secret volume changed.
+pub struct ApiServer {
+    sup: Arc<Supervisor>,
+    spec: ProcSpec,
+    /// Where the aggregation files the process reads live (the "mounted Secret").
+    secrets_dir: PathBuf,
+    client: Client,
+    events: Arc<EventLog>,
+    /// The running process; the lock serialises restarts.
+    current: tokio::sync::Mutex<Option<ProcId>>,
+    restarts: AtomicU32,
+}
+
+impl ApiServer {
+    /// The aggregation material the running process was started with.
+    pub async fn aggregation(&self) -> Aggregation {
+        let _current = self.current.lock().await;
+        Aggregation::read(&self.secrets_dir)
+    }
+
+    /// How many times the process was restarted since the control plane started.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
+    /// Restarts the process with the same flags; when `decide` returns new aggregation
+    /// material (given the one in use) the files are replaced first. `decide` returning `None`
+    /// means "no restart". Waits for `/readyz`. The API is down meanwhile, as on a real
+    /// single-replica cluster.
+    pub async fn restart_if(
+        &self,
+        reason: &str,
+        decide: impl FnOnce(&Aggregation) -> Option<Aggregation>,
+    ) -> Result<bool, String> {
+        let mut current = self.current.lock().await;
+        let Some(next) = decide(&Aggregation::read(&self.secrets_dir)) else {
+            return Ok(false);
+        };
+        self.events.line(format!("kube-apiserver: restarting ({reason})"));
+        let started = Instant::now();
+        if let Some(id) = current.take() {
+            self.sup.stop(id);
+        }
+        next.write(&self.secrets_dir);
+        let id = self.sup.spawn(&self.spec).map_err(|e| format!("starting kube-apiserver: {e}"))?;
+        *current = Some(id);
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+        self.wait_ready(id).await?;
+        self.events.line(format!("kube-apiserver: ready again after {:?}", started.elapsed()));
+        Ok(true)
+    }
+
+    /// Restarts with unchanged files (what `kubectl rollout restart` does to a pod).
+    pub async fn restart(&self, reason: &str) -> Result<(), String> {
+        self.restart_if(reason, |now| Some(now.clone())).await.map(|_| ())
+    }
+
+    async fn wait_ready(&self, id: ProcId) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.sup.exit_status(id) {
+                return Err(format!("kube-apiserver exited ({status}); see its log"));
+            }
+            let request = http::Request::get("/readyz").body(Vec::new()).unwrap();
+            let probe =
+                tokio::time::timeout(Duration::from_secs(5), self.client.request_text(request));
+            match probe.await {
+                Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+                other if start.elapsed() > APISERVER_READY_TIMEOUT => {
+                    return Err(format!(
+                        "kube-apiserver not ready after {APISERVER_READY_TIMEOUT:?}: {}",
+                        match other {
+                            Ok(Ok(body)) => body,
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "readyz request timed out".into(),
+                        }
+                    ));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+/// A running control plane. Its processes belong to the [`Supervisor`] it was given, which
+/// stops them.
+pub struct ControlPlane {
+    pub apiserver: Arc<ApiServer>,
+    /// A client with the asset dir's admin kubeconfig.
+    pub client: Client,
+    pub etcd_port: u16,
+    /// How long [`ControlPlane::start`] took.
+    pub startup: Duration,
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver (port = the asset dir's kubeconfig port) and
+    /// kube-controller-manager; returns once `/readyz` is ok and the controllers have created
+    /// the `default` ServiceAccount (so pods can be created).
+    pub async fn start(
+        sup: &Arc<Supervisor>,
+        assets: &Assets,
+        work: &Path,
+        logs: &Path,
+        events: &Arc<EventLog>,
+    ) -> ControlPlane {
+        let started = Instant::now();
+        let tools = Tools::get();
+        let etcd_port = start_etcd(sup, work, logs);
+        events.line(format!("etcd: serving on 127.0.0.1:{etcd_port}"));
+
+        let tls = |name: &str| assets.tls(name);
+        let secrets_dir = work.join("kube-apiserver-secrets");
+        let cert_dir = work.join("kube-apiserver-certs");
+        std::fs::create_dir_all(&cert_dir).unwrap();
+        std::fs::create_dir_all(&secrets_dir).unwrap();
+        // At start the "mounted Secret" is the asset dir's files, as at bootstrap.
+        Aggregation {
+            ca_bundle: std::fs::read(assets.tls("aggregation-ca.crt")).unwrap(),
+            client_cert: std::fs::read(assets.tls("aggregation-client.crt")).unwrap(),
+            client_key: std::fs::read(assets.tls("aggregation-client.key")).unwrap(),
+        }
+        .write(&secrets_dir);
+        let secret = |name: &str| secrets_dir.join(name);
+        let spec = ProcSpec::new("kube-apiserver", &tools.kube_apiserver, &logs.join("kube-apiserver.log"))
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", assets.api_port))
+            // 1.20 still has the insecure port; parallel environments must not fight over 8080.
+            .arg("--insecure-port=0")
+            .arg(flag("cert-dir", &cert_dir))
+            .arg(flag("tls-cert-file", &tls("apiserver.crt")))
+            .arg(flag("tls-private-key-file", &tls("apiserver.key")))
+            .arg(flag("client-ca-file", &tls("ca.crt")))
+            .arg(flag("kubelet-client-certificate", &tls("apiserver.crt")))
+            .arg(flag("kubelet-client-key", &tls("apiserver.key")))
+            .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg(flag("service-account-key-file", &tls("service-account.pub")))
+            .arg(flag("service-account-signing-key-file", &tls("service-account.key")))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg("--authorization-mode=Node,RBAC")
+            .arg("--service-cluster-ip-range=10.3.0.0/16")
+            .arg(flag("requestheader-client-ca-file", &secret("aggregation-ca.crt")))
+            .arg(flag("proxy-client-cert-file", &secret("aggregation-client.crt")))
+            .arg(flag("proxy-client-key-file", &secret("aggregation-client.key")))
+            .arg("--requestheader-allowed-names=kube-apiserver")
+            .arg("--requestheader-extra-headers-prefix=X-Remote-Extra-")
+            .arg("--requestheader-group-headers=X-Remote-Group")
+            .arg("--requestheader-username-headers=X-Remote-User");
+
+        let client = admin_client(&assets.kubeconfig()).await;
+        let id = sup.spawn(&spec).expect("starting kube-apiserver");
+        let apiserver = Arc::new(ApiServer {
+            sup: Arc::clone(sup),
+            spec,
+            secrets_dir,
+            client: client.clone(),
+            events: Arc::clone(events),
+            current: tokio::sync::Mutex::new(Some(id)),
+            restarts: AtomicU32::new(0),
+        });
+        if let Err(e) = apiserver.wait_ready(id).await {
+            panic!("{e}");
+        }
+        events.line(format!("kube-apiserver: ready on 127.0.0.1:{} after {:?}", assets.api_port, started.elapsed()));
+
+        let kubeconfig = assets.kubeconfig();
+        let kcm_certs = work.join("kube-controller-manager-certs");
+        let kcm = ProcSpec::new(
+            "kube-controller-manager",
+            &tools.kube_controller_manager,
+            &logs.join("kube-controller-manager.log"),
+        )
+        .arg(flag("kubeconfig", &kubeconfig))
+        .arg(flag("authentication-kubeconfig", &kubeconfig))
+        .arg(flag("authorization-kubeconfig", &kubeconfig))
+        .arg("--leader-elect=false")
+        .arg(flag("service-account-private-key-file", &tls("service-account.key")))
+        .arg(flag("root-ca-file", &tls("ca.crt")))
+        .arg(flag("cluster-signing-cert-file", &tls("ca.crt")))
+        .arg(flag("cluster-signing-key-file", &tls("ca.key")))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={}", free_port()))
+        .arg("--port=0")
+        .arg(flag("cert-dir", &kcm_certs))
+        .arg("--use-service-account-credentials=false");
+        let kcm_id = sup.spawn(&kcm).expect("starting kube-controller-manager");
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        wait_for_async("kube-controller-manager to create ServiceAccount default/default", Duration::from_secs(90), || async {
+            if let Some(status) = sup.exit_status(kcm_id) {
+                panic!("kube-controller-manager exited ({status}); see its log");
+            }
+            match accounts.get_opt("default").await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("not there yet".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        let startup = started.elapsed();
+        events.line(format!("control plane: up after {startup:?}"));
+        ControlPlane { apiserver, client, etcd_port, startup }
+    }
+}
+
+/// `--name=value` for a path value, which need not be UTF-8.
+fn flag(name: &str, value: &Path) -> OsString {
+    let mut flag = OsString::from(format!("--{name}="));
+    flag.push(value);
+    flag
+}
+
+/// Starts etcd on free loopback ports, retrying with new ports if another process took one
+/// between choosing and binding.
+fn start_etcd(sup: &Arc<Supervisor>, work: &Path, logs: &Path) -> u16 {
+    let tools = Tools::get();
+    for attempt in 1..=3 {
+        let (client_port, peer_port) = (free_port(), free_port());
+        let data = work.join(format!("etcd-data-{attempt}"));
+        let spec = ProcSpec::new("etcd", &tools.etcd, &logs.join("etcd.log"))
+            .arg("--name=default")
+            .arg(flag("data-dir", &data))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{client_port}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client_port}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"));
+        let id = sup.spawn(&spec).expect("starting etcd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if sup.exit_status(id).is_some() {
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", client_port)).is_ok() {
+                return client_port;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sup.stop(id);
+    }
+    panic!("etcd did not start in 3 attempts; see {}", logs.join("etcd.log").display());
+}
+
+/// A client with the admin credentials of a kubeconfig (must run inside a tokio runtime).
+pub async fn admin_client(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", kubeconfig.display()));
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("loading {}: {e}", kubeconfig.display()));
+    Client::try_from(config).expect("building a kube client")
+}

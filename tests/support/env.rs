@@ -1,0 +1,444 @@
+//! [`TestEnv`]: one asset dir, one control plane on it, a simulated kubelet and the sync, for
+//! the steps of one test; and the helpers tests act through.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, PostParams};
+use kube::Client;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::task::AbortHandle;
+
+use super::assets::{AssetOptions, Assets, free_port};
+use super::cmd::Cmd;
+use super::control_plane::{ApiServer, ControlPlane};
+use super::kubelet::{Kubelet, KubeletConfig, PodRuntime};
+use super::pki::{fingerprints, self_signed_serving, write_private};
+use super::process::{EventLog, Supervisor};
+use super::sync::{ApiServerPods, EXT_APISERVER_LABEL, ExtServers, GROUP_VERSION_ANNOTATION};
+use super::tools::Tools;
+use super::wait::wait_for;
+
+/// Lines of each component log printed when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+/// Which helm a command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Helm {
+    V3,
+    V4,
+}
+
+impl Helm {
+    pub fn path(self) -> &'static Path {
+        match self {
+            Helm::V3 => &Tools::get().helm3,
+            Helm::V4 => &Tools::get().helm4,
+        }
+    }
+
+    fn dir_name(self) -> &'static str {
+        match self {
+            Helm::V3 => "helm3",
+            Helm::V4 => "helm4",
+        }
+    }
+}
+
+/// How to build a [`TestEnv`].
+#[derive(Debug, Clone, Default)]
+pub struct EnvOptions {
+    pub assets: AssetOptions,
+    pub kubelet: KubeletConfig,
+}
+
+/// An extension API server to deploy (think metrics-server).
+#[derive(Debug, Clone)]
+pub struct ExtApiServer {
+    pub namespace: String,
+    /// Name of the Deployment and of the Service, and the `app` label.
+    pub name: String,
+    pub group: String,
+    pub version: String,
+    pub replicas: i32,
+}
+
+impl ExtApiServer {
+    /// `kube-system/metrics-server` serving `metrics.k8s.io/v1beta1`, one replica.
+    pub fn metrics_server() -> Self {
+        ExtApiServer {
+            namespace: "kube-system".into(),
+            name: "metrics-server".into(),
+            group: "metrics.k8s.io".into(),
+            version: "v1beta1".into(),
+            replicas: 1,
+        }
+    }
+
+    /// The APIService name, e.g. `v1beta1.metrics.k8s.io`.
+    pub fn apiservice(&self) -> String {
+        format!("{}.{}", self.version, self.group)
+    }
+}
+
+/// One isolated test environment. Dropping it stops every process (and fails the test if
+/// one is left); if the test is failing, it prints the tail of every component log first.
+pub struct TestEnv {
+    pub name: String,
+    pub assets: Assets,
+    /// An admin client of the asset dir's cluster, bound to [`TestEnv::block_on`]'s runtime.
+    pub client: Client,
+    /// The real kube-apiserver (restart count, restart by hand).
+    pub apiserver: Arc<ApiServer>,
+    pub kubelet: Kubelet,
+    /// How long starting the control plane took (after the asset dir was made).
+    pub startup: Duration,
+    started: Instant,
+    root: PathBuf,
+    logs: PathBuf,
+    events: Arc<EventLog>,
+    ext: Arc<ExtServers>,
+    secret_watch: AbortHandle,
+    sup: Arc<Supervisor>,
+    rt: Option<tokio::runtime::Runtime>,
+    dir: Option<TempDir>,
+}
+
+impl TestEnv {
+    /// [`TestEnv::start_with`] with the defaults: one node, pods Ready after 0.3 s, the
+    /// fixture asset dir with Lokomotive's defaults.
+    pub fn start(name: &str) -> TestEnv {
+        TestEnv::start_with(name, EnvOptions::default())
+    }
+
+    /// Makes a fresh asset dir (real terraform) whose kubeconfig points at a free port, then
+    /// starts etcd, kube-apiserver (with that asset dir's PKI), kube-controller-manager, the
+    /// simulated kubelet and the sync.
+    pub fn start_with(name: &str, options: EnvOptions) -> TestEnv {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("certrotate-{name}-"))
+            .tempdir()
+            .expect("creating the test's temp dir");
+        let root = dir.path().to_path_buf();
+        let logs = root.join("logs");
+        let work = root.join("work");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        let started = Instant::now();
+        let events = Arc::new(EventLog::create(&logs.join("harness.log")).unwrap());
+        let assets = Assets::make(&root.join("config"), free_port(), &options.assets);
+        events.line(format!("assets: made in {:?}", started.elapsed()));
+        let sup = Supervisor::new();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .thread_name("certrotate-test-env")
+            .enable_all()
+            .build()
+            .expect("building the environment's runtime");
+
+        let serving = self_signed_serving(&work, "simulated-serving");
+        let (control_plane, kubelet, ext, secret_watch) = rt.block_on(async {
+            let cp = ControlPlane::start(&sup, &assets, &work, &logs, &events).await;
+            let apiserver_pods = ApiServerPods::new(
+                Arc::clone(&cp.apiserver),
+                cp.client.clone(),
+                Arc::clone(&events),
+                &logs.join("kube-apiserver.log"),
+            );
+            let secret_watch = apiserver_pods.watch_secret();
+            let ext = ExtServers::new(
+                &sup,
+                cp.client.clone(),
+                Arc::clone(&events),
+                &work,
+                &logs,
+                serving.clone(),
+            );
+            let runtimes: Vec<Arc<dyn PodRuntime>> =
+                vec![apiserver_pods, Arc::clone(&ext) as Arc<dyn PodRuntime>];
+            let kubelet = Kubelet::start(
+                cp.client.clone(),
+                &options.kubelet,
+                runtimes,
+                Arc::clone(&events),
+                &serving,
+            )
+            .await;
+            (cp, kubelet, ext, secret_watch)
+        });
+        let env = TestEnv {
+            name: name.to_string(),
+            assets,
+            client: control_plane.client,
+            apiserver: control_plane.apiserver,
+            kubelet,
+            startup: control_plane.startup,
+            started,
+            root,
+            logs,
+            events,
+            ext,
+            secret_watch,
+            sup,
+            rt: Some(rt),
+            dir: Some(dir),
+        };
+        env.step(&format!("control plane up in {:.1?}", env.startup));
+        env
+    }
+
+    /// Runs a future on the environment's runtime (tests are plain `#[test]` functions).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.rt.as_ref().expect("runtime alive").block_on(future)
+    }
+
+    /// Logs a step to stderr and the harness log, with the time since the environment began.
+    pub fn step(&self, what: &str) {
+        let line = format!("[{} +{:.1}s] {what}", self.name, self.started.elapsed().as_secs_f64());
+        eprintln!("{line}");
+        self.events.line(line);
+    }
+
+    /// The test's temp dir (its files go away with the environment).
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.assets.kubeconfig()
+    }
+
+    /// Real kubectl with the asset dir's admin kubeconfig.
+    pub fn kubectl(&self) -> Cmd {
+        Cmd::new(&Tools::get().kubectl)
+            .env("KUBECONFIG", self.kubeconfig())
+            .timeout(Duration::from_secs(180))
+    }
+
+    /// Real helm (3 or 4) with the admin kubeconfig and helm state private to this test.
+    pub fn helm(&self, helm: Helm) -> Cmd {
+        self.with_helm_homes(Cmd::new(helm.path()), helm).env("KUBECONFIG", self.kubeconfig())
+    }
+
+    fn with_helm_homes(&self, cmd: Cmd, helm: Helm) -> Cmd {
+        let home = self.root.join(helm.dir_name());
+        cmd.env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_DATA_HOME", home.join("data"))
+    }
+
+    /// Real terraform in the asset dir's terraform root.
+    pub fn terraform(&self) -> Cmd {
+        self.assets.terraform()
+    }
+
+    /// The built plugin, with the environment of an operator of this cluster: `KUBECONFIG`,
+    /// `ASSET_DIR`, `CONFIG_DIR`, and `TERRAFORM`, `HELM` (helm 3), `LOKOCTL` (the test double)
+    /// naming the real programs. Tests of the defaults remove what they need with
+    /// [`Cmd::env_remove`].
+    pub fn certrotate(&self) -> Cmd {
+        self.operator_env(Cmd::new(env!("CARGO_BIN_EXE_kubectl-certrotate")))
+    }
+
+    /// `testenv/lokoctl`, the test double of `lokoctl cluster apply`, run in the config dir.
+    pub fn lokoctl(&self) -> Cmd {
+        self.operator_env(Cmd::new(&Tools::get().lokoctl_double)).dir(&self.assets.config_dir)
+    }
+
+    fn operator_env(&self, cmd: Cmd) -> Cmd {
+        let tools = Tools::get();
+        self.with_helm_homes(cmd, Helm::V3)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("ASSET_DIR", &self.assets.dir)
+            .env("CONFIG_DIR", &self.assets.config_dir)
+            .env("TERRAFORM", &tools.terraform)
+            .env("HELM", &tools.helm3)
+            .env("LOKOCTL", &tools.lokoctl_double)
+            .env("TF_CLI_CONFIG_FILE", &tools.tf_cli_config)
+            .timeout(Duration::from_secs(600))
+    }
+
+    /// Writes helm values (JSON is YAML) to a 0600 file for `-f`: values carry keys and must
+    /// never be on a command line.
+    pub fn values_file(&self, name: &str, values: &Value) -> PathBuf {
+        let dir = self.root.join("values");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.yaml"));
+        write_private(&path, serde_json::to_string_pretty(values).unwrap().as_bytes());
+        path
+    }
+
+    /// `helm install kube-apiserver` from the asset dir's chart and terraform-rendered values,
+    /// as lokoctl does at cluster creation, with `--wait`.
+    pub fn install_kube_apiserver_chart(&self, helm: Helm) {
+        self.helm(helm)
+            .args(["install", "kube-apiserver", "--namespace", "kube-system", "--wait", "--timeout", "3m"])
+            .arg(self.assets.chart("kube-system", "kube-apiserver"))
+            .arg("-f")
+            .arg(self.assets.chart_values("kube-system", "kube-apiserver"))
+            .ok();
+    }
+
+    /// Deploys an extension API server the way a cluster runs metrics-server: a Deployment
+    /// whose pods each run a real `ext-apiserver`, an `ExternalName` Service to `localhost`
+    /// (port = the Service port the harness forwards, selector = the Deployment's pods) and an
+    /// APIService with `insecureSkipTLSVerify`. Returns the Service port.
+    pub fn deploy_ext_apiserver(&self, spec: &ExtApiServer) -> u16 {
+        let selector = BTreeMap::from([("app".to_string(), spec.name.clone())]);
+        let (ns, name) = (spec.namespace.as_str(), spec.name.as_str());
+        self.block_on(async {
+            let proxy = self.ext.service_proxy(ns, &selector).await;
+            let port = proxy.port();
+            let deployment: Deployment = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+                "spec": {
+                    "replicas": spec.replicas,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {
+                            "labels": {"app": name, EXT_APISERVER_LABEL: "true"},
+                            "annotations": {
+                                GROUP_VERSION_ANNOTATION: format!("{}/{}", spec.group, spec.version),
+                            },
+                        },
+                        "spec": {"containers": [{"name": name, "image": format!("{name}:test")}]},
+                    },
+                },
+            }))
+            .unwrap();
+            let service: Service = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+                "spec": {
+                    "type": "ExternalName",
+                    "externalName": "localhost",
+                    "selector": {"app": name},
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+                },
+            }))
+            .unwrap();
+            let apiservice: APIService = serde_json::from_value(json!({
+                "metadata": {"name": spec.apiservice(), "labels": {"app": name}},
+                "spec": {
+                    "group": spec.group, "version": spec.version,
+                    "service": {"namespace": ns, "name": name, "port": port},
+                    "insecureSkipTLSVerify": true,
+                    "groupPriorityMinimum": 100, "versionPriority": 100,
+                },
+            }))
+            .unwrap();
+            let pp = PostParams::default();
+            Api::<Deployment>::namespaced(self.client.clone(), ns).create(&pp, &deployment).await.unwrap();
+            Api::<Service>::namespaced(self.client.clone(), ns).create(&pp, &service).await.unwrap();
+            Api::<APIService>::all(self.client.clone()).create(&pp, &apiservice).await.unwrap();
+            port
+        })
+    }
+
+    /// `(status, reason, message)` of an APIService's `Available` condition.
+    pub fn apiservice_available(&self, name: &str) -> Result<(String, String, String), String> {
+        let api: Api<APIService> = Api::all(self.client.clone());
+        let svc = self
+            .block_on(tokio::time::timeout(Duration::from_secs(10), api.get(name)))
+            .map_err(|_| format!("getting APIService {name} timed out"))?
+            .map_err(|e| format!("getting APIService {name}: {e}"))?;
+        svc.status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Available")
+            .map(|c| (c.status, c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
+            .ok_or_else(|| format!("APIService {name} has no Available condition yet"))
+    }
+
+    /// Waits until an APIService's `Available` is `True` (or, with `available = false`, not
+    /// `True`); the aggregator checks periodically, so this can take ~30 s. Returns the
+    /// condition's `reason: message`.
+    pub fn wait_apiservice(&self, name: &str, available: bool, timeout: Duration) -> String {
+        let want = if available { "Available=True" } else { "Available!=True" };
+        wait_for(&format!("APIService {name} {want}"), timeout, || {
+            let (status, reason, message) = self.apiservice_available(name)?;
+            let seen = format!("{status} ({reason}: {message})");
+            if (status == "True") == available { Ok(format!("{reason}: {message}")) } else { Err(seen) }
+        })
+    }
+
+    /// SHA-256 fingerprints of the CAs under `key` of ConfigMap
+    /// `kube-system/extension-apiserver-authentication` (`Err` while it is absent).
+    pub fn auth_configmap_cas(&self, key: &str) -> Result<Vec<String>, String> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), "kube-system");
+        let cm = self
+            .block_on(tokio::time::timeout(
+                Duration::from_secs(10),
+                api.get_opt("extension-apiserver-authentication"),
+            ))
+            .map_err(|_| "reading extension-apiserver-authentication timed out".to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or("extension-apiserver-authentication does not exist")?;
+        let pem = cm
+            .data
+            .and_then(|d| d.get(key).cloned())
+            .ok_or_else(|| format!("extension-apiserver-authentication has no {key}"))?;
+        Ok(fingerprints(pem.as_bytes()))
+    }
+
+    /// `kubectl rollout restart` then `kubectl rollout status` of `kind/name` (real kubectl).
+    pub fn rollout_restart(&self, namespace: &str, workload: &str) {
+        self.kubectl().args(["-n", namespace, "rollout", "restart", workload]).ok();
+        self.kubectl()
+            .args(["-n", namespace, "rollout", "status", workload, "--timeout=180s"])
+            .ok();
+    }
+
+    fn print_logs(&self) {
+        eprintln!("===== {}: component logs (last {LOG_TAIL_LINES} lines each) =====", self.name);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.logs)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("----- {} -----", file.display());
+            for line in &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..] {
+                eprintln!("{line}");
+            }
+        }
+        eprintln!("===== end of {} logs =====", self.name);
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.kubelet.shutdown();
+        self.ext.shutdown();
+        self.secret_watch.abort();
+        let left = self.sup.shutdown();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        let failing = std::thread::panicking();
+        if failing {
+            self.print_logs();
+        }
+        if std::env::var_os("CERTROTATE_KEEP_TESTDIR").is_some() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("[{}] kept {}", self.name, dir.keep().display());
+            }
+        }
+        if !left.is_empty() {
+            let message = format!("processes left behind: {}", left.join("; "));
+            if failing {
+                eprintln!("[{}] {message}", self.name);
+            } else {
+                panic!("{message}");
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Test support: a real control plane on loopback for the integration tests.
+//!
+//! Use it from an integration test with `mod support;`. A [`TestEnv`] makes a real Lokomotive
+//! asset dir (`testenv/make-assets.sh`, real terraform), starts etcd, kube-apiserver and
+//! kube-controller-manager with that asset dir's PKI, a simulated kubelet and the
+//! control-plane sync; one `#[test]` function owns one environment and runs its steps on it
+//! (see docs/test-harness.md). Every external program comes from the variables written by
+//! `scripts/provision.sh`; without them a test fails and says so.
+
+// Each test crate compiles this module and uses only part of it (and of the re-exports).
+#![allow(dead_code, unused_imports)]
+
+pub mod assets;
+pub mod cmd;
+pub mod control_plane;
+pub mod env;
+pub mod kubelet;
+pub mod logserver;
+pub mod pki;
+pub mod process;
+pub mod sync;
+pub mod tools;
+pub mod wait;
+
+pub use assets::{AssetOptions, Assets, free_port};
+pub use cmd::{Cmd, Output, Spawned};
+pub use env::{EnvOptions, ExtApiServer, Helm, TestEnv};
+pub use kubelet::{KubeletConfig, NEVER_READY_LABEL, PodPredicate, READY_DELAY_ANNOTATION};
+pub use pki::{file_fingerprints, fingerprints};
+pub use tools::Tools;
+pub use wait::{wait_for, wait_for_async};

@@ -1,0 +1,95 @@
+//! Certificates the harness needs for itself (serving certificates of the simulated kubelet
+//! and of extension API servers, which nothing verifies) and helpers to compare CA bundles.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::x509::extension::SubjectAlternativeName;
+use openssl::x509::{X509, X509NameBuilder};
+
+/// A certificate and key on disk (the key file is 0600).
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A self-signed serving certificate for `localhost` / `127.0.0.1`, written to
+/// `dir/<name>.crt` and `dir/<name>.key`. EC P-256: generating RSA keys would cost a test
+/// seconds for a certificate nobody verifies.
+pub fn self_signed_serving(dir: &Path, name: &str) -> CertFiles {
+    let key = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut subject = X509NameBuilder::new().unwrap();
+    subject.append_entry_by_nid(Nid::COMMONNAME, name).unwrap();
+    let subject = subject.build();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(127, MsbOption::MAYBE_ZERO, false).unwrap();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    b.set_subject_name(&subject).unwrap();
+    b.set_issuer_name(&subject).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap()).unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .ip("127.0.0.1")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    let files =
+        CertFiles { cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) };
+    std::fs::write(&files.cert, b.build().to_pem().unwrap()).unwrap();
+    write_private(&files.key, &key.private_key_to_pem_pkcs8().unwrap());
+    files
+}
+
+/// Writes a file readable by its owner only, as a mounted Secret or a key file is.
+pub fn write_private(path: &Path, contents: &[u8]) {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+    f.write_all(contents).unwrap();
+    f.sync_all().unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// SHA-256 fingerprints (hex) of every certificate in a PEM bundle, in bundle order; the way
+/// to compare "which CAs does this ConfigMap hold" with the asset dir's files.
+pub fn fingerprints(pem: &[u8]) -> Vec<String> {
+    X509::stack_from_pem(pem)
+        .unwrap_or_else(|e| panic!("not a PEM certificate bundle: {e}"))
+        .iter()
+        .map(|c| {
+            c.digest(MessageDigest::sha256())
+                .unwrap()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        })
+        .collect()
+}
+
+/// [`fingerprints`] of a PEM file.
+pub fn file_fingerprints(path: &Path) -> Vec<String> {
+    fingerprints(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}

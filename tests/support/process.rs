@@ -1,0 +1,277 @@
+//! Long-running component processes (etcd, kube-apiserver, …): spawned so that none can
+//! outlive the test, stopped like a kubelet stops a container, and checked to be gone.
+//!
+//! No `unsafe` (the crate forbids it, and `forbid` cannot be lifted per function), so the two
+//! things that would need `pre_exec` are done with safe means:
+//! - each process runs under `setpriv --pdeathsig KILL`, which sets `PR_SET_PDEATHSIG` and then
+//!   execs the component, so the component is SIGKILLed when its parent thread dies, even when
+//!   the test binary itself is killed and no destructor runs. The parent is a dedicated spawner
+//!   thread that lives as long as the [`Supervisor`]: the death signal follows the *thread* that
+//!   forked, so spawning from a short-lived thread (a test thread, a `spawn_blocking` thread)
+//!   would kill the component when that thread ends;
+//! - each process leads its own process group (`process_group(0)`), so stopping signals the
+//!   whole group and the leftover check can find anything it forked.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use std::os::unix::process::CommandExt;
+
+/// How long a stopped component gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What to run. Arguments name files, never secrets: they are visible in `ps` and logged.
+#[derive(Debug, Clone)]
+pub struct ProcSpec {
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// stdout and stderr are appended here; a restart appends to the same file.
+    pub log: PathBuf,
+}
+
+impl ProcSpec {
+    pub fn new(name: impl Into<String>, program: &Path, log: &Path) -> Self {
+        ProcSpec {
+            name: name.into(),
+            program: program.to_path_buf(),
+            args: Vec::new(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// A handle on one spawned process; stays valid (as "not running") after it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProcId(u64);
+
+struct Running {
+    name: String,
+    child: Child,
+}
+
+#[derive(Default)]
+struct Inner {
+    closed: bool,
+    next: u64,
+    running: BTreeMap<ProcId, Running>,
+    /// Every process group ever created, for the leftover check.
+    groups: Vec<(String, u32)>,
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Owns every component process of one test environment.
+pub struct Supervisor {
+    inner: Mutex<Inner>,
+    spawner: Mutex<Option<(mpsc::Sender<SpawnRequest>, JoinHandle<()>)>>,
+}
+
+impl Supervisor {
+    pub fn new() -> Arc<Self> {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        let thread = std::thread::Builder::new()
+            .name("certrotate-test-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("starting the spawner thread");
+        Arc::new(Supervisor {
+            inner: Mutex::new(Inner::default()),
+            spawner: Mutex::new(Some((tx, thread))),
+        })
+    }
+
+    /// Starts `spec`. Fails once [`Supervisor::shutdown`] has begun, so that a sync task racing
+    /// with teardown cannot leave a process behind.
+    pub fn spawn(&self, spec: &ProcSpec) -> std::io::Result<ProcId> {
+        let mut log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
+        writeln!(
+            log,
+            "=== {} {}: {} {}",
+            jiff::Timestamp::now(),
+            spec.name,
+            spec.program.display(),
+            spec.args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        )?;
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(&spec.program)
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+
+        let mut inner = self.inner.lock().unwrap();
+        if inner.closed {
+            return Err(std::io::Error::other(format!(
+                "not starting {}: the test environment is shutting down",
+                spec.name
+            )));
+        }
+        let child = {
+            let spawner = self.spawner.lock().unwrap();
+            let (tx, _) = spawner.as_ref().expect("spawner alive while not closed");
+            let (reply_tx, reply_rx) = mpsc::channel();
+            tx.send((command, reply_tx)).expect("spawner thread alive");
+            reply_rx.recv().expect("spawner thread replies")?
+        };
+        inner.next += 1;
+        let id = ProcId(inner.next);
+        inner.groups.push((spec.name.clone(), child.id()));
+        inner.running.insert(id, Running { name: spec.name.clone(), child });
+        Ok(id)
+    }
+
+    /// The pid of a running process.
+    pub fn pid(&self, id: ProcId) -> Option<u32> {
+        self.inner.lock().unwrap().running.get(&id).map(|r| r.child.id())
+    }
+
+    /// `Some(exit status)` once the process has ended on its own (or was never known).
+    pub fn exit_status(&self, id: ProcId) -> Option<String> {
+        let mut inner = self.inner.lock().unwrap();
+        match inner.running.get_mut(&id) {
+            None => Some("stopped".into()),
+            Some(r) => match r.child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(format!("unknown ({e})")),
+            },
+        }
+    }
+
+    /// SIGTERM to the process group, SIGKILL after [`STOP_GRACE`], and reap it. Blocks for at
+    /// most the grace period plus a moment.
+    pub fn stop(&self, id: ProcId) {
+        let running = self.inner.lock().unwrap().running.remove(&id);
+        if let Some(running) = running {
+            stop_all(vec![running]);
+        }
+    }
+
+    /// Stops everything (all at once, so teardown costs one grace period, not one per
+    /// process), refuses later spawns, ends the spawner thread, and returns a description of
+    /// every process still alive in any group this supervisor created: empty when clean.
+    pub fn shutdown(&self) -> Vec<String> {
+        let (running, groups) = {
+            let mut inner = self.inner.lock().unwrap();
+            inner.closed = true;
+            let running = std::mem::take(&mut inner.running).into_values().collect();
+            (running, inner.groups.clone())
+        };
+        stop_all(running);
+        if let Some((tx, thread)) = self.spawner.lock().unwrap().take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+        leftovers(&groups)
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let left = self.shutdown();
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("processes left behind by the test environment: {}", left.join("; "));
+        }
+    }
+}
+
+fn stop_all(mut procs: Vec<Running>) {
+    for p in &procs {
+        signal_group(p.child.id(), "TERM");
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        procs.retain_mut(|p| !matches!(p.child.try_wait(), Ok(Some(_))));
+        if procs.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in &mut procs {
+        eprintln!("[harness] {} ignored SIGTERM for {STOP_GRACE:?}: SIGKILL", p.name);
+        signal_group(p.child.id(), "KILL");
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}
+
+/// Sends a signal to every process of a group through kill(1): std has no safe way to signal
+/// a group, and `unsafe` is forbidden in this crate.
+pub fn signal_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args(["-s", signal, "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Live processes whose process group is one of `groups`, from /proc.
+fn leftovers(groups: &[(String, u32)]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the parenthesised command name: state, ppid, pgrp, …
+        let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else { continue };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.first() == Some(&"Z") {
+            continue;
+        }
+        let Some(pgrp) = fields.get(2).and_then(|f| f.parse::<u32>().ok()) else { continue };
+        if let Some((component, _)) = groups.iter().find(|(_, g)| *g == pgrp) {
+            let comm = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(c, _)| c);
+            found.push(format!("pid {pid} ({}) of {component}", comm.unwrap_or("?")));
+        }
+    }
+    found
+}
+
+/// Appends one timestamped line to a harness log file; write errors are not worth failing a
+/// test over.
+pub struct EventLog {
+    file: Mutex<File>,
+    path: PathBuf,
+}
+
+impl EventLog {
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(EventLog { file: Mutex::new(file), path: path.to_path_buf() })
+    }
+
+    pub fn line(&self, message: impl std::fmt::Display) {
+        let mut file = self.file.lock().unwrap();
+        let _ = writeln!(file, "{} {message}", jiff::Timestamp::now());
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
