@@ -51,6 +51,19 @@ pub struct GlobalOpts {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Print the plan (every API call, in order) and change nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Do not ask before changing the cluster. Without it a terminal asks and anything else
+    /// refuses.
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+
+    /// Bound for each wait (a rollout, an APIService becoming available).
+    #[arg(long, value_name = "DURATION", default_value = "10m", global = true)]
+    pub timeout: HumanDuration,
+
     #[command(flatten)]
     pub kube: KubeOpts,
 }
@@ -92,6 +105,9 @@ pub enum Command {
     /// Where every certificate stands: the asset dir's files and, when the cluster answers,
     /// what the cluster serves and trusts.
     Status(StatusArgs),
+    /// List the extension API servers (APIServices backed by a Service), their workloads and
+    /// pods; restart them after the aggregation CA changed, or check which CA they loaded.
+    ExtensionServers(ExtensionServersArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completion(CompletionArgs),
     /// Print the version and the git commit it was built from.
@@ -107,6 +123,20 @@ pub struct StatusArgs {
     /// Only look at the asset dir; do not contact the cluster.
     #[arg(long)]
     pub local: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtensionServersArgs {
+    /// Restart every workload behind them, all at once, exactly as `kubectl rollout restart`
+    /// does, wait for each as `kubectl rollout status` does, then for the APIServices to be
+    /// Available again.
+    #[arg(long)]
+    pub restart: bool,
+
+    /// Read each pod's log for the "loaded client CA" lines and report whether the CA in this
+    /// PEM file is loaded.
+    #[arg(long, value_name = "FILE")]
+    pub check_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +172,9 @@ mod tests {
             "kubectl-certrotate status --kubeconfig k --context c --cluster x --user u --request-timeout 5s",
             "kubectl-certrotate -vv status",
             "kubectl-certrotate completion zsh",
+            "kubectl-certrotate extension-servers --restart -y --timeout 2m",
+            "kubectl-certrotate extension-servers --check-ca ca.crt -o json",
+            "kubectl-certrotate extension-servers --restart --dry-run",
             "kubectl-certrotate version",
         ] {
             if let Err(err) = Cli::try_parse_from(line.split_whitespace()) {
@@ -158,6 +191,8 @@ mod tests {
             "kubectl-certrotate status -o yaml",
             "kubectl-certrotate completion powershell",
             "kubectl-certrotate status --request-timeout -1s",
+            "kubectl-certrotate extension-servers --timeout forever",
+            "kubectl-certrotate extension-servers --check-ca",
         ] {
             let err = Cli::try_parse_from(line.split_whitespace()).expect_err(line);
             assert_eq!(err.exit_code(), 2, "{line:?}: {err}");

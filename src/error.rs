@@ -61,6 +61,24 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    #[error("refusing to change the cluster: {0}")]
+    WrongCluster(String),
+
+    #[error(
+        "refusing to change the cluster without confirmation: pass -y/--yes, or --dry-run to \
+         see the plan"
+    )]
+    NotConfirmed,
+
+    #[error("{}: {reason}", path.display())]
+    BadInputFile { path: PathBuf, reason: String },
+
+    #[error("{workload}: {reason}")]
+    Rollout { workload: String, reason: String },
+
+    #[error("timed out after {secs}s waiting for {workload}: {waiting_for}")]
+    RolloutTimeout { workload: String, secs: u64, waiting_for: String },
+
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 

@@ -7,6 +7,7 @@ pub mod assets;
 pub mod cli;
 pub mod duration;
 pub mod error;
+pub mod extension_servers;
 pub mod k8s;
 pub mod output;
 pub mod pki;
@@ -42,6 +43,9 @@ pub fn main_entry() -> ExitCode {
 fn run(cli: Cli) -> Result<u8> {
     match &cli.command {
         Command::Status(args) => runtime()?.block_on(status::run(&cli.global, args)),
+        Command::ExtensionServers(args) => {
+            runtime()?.block_on(extension_servers::run(&cli.global, args))
+        }
         Command::Completion(args) => {
             let shell = match args.shell {
                 CompletionShell::Bash => clap_complete::Shell::Bash,

@@ -1,7 +1,9 @@
 //! Output shared by every command: aligned tables for people, JSON for machines.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -51,6 +53,76 @@ pub fn write_json(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)
         .map_err(|e| Error::Output(std::io::Error::from(e)))?;
     writeln!(out).map_err(Error::Output)
+}
+
+/// Asks before changing the cluster: `--yes` answers for the operator; a terminal asks; any
+/// other stdin (a script, CI) refuses, so nothing changes by accident.
+pub fn confirm(yes: bool, question: &str) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Error::NotConfirmed);
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    stdin.read_line(&mut answer).map_err(Error::Output)?;
+    match answer.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => Err(Error::NotConfirmed),
+    }
+}
+
+/// Live progress of concurrent tasks on stderr: one spinner line per task on a terminal,
+/// plain timestamped lines otherwise (logs, CI).
+pub struct Progress {
+    names: Vec<String>,
+    bars: Option<(MultiProgress, Vec<ProgressBar>)>,
+    plain: Mutex<()>,
+}
+
+impl Progress {
+    pub fn new(names: Vec<String>) -> Self {
+        let live = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let bars = live.then(|| {
+            let multi = MultiProgress::new();
+            let style = ProgressStyle::with_template("{spinner} {prefix}: {wide_msg} {elapsed}")
+                .expect("valid progress template");
+            let bars = names
+                .iter()
+                .map(|name| {
+                    let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
+                    bar.set_prefix(name.clone());
+                    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                    bar
+                })
+                .collect();
+            (multi, bars)
+        });
+        Self { names, bars, plain: Mutex::new(()) }
+    }
+
+    pub fn update(&self, task: usize, message: &str) {
+        match &self.bars {
+            Some((_, bars)) => bars[task].set_message(message.to_string()),
+            None => self.line(task, message),
+        }
+    }
+
+    pub fn finish(&self, task: usize, ok: bool, message: &str) {
+        let mark = if ok { "done" } else { "FAILED" };
+        match &self.bars {
+            Some((_, bars)) => bars[task].finish_with_message(format!("{mark}: {message}")),
+            None => self.line(task, &format!("{mark}: {message}")),
+        }
+    }
+
+    fn line(&self, task: usize, message: &str) {
+        let _serialised = self.plain.lock();
+        let now = jiff::Timestamp::now().strftime("%H:%M:%S");
+        eprintln!("{now} {}: {message}", self.names[task]);
+    }
 }
 
 /// A reader that closed the pipe (`| head`) chose to stop reading: not a failure, and the

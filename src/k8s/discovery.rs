@@ -1,0 +1,345 @@
+//! Finding extension API servers: every APIService backed by a Service, that Service, the
+//! workloads whose pod templates its selector matches, and their pods.
+//!
+//! Lists are made once per namespace and kind (not per APIService), all concurrently.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::try_join_all;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, ListParams, LogParams, ObjectList, WatchEvent, WatchParams};
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+
+use super::rollout::{Backoff, Workload, WorkloadKind, WorkloadRef, restart_and_wait};
+use crate::error::{Error, Result};
+
+/// One APIService served by a Service in the cluster.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionServer {
+    pub api_service: String,
+    /// `namespace/name` of the backing Service.
+    pub service: String,
+    pub available: String,
+    pub available_reason: Option<String>,
+    pub workloads: Vec<WorkloadRef>,
+    pub pods: Vec<PodReadiness>,
+    /// Why its workloads could not be determined, when they could not.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodReadiness {
+    pub name: String,
+    pub namespace: String,
+    pub ready: bool,
+    pub containers: Vec<String>,
+}
+
+/// Objects found by [`discover`], kept for the restarts that may follow.
+#[derive(Default)]
+pub struct Discovery {
+    pub servers: Vec<ExtensionServer>,
+    pub deployments: BTreeMap<WorkloadRef, Deployment>,
+    pub daemonsets: BTreeMap<WorkloadRef, DaemonSet>,
+    pub statefulsets: BTreeMap<WorkloadRef, StatefulSet>,
+    /// resourceVersion of the APIService list, to watch availability from.
+    pub api_services_version: String,
+}
+
+impl Discovery {
+    /// Every workload behind some extension server, each once.
+    pub fn workloads(&self) -> BTreeSet<WorkloadRef> {
+        self.servers.iter().flat_map(|s| s.workloads.iter().cloned()).collect()
+    }
+}
+
+/// Objects of one namespace, listed once.
+struct Namespace {
+    services: ObjectList<Service>,
+    deployments: ObjectList<Deployment>,
+    daemonsets: ObjectList<DaemonSet>,
+    statefulsets: ObjectList<StatefulSet>,
+    pods: ObjectList<Pod>,
+}
+
+async fn list<K>(client: &Client, namespace: &str, what: &str) -> Result<ObjectList<K>>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube(format!("list {what} in namespace {namespace}"), e))
+}
+
+async fn list_namespace(client: &Client, namespace: &str) -> Result<Namespace> {
+    let (services, deployments, daemonsets, statefulsets, pods) = tokio::try_join!(
+        list(client, namespace, "services"),
+        list(client, namespace, "deployments"),
+        list(client, namespace, "daemonsets"),
+        list(client, namespace, "statefulsets"),
+        list(client, namespace, "pods"),
+    )?;
+    Ok(Namespace { services, deployments, daemonsets, statefulsets, pods })
+}
+
+/// Whether a Service selector selects `labels` (every selector pair present).
+pub fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+fn matching<K: Workload>(
+    objects: &ObjectList<K>,
+    selector: &BTreeMap<String, String>,
+    found: &mut BTreeMap<WorkloadRef, K>,
+) -> Vec<WorkloadRef> {
+    objects
+        .items
+        .iter()
+        .filter(|o| selects(selector, o.template_labels()))
+        .map(|o| {
+            let reference = WorkloadRef {
+                kind: K::KIND,
+                namespace: o.namespace().unwrap_or_default(),
+                name: o.name_any(),
+            };
+            found.insert(reference.clone(), o.clone());
+            reference
+        })
+        .collect()
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Lists everything once and ties each non-local APIService to its workloads and pods.
+pub async fn discover(client: &Client) -> Result<Discovery> {
+    let api_services = Api::<APIService>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("list APIServices", e))?;
+    let backed: Vec<(APIService, String, String)> = api_services
+        .items
+        .iter()
+        .filter_map(|a| {
+            let svc = a.spec.as_ref()?.service.as_ref()?;
+            Some((a.clone(), svc.namespace.clone()?, svc.name.clone()?))
+        })
+        .collect();
+    let namespaces: BTreeSet<String> = backed.iter().map(|(_, ns, _)| ns.clone()).collect();
+    let listed = try_join_all(namespaces.iter().map(|ns| list_namespace(client, ns))).await?;
+    let by_namespace: BTreeMap<String, Namespace> = namespaces.into_iter().zip(listed).collect();
+
+    let mut discovery = Discovery {
+        api_services_version: api_services.metadata.resource_version.unwrap_or_default(),
+        ..Default::default()
+    };
+    for (api_service, namespace, name) in backed {
+        let condition = api_service
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Available"));
+        let mut server = ExtensionServer {
+            api_service: api_service.name_any(),
+            service: format!("{namespace}/{name}"),
+            available: condition.map_or("Unknown".into(), |c| c.status.clone()),
+            available_reason: condition.and_then(|c| c.reason.clone()),
+            workloads: Vec::new(),
+            pods: Vec::new(),
+            problems: Vec::new(),
+        };
+        let objects = &by_namespace[&namespace];
+        let Some(service) = objects.services.items.iter().find(|s| s.name_any() == name) else {
+            server.problems.push(format!(
+                "service {namespace}/{name} does not exist: fix or delete APIService {}",
+                server.api_service
+            ));
+            discovery.servers.push(server);
+            continue;
+        };
+        let selector = service.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+        if selector.is_empty() {
+            server.problems.push(format!(
+                "service {namespace}/{name} has no selector, so its workloads cannot be found: \
+                 restart them by hand"
+            ));
+            discovery.servers.push(server);
+            continue;
+        }
+        server.workloads.extend(matching(
+            &objects.deployments,
+            &selector,
+            &mut discovery.deployments,
+        ));
+        server.workloads.extend(matching(
+            &objects.daemonsets,
+            &selector,
+            &mut discovery.daemonsets,
+        ));
+        server.workloads.extend(matching(
+            &objects.statefulsets,
+            &selector,
+            &mut discovery.statefulsets,
+        ));
+        if server.workloads.is_empty() {
+            let pairs: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            server.problems.push(format!(
+                "no deployment, daemonset or statefulset in {namespace} has pod labels {}: \
+                 restart its pods by hand",
+                pairs.join(",")
+            ));
+        }
+        server.pods = objects
+            .pods
+            .items
+            .iter()
+            .filter(|p| selects(&selector, p.metadata.labels.as_ref()))
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| PodReadiness {
+                name: p.name_any(),
+                namespace: namespace.clone(),
+                ready: pod_ready(p),
+                containers: p
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+                    .collect(),
+            })
+            .collect();
+        discovery.servers.push(server);
+    }
+    Ok(discovery)
+}
+
+impl Discovery {
+    /// Restarts one discovered workload as `kubectl rollout restart` does and waits for it as
+    /// `kubectl rollout status` does.
+    pub async fn restart_and_wait(
+        &self,
+        client: &Client,
+        workload: &WorkloadRef,
+        timeout: Duration,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<()> {
+        let ns = workload.namespace.as_str();
+        match workload.kind {
+            WorkloadKind::Deployment => {
+                let api = Api::namespaced(client.clone(), ns);
+                restart_and_wait(&api, &self.deployments[workload], timeout, progress).await
+            }
+            WorkloadKind::DaemonSet => {
+                let api = Api::namespaced(client.clone(), ns);
+                restart_and_wait(&api, &self.daemonsets[workload], timeout, progress).await
+            }
+            WorkloadKind::StatefulSet => {
+                let api = Api::namespaced(client.clone(), ns);
+                restart_and_wait(&api, &self.statefulsets[workload], timeout, progress).await
+            }
+        }
+    }
+}
+
+/// Waits until every APIService in `names` reports `Available=True`, watching all APIServices
+/// from `version` (the discovery list's). Returns the last `Available` status of each.
+pub async fn wait_available(
+    client: &Client,
+    names: &BTreeSet<String>,
+    version: &str,
+    timeout: Duration,
+) -> BTreeMap<String, String> {
+    let api = Api::<APIService>::all(client.clone());
+    let mut available: BTreeMap<String, String> =
+        names.iter().map(|n| (n.clone(), "Unknown".to_string())).collect();
+    let all_true = |a: &BTreeMap<String, String>| a.values().all(|s| s == "True");
+    let mut version = version.to_string();
+    let watching = async {
+        let mut backoff = Backoff::default();
+        loop {
+            // A fresh read first: after a drop the watch may not replay what changed.
+            if let Ok(list) = api.list(&ListParams::default()).await {
+                version = list.metadata.resource_version.clone().unwrap_or_default();
+                for svc in &list.items {
+                    record_available(svc, &mut available);
+                }
+            }
+            if all_true(&available) {
+                return;
+            }
+            let Ok(stream) = api.watch(&WatchParams::default(), &version).await else {
+                backoff.sleep().await;
+                continue;
+            };
+            futures::pin_mut!(stream);
+            while let Some(Ok(WatchEvent::Added(svc) | WatchEvent::Modified(svc))) =
+                stream.next().await
+            {
+                backoff.reset();
+                record_available(&svc, &mut available);
+                if all_true(&available) {
+                    return;
+                }
+            }
+            backoff.sleep().await;
+        }
+    };
+    let _ = tokio::time::timeout(timeout, watching).await;
+    available
+}
+
+fn record_available(svc: &APIService, available: &mut BTreeMap<String, String>) {
+    let name = svc.name_any();
+    if let Some(slot) = available.get_mut(&name) {
+        let condition = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Available"));
+        *slot = condition.map_or("Unknown".into(), |c| c.status.clone());
+    }
+}
+
+/// The log of one container of a pod (what `kubectl logs` prints).
+pub async fn pod_logs(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<String> {
+    let params = LogParams { container: Some(container.to_string()), ..Default::default() };
+    Api::<Pod>::namespaced(client.clone(), namespace).logs(pod, &params).await.map_err(|e| {
+        Error::kube(format!("read the logs of pod {namespace}/{pod} ({container})"), e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_must_be_non_empty_and_contained() {
+        let sel: BTreeMap<String, String> = [("app".into(), "m".into())].into();
+        let labels: BTreeMap<String, String> =
+            [("app".into(), "m".into()), ("x".into(), "y".into())].into();
+        assert!(selects(&sel, Some(&labels)));
+        assert!(!selects(&sel, None));
+        assert!(!selects(&BTreeMap::new(), Some(&labels)));
+        let other: BTreeMap<String, String> = [("app".into(), "n".into())].into();
+        assert!(!selects(&sel, Some(&other)));
+    }
+}

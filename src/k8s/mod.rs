@@ -1,0 +1,11 @@
+//! The one place that talks to the Kubernetes API.
+
+mod connection;
+pub mod discovery;
+pub mod rollout;
+mod snapshot;
+
+pub use connection::{Connection, KubeconfigSource};
+pub use snapshot::{
+    APISERVER_SECRET, AUTH_CONFIGMAP, ClusterSnapshot, WEBHOOK_CONFIG, WEBHOOK_SECRET, snapshot,
+};
