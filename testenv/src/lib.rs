@@ -31,9 +31,7 @@ pub fn parse_rfc3339(s: &str) -> Result<OffsetDateTime> {
 /// `validity_start_time` / `validity_end_time`).
 pub fn rfc3339(t: OffsetDateTime) -> String {
     let f = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&f)
-        .unwrap_or_default()
+    t.to_offset(time::UtcOffset::UTC).format(&f).unwrap_or_default()
 }
 
 /// Go's default `time.Time` string in UTC, e.g. `2020-11-18 17:50:43 +0000 UTC`,

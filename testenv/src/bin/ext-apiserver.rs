@@ -23,7 +23,8 @@ use openssl::x509::{X509, X509Ref, X509VerifyResult};
 use serde_json::json;
 use testenv::{asn1_to_time, go_time, klog_header};
 
-const CA_PROVIDER: &str = "client-ca::kube-system::extension-apiserver-authentication::requestheader-client-ca-file";
+const CA_PROVIDER: &str =
+    "client-ca::kube-system::extension-apiserver-authentication::requestheader-client-ca-file";
 
 struct Config {
     listen: String,
@@ -46,10 +47,7 @@ fn parse_args() -> Result<Config> {
             None => (flag.clone(), None),
         };
         let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .with_context(|| format!("{name} needs a value"))
+            inline.clone().or_else(|| args.next()).with_context(|| format!("{name} needs a value"))
         };
         match name.as_str() {
             "--listen" => listen = Some(value()?),
@@ -57,19 +55,15 @@ fn parse_args() -> Result<Config> {
             "--tls-key" => key = Some(value()?),
             "--requestheader-client-ca" => ca = Some(value()?),
             "--group-version" => gv = Some(value()?),
-            "--allowed-names" => allowed.extend(
-                value()?
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from),
-            ),
+            "--allowed-names" => {
+                allowed.extend(value()?.split(',').filter(|s| !s.is_empty()).map(String::from))
+            }
             other => bail!("unknown argument {other}"),
         }
     }
     let gv: String = gv.context("--group-version is required")?;
-    let (group, version) = gv
-        .split_once('/')
-        .context("--group-version must look like group/version")?;
+    let (group, version) =
+        gv.split_once('/').context("--group-version must look like group/version")?;
     Ok(Config {
         listen: listen.context("--listen is required")?,
         tls_cert: cert.context("--tls-cert is required")?,
@@ -97,30 +91,21 @@ fn common_name(name: &openssl::x509::X509NameRef) -> String {
 fn describe(cert: &X509Ref) -> Result<String> {
     let cn = common_name(cert.subject_name());
     let issuer = common_name(cert.issuer_name());
-    let issuer = if issuer == cn {
-        "<self>".to_string()
-    } else {
-        issuer
-    };
+    let issuer = if issuer == cn { "<self>".to_string() } else { issuer };
     let orgs: Vec<String> = cert
         .subject_name()
         .entries_by_nid(Nid::ORGANIZATIONNAME)
         .filter_map(|e| e.data().to_string().ok())
         .collect();
-    let groups = if orgs.is_empty() {
-        String::new()
-    } else {
-        format!(" groups=[{}]", orgs.join(","))
-    };
+    let groups =
+        if orgs.is_empty() { String::new() } else { format!(" groups=[{}]", orgs.join(",")) };
     let serving: Vec<String> = cert
         .subject_alt_names()
         .map(|names| {
             names
                 .iter()
                 .filter_map(|n| {
-                    n.ipaddress()
-                        .map(ip_string)
-                        .or_else(|| n.dnsname().map(String::from))
+                    n.ipaddress().map(ip_string).or_else(|| n.dnsname().map(String::from))
                 })
                 .collect()
         })
@@ -153,10 +138,7 @@ fn ip_string(b: &[u8]) -> String {
 /// "client"/"serving" for the two EKUs Kubernetes names; read from the text
 /// form because the openssl crate has no typed EKU accessor.
 fn ext_key_usages(cert: &X509Ref) -> Vec<&'static str> {
-    let text = cert
-        .to_text()
-        .map(|t| String::from_utf8_lossy(&t).into_owned())
-        .unwrap_or_default();
+    let text = cert.to_text().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
     let mut out = Vec::new();
     if let Some(pos) = text.find("X509v3 Extended Key Usage:") {
         let line = text[pos..].lines().nth(1).unwrap_or("");
@@ -246,25 +228,14 @@ fn main() -> Result<()> {
 
     let listener =
         TcpListener::bind(&cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
-    log(
-        'I',
-        "secure_serving.go:197",
-        &format!("Serving securely on {}", listener.local_addr()?),
-    );
+    log('I', "secure_serving.go:197", &format!("Serving securely on {}", listener.local_addr()?));
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let server = Arc::clone(&server);
         std::thread::spawn(move || {
-            let peer = conn
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+            let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             if let Err(e) = server.handle(conn) {
-                log(
-                    'I',
-                    "log.go:184",
-                    &format!("http: connection from {peer}: {e:#}"),
-                );
+                log('I', "log.go:184", &format!("http: connection from {peer}: {e:#}"));
             }
         });
     }
@@ -276,9 +247,7 @@ impl Server {
         tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
         let ssl = Ssl::new(self.acceptor.context())?;
         let mut stream = SslStream::new(ssl, tcp)?;
-        stream
-            .accept()
-            .map_err(|e| anyhow::anyhow!("TLS handshake error: {e}"))?;
+        stream.accept().map_err(|e| anyhow::anyhow!("TLS handshake error: {e}"))?;
         let auth = self.authenticate(&stream);
         let mut reader = BufReader::new(stream);
         // HTTP/1.1 with keep-alive: Go's transport reuses connections.
@@ -287,10 +256,7 @@ impl Server {
                 return Ok(());
             };
             // Drain a request body so the next request parses.
-            std::io::copy(
-                &mut (&mut reader).take(body_len as u64),
-                &mut std::io::sink(),
-            )?;
+            std::io::copy(&mut (&mut reader).take(body_len as u64), &mut std::io::sink())?;
             let (status, body) = self.route(&method, &path, &auth);
             let reason = match status {
                 200 => "OK",
@@ -330,9 +296,7 @@ impl Server {
         }
         let cn = common_name(cert.subject_name());
         if !self.allowed_names.is_empty() && !self.allowed_names.contains(&cn) {
-            return Auth::Denied(format!(
-                "x509: subject with cn={cn} is not in the allowed list"
-            ));
+            return Auth::Denied(format!("x509: subject with cn={cn} is not in the allowed list"));
         }
         Auth::Ok
     }

@@ -171,22 +171,10 @@ impl Resource for LocalFile {
         let mut replace = Vec::new();
         for (name, a, b) in [
             ("content", &prior.content, &planned.content),
-            (
-                "sensitive_content",
-                &prior.sensitive_content,
-                &planned.sensitive_content,
-            ),
+            ("sensitive_content", &prior.sensitive_content, &planned.sensitive_content),
             ("filename", &prior.filename, &planned.filename),
-            (
-                "file_permission",
-                &prior.file_permission,
-                &planned.file_permission,
-            ),
-            (
-                "directory_permission",
-                &prior.directory_permission,
-                &planned.directory_permission,
-            ),
+            ("file_permission", &prior.file_permission, &planned.file_permission),
+            ("directory_permission", &prior.directory_permission, &planned.directory_permission),
         ] {
             if a != b {
                 replace.push(AttributePath::new(name));

@@ -217,10 +217,7 @@ fn known<'s>(v: &'s Str, name: &str) -> Result<&'s str> {
 
 fn known_list(v: &StrList) -> Vec<String> {
     match v {
-        Value::Value(items) => items
-            .iter()
-            .filter_map(|i| i.as_ref_option().cloned())
-            .collect(),
+        Value::Value(items) => items.iter().filter_map(|i| i.as_ref_option().cloned()).collect(),
         _ => Vec::new(),
     }
 }
@@ -305,6 +302,25 @@ struct Issued {
     end: time::OffsetDateTime,
 }
 
+/// OpenSSL's short name of an extended key usage of `allowed_uses`.
+fn ext_key_usage(usage: &str) -> Option<&'static str> {
+    Some(match usage {
+        "any_extended" => "anyExtendedKeyUsage",
+        "server_auth" => "serverAuth",
+        "client_auth" => "clientAuth",
+        "code_signing" => "codeSigning",
+        "email_protection" => "emailProtection",
+        "ipsec_end_system" => "ipsecEndSystem",
+        "ipsec_tunnel" => "ipsecTunnel",
+        "ipsec_user" => "ipsecUser",
+        "timestamping" => "timeStamping",
+        "ocsp_signing" => "OCSPSigning",
+        "microsoft_server_gated_crypto" => "msSGC",
+        "netscape_server_gated_crypto" => "nsSGC",
+        _ => return None,
+    })
+}
+
 /// Issue a certificate the way the real provider's Go code does: random
 /// 128-bit serial, v3, SHA-256 with RSA, BasicConstraints always present,
 /// key usages and EKUs from `allowed_uses`, a subject key id on CAs and an
@@ -335,7 +351,11 @@ fn issue(
     let mut eku = ExtendedKeyUsage::new();
     let (mut has_ku, mut has_eku) = (false, false);
     for usage in &spec.allowed_uses {
-        let is_ku = true;
+        if let Some(name) = ext_key_usage(usage) {
+            eku.other(name);
+            has_eku = true;
+            continue;
+        }
         match usage.as_str() {
             "digital_signature" => ku.digital_signature(),
             "content_commitment" => ku.non_repudiation(),
@@ -346,28 +366,9 @@ fn issue(
             "crl_signing" => ku.crl_sign(),
             "encipher_only" => ku.encipher_only(),
             "decipher_only" => ku.decipher_only(),
-            other => {
-                let name = match other {
-                    "any_extended" => "anyExtendedKeyUsage",
-                    "server_auth" => "serverAuth",
-                    "client_auth" => "clientAuth",
-                    "code_signing" => "codeSigning",
-                    "email_protection" => "emailProtection",
-                    "ipsec_end_system" => "ipsecEndSystem",
-                    "ipsec_tunnel" => "ipsecTunnel",
-                    "ipsec_user" => "ipsecUser",
-                    "timestamping" => "timeStamping",
-                    "ocsp_signing" => "OCSPSigning",
-                    "microsoft_server_gated_crypto" => "msSGC",
-                    "netscape_server_gated_crypto" => "nsSGC",
-                    _ => bail!("unknown allowed_uses value {other:?}"),
-                };
-                eku.other(name);
-                has_eku = true;
-                continue;
-            }
+            other => bail!("unknown allowed_uses value {other:?}"),
         };
-        has_ku |= is_ku;
+        has_ku = true;
     }
     // Go marks KeyUsage and BasicConstraints critical, EKU not.
     if has_ku {
@@ -386,13 +387,12 @@ fn issue(
         let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(issuer, None))?;
         b.append_extension(ski)?;
     }
-    if let Some(i) = issuer {
-        if i.subject_key_id().is_some() {
-            let aki = AuthorityKeyIdentifier::new()
-                .keyid(true)
-                .build(&b.x509v3_context(Some(i), None))?;
-            b.append_extension(aki)?;
-        }
+    if let Some(i) = issuer
+        && i.subject_key_id().is_some()
+    {
+        let aki =
+            AuthorityKeyIdentifier::new().keyid(true).build(&b.x509v3_context(Some(i), None))?;
+        b.append_extension(aki)?;
     }
     for ext in spec.extra {
         b.append_extension(ext)?;
@@ -402,12 +402,7 @@ fn issue(
         b.append_extension(ext)?;
     }
     b.sign(signer, MessageDigest::sha256())?;
-    Ok(Issued {
-        cert: b.build(),
-        serial: serial.to_dec_str()?.to_string(),
-        start,
-        end,
-    })
+    Ok(Issued { cert: b.build(), serial: serial.to_dec_str()?.to_string(), start, end })
 }
 
 /// The real provider's `CustomizeCertificateDiff`: once "now" has reached
@@ -469,11 +464,7 @@ fn openssh_rsa(key: &PKeyRef<Private>) -> Result<(String, String)> {
     put(&mut blob, &mpint(rsa.n()));
     let line = format!("ssh-rsa {}\n", openssl::base64::encode_block(&blob));
     let md5 = openssl::hash::hash(MessageDigest::md5(), &blob)?;
-    let fp = md5
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let fp = md5.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     Ok((line, fp))
 }
 
@@ -629,9 +620,9 @@ impl SelfSignedCert {
             CertSpec {
                 subject: &name,
                 public_key: &public,
-                validity_period_hours: s.validity_period_hours.clone().unwrap_or(0),
-                is_ca: s.is_ca_certificate.clone().unwrap_or(false),
-                set_subject_key_id: s.set_subject_key_id.clone().unwrap_or(false),
+                validity_period_hours: s.validity_period_hours.unwrap_or(0),
+                is_ca: s.is_ca_certificate.unwrap_or(false),
+                set_subject_key_id: s.set_subject_key_id.unwrap_or(false),
                 allowed_uses: known_list(&s.allowed_uses),
                 extra: Vec::new(),
                 san: sans(&s.dns_names, &s.ip_addresses, &s.uris),
@@ -700,7 +691,7 @@ impl Resource for SelfSignedCert {
         s.cert_pem = Value::Unknown;
         s.validity_start_time = Value::Unknown;
         s.validity_end_time = Value::Unknown;
-        s.ready_for_renewal = Value::Value(false);
+        s.ready_for_renewal = Value::Unknown;
         Some((s, ValueEmpty::default()))
     }
 
@@ -939,17 +930,15 @@ impl LocallySignedCert {
         }
         // The CSR's requested extensions are its SANs (this provider writes
         // no others), which the real provider copies into the certificate.
-        let extra: Vec<X509Extension> = req
-            .extensions()
-            .map(|stack| stack.into_iter().collect())
-            .unwrap_or_default();
+        let extra: Vec<X509Extension> =
+            req.extensions().map(|stack| stack.into_iter().collect()).unwrap_or_default();
         let issued = issue(
             CertSpec {
                 subject: req.subject_name(),
                 public_key: &public,
-                validity_period_hours: s.validity_period_hours.clone().unwrap_or(0),
-                is_ca: s.is_ca_certificate.clone().unwrap_or(false),
-                set_subject_key_id: s.set_subject_key_id.clone().unwrap_or(false),
+                validity_period_hours: s.validity_period_hours.unwrap_or(0),
+                is_ca: s.is_ca_certificate.unwrap_or(false),
+                set_subject_key_id: s.set_subject_key_id.unwrap_or(false),
                 allowed_uses: known_list(&s.allowed_uses),
                 extra,
                 san: None,
@@ -1011,7 +1000,7 @@ impl Resource for LocallySignedCert {
         s.cert_pem = Value::Unknown;
         s.validity_start_time = Value::Unknown;
         s.validity_end_time = Value::Unknown;
-        s.ready_for_renewal = Value::Value(false);
+        s.ready_for_renewal = Value::Unknown;
         Some((s, ValueEmpty::default()))
     }
 

@@ -1,0 +1,3 @@
+{{- define "lokomotive.labels" -}}
+k8s-app: admission-webhook-server
+{{- end }}

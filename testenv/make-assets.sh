@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Make a real Lokomotive-style asset dir by a real `terraform apply`.
+#
+#   testenv/make-assets.sh CONFIG_DIR [--api-port N] [--cluster NAME]
+#       [--validity-hours H] [--controllers N] [--fake-now RFC3339]
+#
+# Lays out CONFIG_DIR as lokoctl would for an AWS cluster:
+#   CONFIG_DIR/cluster.lokocfg
+#   CONFIG_DIR/assets/terraform/cluster.tf        module "aws-<cluster>" -> module "bootkube"
+#   CONFIG_DIR/assets/terraform-modules/{aws,bootkube}/
+#   CONFIG_DIR/assets/cluster-assets/charts/kube-system/kube-apiserver/        (chart)
+#   CONFIG_DIR/assets/cluster-assets/charts/lokomotive-system/lokomotive/      (chart)
+# then runs `terraform init` and `terraform apply -auto-approve` in
+# assets/terraform, which writes tls/, auth/ and the chart values files.
+#
+# --fake-now issues every certificate as if "now" were that instant (the
+# test providers read CERTROTATE_FAKE_NOW), e.g. a year ago to get certificates
+# that have already expired. Re-running on an existing dir re-applies.
+#
+# Tool paths come from the environment (CERTROTATE_TERRAFORM,
+# CERTROTATE_TF_CLI_CONFIG), else from the testenv.env that
+# scripts/provision.sh writes.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+T0=$(date +%s)
+
+die() {
+	echo "make-assets: $*" >&2
+	exit 1
+}
+
+usage() {
+	sed -n '3,5p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	exit 2
+}
+
+[ $# -ge 1 ] || usage
+CONFIG_DIR=$1
+shift
+API_PORT=6443
+CLUSTER=l8e-mat
+VALIDITY=8760
+CONTROLLERS=1
+FAKE_NOW=
+while [ $# -gt 0 ]; do
+	case $1 in
+	--api-port) API_PORT=${2:?}; shift 2 ;;
+	--cluster) CLUSTER=${2:?}; shift 2 ;;
+	--validity-hours) VALIDITY=${2:?}; shift 2 ;;
+	--controllers) CONTROLLERS=${2:?}; shift 2 ;;
+	--fake-now) FAKE_NOW=${2:?}; shift 2 ;;
+	-h | --help) usage ;;
+	*) die "unknown argument: $1" ;;
+	esac
+done
+[[ $API_PORT =~ ^[0-9]+$ ]] || die "--api-port must be a number"
+[[ $VALIDITY =~ ^[0-9]+$ ]] || die "--validity-hours must be a number"
+[[ $CONTROLLERS =~ ^[1-9][0-9]*$ ]] || die "--controllers must be a positive number"
+[[ $CLUSTER =~ ^[a-z0-9][a-z0-9-]*$ ]] || die "--cluster must be lower-case letters, digits and dashes"
+
+if [ -z "${CERTROTATE_TF_CLI_CONFIG:-}" ] || [ -z "${CERTROTATE_TERRAFORM:-}" ]; then
+	ENV_FILE=${CERTROTATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-certrotate}/testenv.env
+	[ -f "$ENV_FILE" ] || die "$ENV_FILE not found: run scripts/provision.sh first"
+	# shellcheck disable=SC1090
+	. "$ENV_FILE"
+fi
+TERRAFORM=${CERTROTATE_TERRAFORM:-terraform}
+
+mkdir -p "$CONFIG_DIR"
+CONFIG_DIR=$(cd "$CONFIG_DIR" && pwd)
+ASSETS=$CONFIG_DIR/assets
+
+# What lokoctl's initialize() does: lokocfg, modules, rendered root module,
+# and (v0.6.0+) the control-plane charts unpacked into cluster-assets/charts.
+sed "s/\"l8e-mat\"/\"$CLUSTER\"/" "$HERE/terraform/cluster.lokocfg" >"$CONFIG_DIR/cluster.lokocfg"
+mkdir -p "$ASSETS/terraform" "$ASSETS/terraform-modules" \
+	"$ASSETS/cluster-assets/charts/kube-system" "$ASSETS/cluster-assets/charts/lokomotive-system"
+rm -rf "$ASSETS/terraform-modules/aws" "$ASSETS/terraform-modules/bootkube"
+cp -r "$HERE/terraform/modules/aws" "$HERE/terraform/modules/bootkube" "$ASSETS/terraform-modules/"
+sed -e "s/@CLUSTER_NAME@/$CLUSTER/g" -e "s/@API_PORT@/$API_PORT/g" \
+	-e "s/@VALIDITY_HOURS@/$VALIDITY/g" -e "s/@CONTROLLER_COUNT@/$CONTROLLERS/g" \
+	"$HERE/terraform/cluster.tf.tmpl" >"$ASSETS/terraform/cluster.tf"
+for chart in kube-system/kube-apiserver:kube-apiserver lokomotive-system/lokomotive:lokomotive; do
+	dst=$ASSETS/cluster-assets/charts/${chart%%:*}
+	rm -rf "$dst"
+	cp -r "$HERE/charts/${chart##*:}" "$dst"
+done
+
+cd "$ASSETS/terraform"
+export TF_CLI_CONFIG_FILE=$CERTROTATE_TF_CLI_CONFIG TF_IN_AUTOMATION=1 TF_INPUT=0 CHECKPOINT_DISABLE=1
+# The providers are rebuilt whenever testenv's sources change, and Terraform
+# pins their checksums in the lock file: start from a fresh lock.
+rm -f .terraform.lock.hcl
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! "$TERRAFORM" init -input=false -no-color >"$log" 2>&1; then
+	cat "$log" >&2
+	die "terraform init failed in $ASSETS/terraform"
+fi
+if [ -n "$FAKE_NOW" ]; then
+	export CERTROTATE_FAKE_NOW=$FAKE_NOW
+fi
+if ! "$TERRAFORM" apply -auto-approve -input=false -no-color >"$log" 2>&1; then
+	cat "$log" >&2
+	die "terraform apply failed in $ASSETS/terraform"
+fi
+grep -E '^Apply complete' "$log" >&2 || true
+echo "make-assets: $ASSETS ready (cluster $CLUSTER, api port $API_PORT, validity ${VALIDITY}h${FAKE_NOW:+, issued at $FAKE_NOW}) in $(($(date +%s) - T0))s" >&2
