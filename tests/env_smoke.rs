@@ -1,8 +1,429 @@
-//! Smoke tests of the test environment against the real components.
+//! Smoke tests of the test environment itself, each against the real components: they prove
+//! that what later tests build on behaves as on a real cluster.
+//!
+//! Grouping: each `#[test]` owns one environment (one asset dir, one control plane) and runs
+//! its steps in order on it; tests run in parallel with each other (see docs/test-harness.md).
 
 mod support;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use support::{
+    AssetOptions, Assets, EnvOptions, ExtApiServer, Helm, KubeletConfig, TestEnv, file_fingerprints,
+    free_port, wait_for,
+};
+
+const ROLLOUT: Duration = Duration::from_secs(120);
+
+fn names(out: &support::Output) -> Vec<String> {
+    out.stdout.split_whitespace().map(str::to_string).collect()
+}
+
+fn label_is(pod: &Pod, key: &str, value: &str) -> bool {
+    pod.metadata.labels.as_ref().and_then(|l| l.get(key)).is_some_and(|v| v == value)
+}
+
+/// `terraform taint <module>.<taint>` then `terraform apply -target <module>.<target>`, the
+/// seed document's way to replace one certificate or key.
+fn taint_and_apply(assets: &Assets, taint: &str, target: &str) {
+    let module = assets.bootkube_module();
+    let tainted = assets.terraform().args(["taint", &format!("{module}.{taint}")]).ok();
+    assert!(tainted.stdout.contains("has been marked as tainted"), "{tainted}");
+    assets
+        .terraform()
+        .args(["apply", "-auto-approve", "-input=false", "-no-color"])
+        .args(["-target", &format!("{module}.{target}")])
+        .ok();
+}
+
+/// A new aggregation CA (new key) in the asset dir, as the `ca` phase makes it.
+fn new_aggregation_ca(assets: &Assets) {
+    taint_and_apply(assets, "tls_private_key.aggregation-ca[0]", "local_file.aggregation-ca-crt[0]");
+}
+
+fn read(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `helm upgrade kube-apiserver <asset dir chart> --reuse-values -f <values> --wait`.
+fn upgrade_kube_apiserver(env: &TestEnv, helm: Helm, values: &Value) -> support::Output {
+    let file = env.values_file("upgrade", values);
+    env.helm(helm)
+        .args(["upgrade", "kube-apiserver"])
+        .arg(env.assets.chart("kube-system", "kube-apiserver"))
+        .args(["--namespace", "kube-system", "--reuse-values", "--wait", "--timeout", "3m", "-f"])
+        .arg(file)
+        .ok()
+}
+
+/// `(revision, status, description)` of every revision of the kube-apiserver release.
+fn helm_history(env: &TestEnv, helm: Helm) -> Vec<(u64, String, String)> {
+    let out = env
+        .helm(helm)
+        .args(["history", "kube-apiserver", "--namespace", "kube-system", "-o", "json"])
+        .ok();
+    let entries: Vec<Value> = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("helm history -o json: {e}: {}", out.stdout));
+    entries
+        .iter()
+        .map(|e| {
+            (
+                e["revision"].as_u64().unwrap_or_default(),
+                e["status"].as_str().unwrap_or_default().to_string(),
+                e["description"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn kubectl_jsonpath(env: &TestEnv, args: &[&str], path: &str) -> String {
+    env.kubectl().args(args).arg(format!("-o=jsonpath={path}")).ok().stdout.trim().to_string()
+}
+
+/// A Deployment and a DaemonSet restarted with real `kubectl rollout restart` complete under
+/// `kubectl rollout status`; a pod held not Ready stalls the rollout until released; and
+/// `kubectl logs` reaches the simulated kubelet.
 #[test]
-fn placeholder_compiles() {
-    let _ = support::Tools::get();
+fn kubectl_rollouts_complete_and_logs_reach_the_kubelet() {
+    let env = TestEnv::start_with(
+        "rollout",
+        EnvOptions {
+            kubelet: KubeletConfig { nodes: 2, ..KubeletConfig::default() },
+            ..EnvOptions::default()
+        },
+    );
+    let status = |workload: &str| {
+        env.kubectl()
+            .args(["rollout", "status", workload, &format!("--timeout={}s", ROLLOUT.as_secs())])
+            .ok()
+    };
+
+    env.step("Deployment web, 2 replicas");
+    env.kubectl().args(["create", "deployment", "web", "--image=web:1", "--replicas=2"]).ok();
+    status("deploy/web");
+    let rs_before = names(&env.kubectl().args(["get", "rs", "-l", "app=web", "-o", "name"]).ok());
+    assert_eq!(rs_before.len(), 1, "one ReplicaSet before the restart: {rs_before:?}");
+
+    env.step("kubectl rollout restart deploy/web");
+    env.kubectl().args(["rollout", "restart", "deploy/web"]).ok();
+    let out = status("deploy/web");
+    assert!(out.stdout.contains("successfully rolled out"), "rollout status said: {}", out.stdout);
+    let rs_after = names(&env.kubectl().args(["get", "rs", "-l", "app=web", "-o", "name"]).ok());
+    assert_eq!(rs_after.len(), 2, "the restart made a new ReplicaSet: {rs_after:?}");
+    let restarted_at = env
+        .kubectl()
+        .args([
+            "get",
+            "deploy/web",
+            "-o",
+            r#"jsonpath={.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}"#,
+        ])
+        .ok();
+    assert!(!restarted_at.stdout.trim().is_empty(), "restartedAt annotation missing");
+    let ready = env
+        .kubectl()
+        .args([
+            "get",
+            "deploy/web",
+            "-o",
+            "jsonpath={.status.readyReplicas}/{.status.updatedReplicas}",
+        ])
+        .ok();
+    assert_eq!(ready.stdout.trim(), "2/2");
+
+    env.step("pods held not Ready stall the rollout until released");
+    env.kubelet.set_never_ready(Some(std::sync::Arc::new(
+        |pod: &k8s_openapi::api::core::v1::Pod| {
+            pod.metadata.labels.as_ref().and_then(|l| l.get("app")).is_some_and(|a| a == "web")
+        },
+    )));
+    env.kubectl().args(["rollout", "restart", "deploy/web"]).ok();
+    let stalled = env.kubectl().args(["rollout", "status", "deploy/web", "--timeout=5s"]).fails();
+    assert!(
+        stalled.stderr.contains("timed out") || stalled.stdout.contains("Waiting"),
+        "a held rollout should time out: {stalled}"
+    );
+    env.kubelet.set_never_ready(None);
+    status("deploy/web");
+
+    env.step("DaemonSet on both nodes, rollout restart");
+    let ds = env.dir().join("ds.json");
+    std::fs::write(
+        &ds,
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "agent", "namespace": "default"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "agent"}},
+                "template": {
+                    "metadata": {"labels": {"app": "agent"}},
+                    "spec": {"containers": [{"name": "agent", "image": "agent:1"}]},
+                },
+            },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    env.kubectl().arg("apply").arg("-f").arg(&ds).ok();
+    status("ds/agent");
+    let desired =
+        env.kubectl().args(["get", "ds/agent", "-o", "jsonpath={.status.numberReady}"]).ok();
+    assert_eq!(desired.stdout.trim(), "2", "one agent per node");
+    env.rollout_restart("default", "ds/agent");
+
+    env.step("kubectl logs through the kubelet endpoint");
+    let pod = env
+        .kubectl()
+        .args(["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"])
+        .ok()
+        .stdout;
+    env.kubelet.set_logs("default", pod.trim(), "web", "line one\nline two\n");
+    let logs = env.kubectl().args(["logs", pod.trim(), "--tail=1"]).ok();
+    assert_eq!(logs.stdout, "line two\n");
+}
+
+/// Release lifecycle of the fixture kube-apiserver chart with one helm: install, upgrade with
+/// `--reuse-values --set`, an upgrade killed during `--wait` on pods that never become Ready
+/// (release left `pending-upgrade`, further upgrades refused), and `helm rollback`.
+fn helm_release_lifecycle(helm: Helm, name: &str) {
+    let env = TestEnv::start(name);
+    let chart = env.assets.chart("kube-system", "kube-apiserver");
+    let last = |env: &TestEnv| helm_history(env, helm).pop().expect("a release revision");
+    let upgrade_set = |image: &str| {
+        env.helm(helm)
+            .args(["upgrade", "kube-apiserver"])
+            .arg(&chart)
+            .args(["--namespace", "kube-system", "--reuse-values", "--set"])
+            .arg(format!("apiserver.image={image}"))
+    };
+    // Image and Ready of each apiserver pod; `Err` while the API is away (restarting).
+    let pods = |env: &TestEnv| {
+        let out = env
+            .kubectl()
+            .args(["get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-apiserver"])
+            .arg(r#"-o=jsonpath={range .items[*]}{.spec.containers[0].image} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#)
+            .run();
+        if out.success() { Ok(out.stdout) } else { Err(out.stderr) }
+    };
+
+    env.step("helm install kube-apiserver");
+    env.install_kube_apiserver_chart(helm);
+    assert_eq!(helm_history(&env, helm).len(), 1);
+    assert_eq!(last(&env).1, "deployed");
+    let secret_ca = kubectl_jsonpath(
+        &env,
+        &["get", "secret", "kube-apiserver", "-n", "kube-system"],
+        r"{.data.aggregation-ca\.crt}",
+    );
+    let asset_ca = read(&env.assets.tls("aggregation-ca.crt"));
+    assert_eq!(BASE64.decode(&secret_ca).unwrap(), asset_ca, "Secret holds the asset dir's CA");
+    assert_eq!(env.apiserver.restarts(), 0, "the first apiserver pod adopts the running process");
+
+    env.step("helm upgrade --reuse-values --set apiserver.image");
+    upgrade_set("kube-apiserver:v1.20.3").args(["--wait", "--timeout", "3m"]).ok();
+    assert_eq!(last(&env).0, 2);
+    assert_eq!(last(&env).1, "deployed");
+    let image = kubectl_jsonpath(
+        &env,
+        &["get", "deploy", "kube-apiserver", "-n", "kube-system"],
+        "{.spec.template.spec.containers[0].image}",
+    );
+    assert_eq!(image, "kube-apiserver:v1.20.3");
+    let secret_ca_after = kubectl_jsonpath(
+        &env,
+        &["get", "secret", "kube-apiserver", "-n", "kube-system"],
+        r"{.data.aggregation-ca\.crt}",
+    );
+    assert_eq!(secret_ca_after, secret_ca, "--reuse-values kept the certificates");
+    assert_eq!(env.apiserver.restarts(), 1, "the replaced pod restarted the real apiserver");
+
+    env.step("helm upgrade --wait on pods that never become Ready, killed");
+    env.kubelet
+        .set_never_ready(Some(Arc::new(|pod: &Pod| label_is(pod, "k8s-app", "kube-apiserver"))));
+    let mut stuck = upgrade_set("kube-apiserver:v1.20.4").args(["--wait", "--timeout", "10m"]).spawn();
+    wait_for("helm waiting on a v1.20.4 pod held not Ready", Duration::from_secs(120), || {
+        if !stuck.is_running() {
+            panic!("helm upgrade ended by itself: {}", stuck.kill());
+        }
+        let now = pods(&env)?;
+        if now.lines().any(|l| l == "kube-apiserver:v1.20.4 False") && env.apiserver.restarts() == 2
+        {
+            Ok(())
+        } else {
+            Err(format!("pods: {now:?}, apiserver restarts: {}", env.apiserver.restarts()))
+        }
+    });
+    // Let helm's wait poll across the restarted API a few times before the kill.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(stuck.is_running(), "helm upgrade should still be waiting: {}", stuck.kill());
+    stuck.kill();
+    let (revision, status, _) = last(&env);
+    assert_eq!((revision, status.as_str()), (3, "pending-upgrade"));
+    let refused = upgrade_set("kube-apiserver:v1.20.5").fails();
+    assert!(
+        refused.stderr.contains("another operation (install/upgrade/rollback) is in progress"),
+        "{refused}"
+    );
+
+    env.step("helm rollback to the latest revision");
+    env.kubelet.set_never_ready(None);
+    env.helm(helm)
+        .args(["rollback", "kube-apiserver", "3", "--namespace", "kube-system", "--wait"])
+        .args(["--timeout", "3m"])
+        .ok();
+    let (revision, status, description) = last(&env);
+    assert_eq!((revision, status.as_str()), (4, "deployed"), "{description}");
+    assert!(description.contains("Rollback to 3"), "{description}");
+    env.kubectl()
+        .args(["rollout", "status", "deploy/kube-apiserver", "-n", "kube-system", "--timeout=120s"])
+        .ok();
+}
+
+#[test]
+fn helm3_install_upgrade_pending_upgrade_and_rollback() {
+    helm_release_lifecycle(Helm::V3, "helm3");
+}
+
+#[test]
+fn helm4_install_upgrade_pending_upgrade_and_rollback() {
+    helm_release_lifecycle(Helm::V4, "helm4");
+}
+
+/// `terraform taint` of the aggregation CA key and `apply -target` of its file replace
+/// `tls/aggregation-ca.crt` (new key), and nothing else.
+#[test]
+fn terraform_taint_and_targeted_apply_replace_the_aggregation_ca() {
+    let dir = tempfile::Builder::new().prefix("certrotate-terraform-").tempdir().unwrap();
+    let assets = Assets::make(&dir.path().join("config"), free_port(), &AssetOptions::default());
+    let module = assets.bootkube_module();
+    assert!(module.starts_with("module.aws-") && module.ends_with(".module.bootkube"), "{module}");
+    let state = assets.terraform().args(["state", "list"]).ok().stdout;
+    for address in [
+        "tls_private_key.aggregation-ca[0]",
+        "tls_self_signed_cert.aggregation-ca[0]",
+        "local_file.aggregation-ca-crt[0]",
+        "tls_locally_signed_cert.aggregation-client[0]",
+    ] {
+        let full = format!("{module}.{address}");
+        assert!(state.lines().any(|l| l == full), "{full} not in state:\n{state}");
+    }
+    let ca_before = read(&assets.tls("aggregation-ca.crt"));
+    let client_before = read(&assets.tls("aggregation-client.crt"));
+    let kube_ca_before = read(&assets.tls("ca.crt"));
+
+    new_aggregation_ca(&assets);
+
+    let ca_after = read(&assets.tls("aggregation-ca.crt"));
+    assert_ne!(ca_after, ca_before, "tls/aggregation-ca.crt was replaced");
+    let key_of = |pem: &[u8]| {
+        openssl::x509::X509::from_pem(pem).unwrap().public_key().unwrap().public_key_to_der().unwrap()
+    };
+    assert_ne!(key_of(&ca_after), key_of(&ca_before), "the new CA has a new key");
+    assert_eq!(read(&assets.tls("aggregation-client.crt")), client_before, "not targeted");
+    assert_eq!(read(&assets.tls("ca.crt")), kube_ca_before, "not targeted");
+}
+
+/// kube-apiserver merges CAs into `extension-apiserver-authentication`: restarted (by the
+/// sync, after a helm upgrade) with only a new aggregation CA, the ConfigMap holds old and
+/// new; after the ConfigMap is deleted and the apiserver restarted, only the new one.
+#[test]
+fn auth_configmap_merges_a_new_aggregation_ca_until_deleted() {
+    let env = TestEnv::start("ca-merge");
+    let cas = || env.auth_configmap_cas("requestheader-client-ca-file");
+    let old = file_fingerprints(&env.assets.tls("aggregation-ca.crt"));
+    env.install_kube_apiserver_chart(Helm::V3);
+    wait_for("the ConfigMap to hold the asset dir's CA", Duration::from_secs(60), || {
+        let now = cas()?;
+        if now == old { Ok(()) } else { Err(format!("{now:?}")) }
+    });
+
+    env.step("new aggregation CA; helm upgrade with only the new CA");
+    new_aggregation_ca(&env.assets);
+    let new = file_fingerprints(&env.assets.tls("aggregation-ca.crt"));
+    assert_ne!(new, old);
+    let new_pem = read(&env.assets.tls("aggregation-ca.crt"));
+    upgrade_kube_apiserver(
+        &env,
+        Helm::V3,
+        &json!({"apiserver": {"aggregationCaCert": BASE64.encode(&new_pem)}}),
+    );
+    assert_eq!(env.apiserver.restarts(), 1, "the checksum change restarted the apiserver");
+    let merged = wait_for("the ConfigMap to hold old and new CA", Duration::from_secs(60), || {
+        let now = cas()?;
+        if now.len() == 2 && now.contains(&old[0]) && now.contains(&new[0]) {
+            Ok(now)
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    env.step(&format!("merged: {} CAs", merged.len()));
+
+    env.step("delete the ConfigMap, rollout restart kube-apiserver");
+    env.kubectl()
+        .args(["delete", "configmap", "extension-apiserver-authentication", "-n", "kube-system"])
+        .ok();
+    env.rollout_restart("kube-system", "deploy/kube-apiserver");
+    assert_eq!(env.apiserver.restarts(), 2);
+    wait_for("the ConfigMap to hold only the new CA", Duration::from_secs(60), || {
+        let now = cas()?;
+        if now == new { Ok(()) } else { Err(format!("{now:?}")) }
+    });
+}
+
+/// An APIService backed by a real extension server is Available; once kube-apiserver runs
+/// with an old+new CA bundle and a client certificate from the new CA, the server (which
+/// loaded only the old CA at start) rejects it and the APIService goes unavailable; after
+/// `kubectl rollout restart` of its Deployment it is Available again.
+#[test]
+fn apiservice_unavailable_after_ca_change_until_its_server_restarts() {
+    let env = TestEnv::start("apiservice");
+    env.install_kube_apiserver_chart(Helm::V3);
+    let metrics = ExtApiServer::metrics_server();
+    let name = metrics.apiservice();
+    env.deploy_ext_apiserver(&metrics);
+    env.kubectl()
+        .args(["rollout", "status", "deploy/metrics-server", "-n", "kube-system", "--timeout=120s"])
+        .ok();
+    let why = env.wait_apiservice(&name, true, Duration::from_secs(90));
+    env.step(&format!("{name} Available: {why}"));
+    let logs = || env.kubectl().args(["logs", "deploy/metrics-server", "-n", "kube-system"]).ok().stdout;
+    let loaded = |text: &str| text.lines().filter(|l| l.contains("loaded client CA")).count();
+    assert_eq!(loaded(&logs()), 1, "one CA loaded at start:\n{}", logs());
+    env.kubectl().args(["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]).ok();
+
+    env.step("new CA and client certificate; helm upgrade with old+new bundle and new client cert");
+    let old_pem = read(&env.assets.tls("aggregation-ca.crt"));
+    new_aggregation_ca(&env.assets);
+    taint_and_apply(
+        &env.assets,
+        "tls_locally_signed_cert.aggregation-client[0]",
+        "local_file.aggregation-client-crt[0]",
+    );
+    let mut bundle = old_pem.clone();
+    bundle.extend(read(&env.assets.tls("aggregation-ca.crt")));
+    upgrade_kube_apiserver(
+        &env,
+        Helm::V3,
+        &json!({"apiserver": {
+            "aggregationCaCert": BASE64.encode(&bundle),
+            "aggregationClientCert": BASE64.encode(read(&env.assets.tls("aggregation-client.crt"))),
+        }}),
+    );
+    let why = env.wait_apiservice(&name, false, Duration::from_secs(90));
+    env.step(&format!("{name} unavailable: {why}"));
+    let failed = env.kubectl().args(["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]).fails();
+    assert!(failed.stderr.contains("unable to handle the request"), "{failed}");
+    assert!(logs().contains("Unable to authenticate the request"), "{}", logs());
+
+    env.step("kubectl rollout restart deploy/metrics-server");
+    env.rollout_restart("kube-system", "deploy/metrics-server");
+    let why = env.wait_apiservice(&name, true, Duration::from_secs(120));
+    env.step(&format!("{name} Available again: {why}"));
+    assert_eq!(loaded(&logs()), 2, "the new pod loaded old and new CA:\n{}", logs());
+    env.kubectl().args(["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]).ok();
 }

@@ -52,7 +52,11 @@ impl Assets {
             cmd = cmd.args(["--controllers", &n.to_string()]);
         }
         cmd.ok();
-        let assets = Assets { config_dir: config_dir.to_path_buf(), dir: config_dir.join("assets"), api_port };
+        let assets = Assets {
+            config_dir: config_dir.to_path_buf(),
+            dir: config_dir.join("assets"),
+            api_port,
+        };
         for must in [assets.kubeconfig(), assets.tls("ca.crt"), assets.tls("aggregation-ca.crt")] {
             assert!(must.is_file(), "make-assets.sh left no {}", must.display());
         }
@@ -105,8 +109,12 @@ impl Assets {
         let out = self.terraform().args(["state", "list"]).ok();
         out.stdout
             .lines()
-            .find_map(|l| l.find(".module.bootkube.").map(|i| l[..i + ".module.bootkube".len()].to_string()))
-            .unwrap_or_else(|| panic!("no module.bootkube address in `terraform state list`:\n{}", out.stdout))
+            .find_map(|l| {
+                l.find(".module.bootkube.").map(|i| l[..i + ".module.bootkube".len()].to_string())
+            })
+            .unwrap_or_else(|| {
+                panic!("no module.bootkube address in `terraform state list`:\n{}", out.stdout)
+            })
     }
 }
 

@@ -102,8 +102,7 @@ impl Cmd {
             .chain(self.args.iter().map(OsString::as_os_str))
             .map(|a| {
                 let a = a.to_string_lossy();
-                if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c))
-                {
+                if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
                     format!("'{}'", a.replace('\'', r"'\''"))
                 } else {
                     a.into_owned()

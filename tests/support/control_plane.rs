@@ -46,10 +46,15 @@ impl Aggregation {
         }
     }
 
-    fn write(&self, dir: &Path) {
-        write_private(&dir.join("aggregation-ca.crt"), &self.ca_bundle);
-        write_private(&dir.join("aggregation-client.crt"), &self.client_cert);
-        write_private(&dir.join("aggregation-client.key"), &self.client_key);
+    fn write(&self, dir: &Path) -> Result<(), String> {
+        [
+            ("aggregation-ca.crt", &self.ca_bundle),
+            ("aggregation-client.crt", &self.client_cert),
+            ("aggregation-client.key", &self.client_key),
+        ]
+        .into_iter()
+        .try_for_each(|(name, data)| write_private(&dir.join(name), data))
+        .map_err(|e| format!("writing the kube-apiserver's aggregation files: {e}"))
     }
 }
 
@@ -97,7 +102,7 @@ impl ApiServer {
         if let Some(id) = current.take() {
             self.sup.stop(id);
         }
-        next.write(&self.secrets_dir);
+        next.write(&self.secrets_dir)?;
         let id = self.sup.spawn(&self.spec).map_err(|e| format!("starting kube-apiserver: {e}"))?;
         *current = Some(id);
         self.restarts.fetch_add(1, Ordering::SeqCst);
@@ -176,33 +181,41 @@ impl ControlPlane {
             client_cert: std::fs::read(assets.tls("aggregation-client.crt")).unwrap(),
             client_key: std::fs::read(assets.tls("aggregation-client.key")).unwrap(),
         }
-        .write(&secrets_dir);
+        .write(&secrets_dir)
+        .unwrap_or_else(|e| panic!("{e}"));
         let secret = |name: &str| secrets_dir.join(name);
-        let spec = ProcSpec::new("kube-apiserver", &tools.kube_apiserver, &logs.join("kube-apiserver.log"))
-            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", assets.api_port))
-            // 1.20 still has the insecure port; parallel environments must not fight over 8080.
-            .arg("--insecure-port=0")
-            .arg(flag("cert-dir", &cert_dir))
-            .arg(flag("tls-cert-file", &tls("apiserver.crt")))
-            .arg(flag("tls-private-key-file", &tls("apiserver.key")))
-            .arg(flag("client-ca-file", &tls("ca.crt")))
-            .arg(flag("kubelet-client-certificate", &tls("apiserver.crt")))
-            .arg(flag("kubelet-client-key", &tls("apiserver.key")))
-            .arg("--kubelet-preferred-address-types=InternalIP")
-            .arg(flag("service-account-key-file", &tls("service-account.pub")))
-            .arg(flag("service-account-signing-key-file", &tls("service-account.key")))
-            .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg("--authorization-mode=Node,RBAC")
-            .arg("--service-cluster-ip-range=10.3.0.0/16")
-            .arg(flag("requestheader-client-ca-file", &secret("aggregation-ca.crt")))
-            .arg(flag("proxy-client-cert-file", &secret("aggregation-client.crt")))
-            .arg(flag("proxy-client-key-file", &secret("aggregation-client.key")))
-            .arg("--requestheader-allowed-names=kube-apiserver")
-            .arg("--requestheader-extra-headers-prefix=X-Remote-Extra-")
-            .arg("--requestheader-group-headers=X-Remote-Group")
-            .arg("--requestheader-username-headers=X-Remote-User");
+        let spec = ProcSpec::new(
+            "kube-apiserver",
+            &tools.kube_apiserver,
+            &logs.join("kube-apiserver.log"),
+        )
+        .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={}", assets.api_port))
+        // 1.20 still has the insecure port; parallel environments must not fight over 8080.
+        .arg("--insecure-port=0")
+        .arg(flag("cert-dir", &cert_dir))
+        .arg(flag("tls-cert-file", &tls("apiserver.crt")))
+        .arg(flag("tls-private-key-file", &tls("apiserver.key")))
+        .arg(flag("client-ca-file", &tls("ca.crt")))
+        .arg(flag("kubelet-client-certificate", &tls("apiserver.crt")))
+        .arg(flag("kubelet-client-key", &tls("apiserver.key")))
+        .arg("--kubelet-preferred-address-types=InternalIP")
+        .arg(flag("service-account-key-file", &tls("service-account.pub")))
+        .arg(flag("service-account-signing-key-file", &tls("service-account.key")))
+        .arg("--service-account-issuer=https://kubernetes.default.svc")
+        .arg("--authorization-mode=Node,RBAC")
+        .arg("--service-cluster-ip-range=10.3.0.0/16")
+        .arg(flag("requestheader-client-ca-file", &secret("aggregation-ca.crt")))
+        .arg(flag("proxy-client-cert-file", &secret("aggregation-client.crt")))
+        .arg(flag("proxy-client-key-file", &secret("aggregation-client.key")))
+        .arg("--requestheader-allowed-names=kube-apiserver")
+        .arg("--requestheader-extra-headers-prefix=X-Remote-Extra-")
+        .arg("--requestheader-group-headers=X-Remote-Group")
+        .arg("--requestheader-username-headers=X-Remote-User")
+        // Its graceful shutdown waits up to 60 s for open watches; a pod's grace period
+        // would end it too, so keep restarts short.
+        .stop_grace(Duration::from_secs(2));
 
         let client = admin_client(&assets.kubeconfig()).await;
         let id = sup.spawn(&spec).expect("starting kube-apiserver");
@@ -218,7 +231,11 @@ impl ControlPlane {
         if let Err(e) = apiserver.wait_ready(id).await {
             panic!("{e}");
         }
-        events.line(format!("kube-apiserver: ready on 127.0.0.1:{} after {:?}", assets.api_port, started.elapsed()));
+        events.line(format!(
+            "kube-apiserver: ready on 127.0.0.1:{} after {:?}",
+            assets.api_port,
+            started.elapsed()
+        ));
 
         let kubeconfig = assets.kubeconfig();
         let kcm_certs = work.join("kube-controller-manager-certs");
@@ -242,16 +259,20 @@ impl ControlPlane {
         .arg("--use-service-account-credentials=false");
         let kcm_id = sup.spawn(&kcm).expect("starting kube-controller-manager");
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        wait_for_async("kube-controller-manager to create ServiceAccount default/default", Duration::from_secs(90), || async {
-            if let Some(status) = sup.exit_status(kcm_id) {
-                panic!("kube-controller-manager exited ({status}); see its log");
-            }
-            match accounts.get_opt("default").await {
-                Ok(Some(_)) => Ok(()),
-                Ok(None) => Err("not there yet".to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        })
+        wait_for_async(
+            "kube-controller-manager to create ServiceAccount default/default",
+            Duration::from_secs(90),
+            || async {
+                if let Some(status) = sup.exit_status(kcm_id) {
+                    panic!("kube-controller-manager exited ({status}); see its log");
+                }
+                match accounts.get_opt("default").await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("not there yet".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
         .await;
         let startup = started.elapsed();
         events.line(format!("control plane: up after {startup:?}"));
@@ -280,7 +301,8 @@ fn start_etcd(sup: &Arc<Supervisor>, work: &Path, logs: &Path) -> u16 {
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{client_port}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
             .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"));
+            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"))
+            .stop_last();
         let id = sup.spawn(&spec).expect("starting etcd");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

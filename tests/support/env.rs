@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::task::AbortHandle;
@@ -271,7 +271,8 @@ impl TestEnv {
         let dir = self.root.join("values");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.yaml"));
-        write_private(&path, serde_json::to_string_pretty(values).unwrap().as_bytes());
+        write_private(&path, serde_json::to_string_pretty(values).unwrap().as_bytes())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         path
     }
 
@@ -279,7 +280,15 @@ impl TestEnv {
     /// as lokoctl does at cluster creation, with `--wait`.
     pub fn install_kube_apiserver_chart(&self, helm: Helm) {
         self.helm(helm)
-            .args(["install", "kube-apiserver", "--namespace", "kube-system", "--wait", "--timeout", "3m"])
+            .args([
+                "install",
+                "kube-apiserver",
+                "--namespace",
+                "kube-system",
+                "--wait",
+                "--timeout",
+                "3m",
+            ])
             .arg(self.assets.chart("kube-system", "kube-apiserver"))
             .arg("-f")
             .arg(self.assets.chart_values("kube-system", "kube-apiserver"))
@@ -345,7 +354,7 @@ impl TestEnv {
     pub fn apiservice_available(&self, name: &str) -> Result<(String, String, String), String> {
         let api: Api<APIService> = Api::all(self.client.clone());
         let svc = self
-            .block_on(tokio::time::timeout(Duration::from_secs(10), api.get(name)))
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), api.get(name)).await })
             .map_err(|_| format!("getting APIService {name} timed out"))?
             .map_err(|e| format!("getting APIService {name}: {e}"))?;
         svc.status
@@ -365,7 +374,11 @@ impl TestEnv {
         wait_for(&format!("APIService {name} {want}"), timeout, || {
             let (status, reason, message) = self.apiservice_available(name)?;
             let seen = format!("{status} ({reason}: {message})");
-            if (status == "True") == available { Ok(format!("{reason}: {message}")) } else { Err(seen) }
+            if (status == "True") == available {
+                Ok(format!("{reason}: {message}"))
+            } else {
+                Err(seen)
+            }
         })
     }
 
@@ -374,10 +387,10 @@ impl TestEnv {
     pub fn auth_configmap_cas(&self, key: &str) -> Result<Vec<String>, String> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), "kube-system");
         let cm = self
-            .block_on(tokio::time::timeout(
-                Duration::from_secs(10),
-                api.get_opt("extension-apiserver-authentication"),
-            ))
+            .block_on(async {
+                let get = api.get_opt("extension-apiserver-authentication");
+                tokio::time::timeout(Duration::from_secs(10), get).await
+            })
             .map_err(|_| "reading extension-apiserver-authentication timed out".to_string())?
             .map_err(|e| e.to_string())?
             .ok_or("extension-apiserver-authentication does not exist")?;
@@ -421,7 +434,13 @@ impl Drop for TestEnv {
         self.secret_watch.abort();
         let left = self.sup.shutdown();
         if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+            // Blocking shutdown lets a task finish what it is doing before the temp dir goes;
+            // inside an async context only the background form is allowed.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(Duration::from_secs(10));
+            }
         }
         let failing = std::thread::panicking();
         if failing {

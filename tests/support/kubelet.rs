@@ -122,9 +122,8 @@ impl Kubelet {
             next_node: AtomicUsize::new(0),
         });
         let lookup_from = Arc::clone(&shared);
-        let lookup: LogLookup = Arc::new(move |ns, pod, container| {
-            lookup_from.container_log(ns, pod, container)
-        });
+        let lookup: LogLookup =
+            Arc::new(move |ns, pod, container| lookup_from.container_log(ns, pod, container));
         let log_server = LogServer::start(cert, lookup);
         let port = log_server.port();
 
@@ -491,7 +490,10 @@ impl Shared {
         let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
         let status = pod_status(pod, ready, started_at);
         self.retry(&key, "status", gone, || async {
-            match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await {
+            match api
+                .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.to_string()),
             }
@@ -521,7 +523,9 @@ impl Shared {
                 return false;
             }
             if start.elapsed() > API_RETRY_FOR {
-                self.events.line(format!("kubelet: {key}: gave up {what} after {API_RETRY_FOR:?}: {last}"));
+                self.events.line(format!(
+                    "kubelet: {key}: gave up {what} after {API_RETRY_FOR:?}: {last}"
+                ));
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -560,11 +564,7 @@ async fn wait_gone(gone: &mut watch::Receiver<bool>) {
 fn fits(pod: &Pod, node: &str) -> bool {
     let labels = node_labels(node);
     let Some(spec) = &pod.spec else { return true };
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+    let selector_ok = spec.node_selector.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
     let required = spec
         .affinity
         .as_ref()
@@ -595,9 +595,7 @@ fn requirement_holds(r: &NodeSelectorRequirement, values: &BTreeMap<String, Stri
 fn pod_status(pod: &Pod, ready: bool, started_at: &str) -> Value {
     let ready_s = if ready { "True" } else { "False" };
     let at = now();
-    let condition = |kind: &str, status: &str| {
-        json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": at})
-    };
+    let condition = |kind: &str, status: &str| json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": at});
     let uid = pod.uid().unwrap_or_default();
     let containers: Vec<Value> = pod
         .spec

@@ -51,26 +51,23 @@ pub fn self_signed_serving(dir: &Path, name: &str) -> CertFiles {
     let files =
         CertFiles { cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) };
     std::fs::write(&files.cert, b.build().to_pem().unwrap()).unwrap();
-    write_private(&files.key, &key.private_key_to_pem_pkcs8().unwrap());
+    write_private(&files.key, &key.private_key_to_pem_pkcs8().unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", files.key.display()));
     files
 }
 
-/// Writes a file readable by its owner only, as a mounted Secret or a key file is.
-pub fn write_private(path: &Path, contents: &[u8]) {
+/// Writes a file readable by its owner only, as a mounted Secret or a key file is, atomically
+/// (a process starting meanwhile never reads half a file).
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut tmp = path.as_os_str().to_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
-    f.write_all(contents).unwrap();
-    f.sync_all().unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+    let mut f =
+        std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// SHA-256 fingerprints (hex) of every certificate in a PEM bundle, in bundle order; the way

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt;
 
-/// How long a stopped component gets between SIGTERM and SIGKILL.
+/// How long a stopped component gets between SIGTERM and SIGKILL, unless its spec says.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What to run. Arguments name files, never secrets: they are visible in `ps` and logged.
@@ -36,6 +36,11 @@ pub struct ProcSpec {
     pub args: Vec<OsString>,
     /// stdout and stderr are appended here; a restart appends to the same file.
     pub log: PathBuf,
+    /// Stop this one only after every other process has exited at teardown (etcd: a
+    /// kube-apiserver whose etcd is gone hangs in its graceful shutdown).
+    pub stop_last: bool,
+    /// Time between SIGTERM and SIGKILL.
+    pub grace: Duration,
 }
 
 impl ProcSpec {
@@ -45,7 +50,19 @@ impl ProcSpec {
             program: program.to_path_buf(),
             args: Vec::new(),
             log: log.to_path_buf(),
+            stop_last: false,
+            grace: STOP_GRACE,
         }
+    }
+
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    pub fn stop_last(mut self) -> Self {
+        self.stop_last = true;
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
@@ -64,8 +81,9 @@ impl ProcSpec {
 pub struct ProcId(u64);
 
 struct Running {
-    name: String,
     child: Child,
+    stop_last: bool,
+    grace: Duration,
 }
 
 #[derive(Default)]
@@ -141,7 +159,7 @@ impl Supervisor {
         inner.next += 1;
         let id = ProcId(inner.next);
         inner.groups.push((spec.name.clone(), child.id()));
-        inner.running.insert(id, Running { name: spec.name.clone(), child });
+        inner.running.insert(id, Running { child, stop_last: spec.stop_last, grace: spec.grace });
         Ok(id)
     }
 
@@ -163,7 +181,7 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM to the process group, SIGKILL after [`STOP_GRACE`], and reap it. Blocks for at
+    /// SIGTERM to the process group, SIGKILL after its grace period, and reap it. Blocks for at
     /// most the grace period plus a moment.
     pub fn stop(&self, id: ProcId) {
         let running = self.inner.lock().unwrap().running.remove(&id);
@@ -179,10 +197,13 @@ impl Supervisor {
         let (running, groups) = {
             let mut inner = self.inner.lock().unwrap();
             inner.closed = true;
-            let running = std::mem::take(&mut inner.running).into_values().collect();
+            let running: Vec<Running> = std::mem::take(&mut inner.running).into_values().collect();
             (running, inner.groups.clone())
         };
-        stop_all(running);
+        let (last, first): (Vec<Running>, Vec<Running>) =
+            running.into_iter().partition(|r| r.stop_last);
+        stop_all(first);
+        stop_all(last);
         if let Some((tx, thread)) = self.spawner.lock().unwrap().take() {
             drop(tx);
             let _ = thread.join();
@@ -201,22 +222,24 @@ impl Drop for Supervisor {
 }
 
 fn stop_all(mut procs: Vec<Running>) {
+    let start = Instant::now();
     for p in &procs {
         signal_group(p.child.id(), "TERM");
     }
-    let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline {
-        procs.retain_mut(|p| !matches!(p.child.try_wait(), Ok(Some(_))));
-        if procs.is_empty() {
-            return;
-        }
+    while !procs.is_empty() {
+        procs.retain_mut(|p| {
+            if matches!(p.child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            if start.elapsed() < p.grace {
+                return true;
+            }
+            signal_group(p.child.id(), "KILL");
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            false
+        });
         std::thread::sleep(Duration::from_millis(50));
-    }
-    for p in &mut procs {
-        eprintln!("[harness] {} ignored SIGTERM for {STOP_GRACE:?}: SIGKILL", p.name);
-        signal_group(p.child.id(), "KILL");
-        let _ = p.child.kill();
-        let _ = p.child.wait();
     }
 }
 

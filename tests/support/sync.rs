@@ -104,9 +104,10 @@ impl ApiServerPods {
     }
 
     async fn secret_aggregation(&self) -> Result<Aggregation, String> {
-        let secret =
-            read_retrying("Secret kube-system/kube-apiserver", || self.secrets.get_opt("kube-apiserver"))
-                .await?;
+        let secret = read_retrying("Secret kube-system/kube-apiserver", || {
+            self.secrets.get_opt("kube-apiserver")
+        })
+        .await?;
         aggregation_from_secret(&secret).ok_or_else(|| {
             "Secret kube-system/kube-apiserver lacks aggregation-ca.crt or aggregation-client.crt/.key"
                 .to_string()
@@ -138,10 +139,10 @@ impl ApiServerPods {
                         continue;
                     }
                 };
-                let restart = this.apiserver.restart_if(
-                    "Secret kube-system/kube-apiserver changed",
-                    |now| (*now != latest).then(|| latest.clone()),
-                );
+                let restart =
+                    this.apiserver.restart_if("Secret kube-system/kube-apiserver changed", |now| {
+                        (*now != latest).then(|| latest.clone())
+                    });
                 if let Err(e) = restart.await {
                     this.events.line(format!("sync: restarting kube-apiserver failed: {e}"));
                 }
@@ -179,7 +180,8 @@ impl PodRuntime for ApiServerPods {
                 .await
                 .map(|restarted| {
                     if !restarted {
-                        self.events.line(format!("sync: {reason}: adopts the running kube-apiserver"));
+                        self.events
+                            .line(format!("sync: {reason}: adopts the running kube-apiserver"));
                     }
                 })
         })
@@ -346,21 +348,26 @@ impl ExtServers {
         let dir = self.work.join(format!("ext-{}", key.replace('/', "-")));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let ca_file = dir.join("requestheader-client-ca-file");
-        write_private(&ca_file, ca.as_bytes());
+        write_private(&ca_file, ca.as_bytes()).map_err(|e| format!("{}: {e}", ca_file.display()))?;
         let port = free_port();
-        let mut spec = ProcSpec::new(format!("ext-apiserver {key}"), &Tools::get().ext_apiserver, &self.log_path(pod))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tls-cert")
-            .arg(&self.serving.cert)
-            .arg("--tls-key")
-            .arg(&self.serving.key)
-            .arg("--requestheader-client-ca")
-            .arg(&ca_file)
-            .args(["--group-version", &group_version]);
+        let mut spec = ProcSpec::new(
+            format!("ext-apiserver {key}"),
+            &Tools::get().ext_apiserver,
+            &self.log_path(pod),
+        )
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(&self.serving.cert)
+        .arg("--tls-key")
+        .arg(&self.serving.key)
+        .arg("--requestheader-client-ca")
+        .arg(&ca_file)
+        .args(["--group-version", &group_version]);
         if !allowed.is_empty() {
             spec = spec.args(["--allowed-names", &allowed.join(",")]);
         }
-        let id = self.sup.spawn(&spec).map_err(|e| format!("starting ext-apiserver for {key}: {e}"))?;
+        let id =
+            self.sup.spawn(&spec).map_err(|e| format!("starting ext-apiserver for {key}: {e}"))?;
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             if let Some(status) = self.sup.exit_status(id) {
@@ -373,7 +380,10 @@ impl ExtServers {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.events.line(format!("sync: ext-apiserver for {key} serving on 127.0.0.1:{port}"));
-        self.running.lock().unwrap().insert(pod.uid().unwrap_or_default(), ExtProc { id, port, proxy });
+        self.running
+            .lock()
+            .unwrap()
+            .insert(pod.uid().unwrap_or_default(), ExtProc { id, port, proxy });
         Ok(())
     }
 }
