@@ -10,7 +10,7 @@
 #
 # Runs unattended (CI: root, CI=true, no stdin). Needs root (or sudo) only
 # when a Debian package or the deb-src entry is missing.
-set -euo pipefail
+set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${CERTROTATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-certrotate}
@@ -87,6 +87,13 @@ install_atomic() {
 
 mkdir -p "$CACHE"
 log "cache: $CACHE"
+# One run at a time per cache (a test harness and a developer may both call
+# this): a second run waits, then finds everything cached.
+exec 9>"$CACHE/.provision.lock"
+if ! flock -n 9; then
+	log "another provisioning run holds $CACHE/.provision.lock; waiting"
+	flock 9
+fi
 
 # ------------------------------------------------------------ apt packages --
 
@@ -203,8 +210,9 @@ else
 	# Debian names the tree after its package version, e.g.
 	# kubernetes-1.20.5+really1.20.2: accept any name that ends in ours.
 	SRC=$(find "$BUILD" -maxdepth 1 -type d -name "kubernetes-*$K8S_VERSION" | head -1)
-	[ -n "$SRC" ] && [ -d "$SRC/vendor" ] ||
-		die "no kubernetes-*$K8S_VERSION/vendor after apt-get source (got: $(ls "$BUILD" | tr '\n' ' '))"
+	if [ -z "$SRC" ] || [ ! -d "$SRC/vendor" ]; then
+		die "no kubernetes-*$K8S_VERSION/vendor after apt-get source (got: $(find "$BUILD" -mindepth 1 -maxdepth 1 -printf '%f '))"
+	fi
 	# The Makefile wants the tree at k8s.io/kubernetes inside GOPATH.
 	mkdir -p "$SRC/.go/src/k8s.io" "$BUILD/home"
 	ln -sfn ../../.. "$SRC/.go/src/k8s.io/kubernetes"

@@ -252,7 +252,9 @@ impl Server {
         let mut reader = BufReader::new(stream);
         // HTTP/1.1 with keep-alive: Go's transport reuses connections.
         loop {
-            let Some((method, path, body_len, close)) = read_request(&mut reader)? else {
+            // An idle keep-alive connection that times out or is dropped by
+            // the client is a normal end, not worth a log line.
+            let Ok(Some((method, path, body_len, close))) = read_request(&mut reader) else {
                 return Ok(());
             };
             // Drain a request body so the next request parses.
