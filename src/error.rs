@@ -73,6 +73,9 @@ pub enum Error {
     #[error("{}: {reason}", path.display())]
     BadInputFile { path: PathBuf, reason: String },
 
+    #[error("{object} {reason}")]
+    ClusterObject { object: String, reason: String },
+
     #[error("{workload}: {reason}")]
     Rollout { workload: String, reason: String },
 

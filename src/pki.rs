@@ -1,12 +1,12 @@
 //! Certificate and key facts, computed in-process with OpenSSL and no I/O.
 //!
 //! Keys are compared by their public halves only: a full RSA private-key consistency check
-//! costs ~1,000x a certificate parse (measured-costs.md) and would make `status` slower than
-//! the openssl shell loop it replaces.
+//! costs ~1,000x a certificate parse (measured-costs.md), and even OpenSSL 3's plain key
+//! decoding costs ~1 ms, so RSA halves are read from the DER directly.
 
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private, Public};
+use openssl::pkey::{PKey, Public};
 use openssl::x509::{X509, X509NameRef};
 
 /// Why PEM input could not be used, worded for an operator.
@@ -122,29 +122,185 @@ pub fn issued_by(cert: &CertInfo, ca: &CertInfo) -> bool {
     cert.issuer == ca.subject && ca.x509.public_key().is_ok_and(|k| verifies(&cert.x509, &k))
 }
 
-/// Loads a private key from PEM without OpenSSL's expensive consistency check.
-pub fn parse_private_key(pem: &[u8]) -> Result<PKey<Private>, PemProblem> {
-    check_pem_framing(pem, "PRIVATE KEY").or_else(|_| check_pem_framing(pem, "RSA PRIVATE KEY"))?;
-    PKey::private_key_from_pem(pem)
-        .map_err(|e| PemProblem(format!("corrupt private key PEM ({})", first_reason(&e))))
+/// The public half of a key, in a form that compares equal for the two halves of one pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicHalf {
+    /// RSA modulus and exponent, big-endian without leading zeros.
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// Any other algorithm: its SubjectPublicKeyInfo DER.
+    Spki(Vec<u8>),
 }
 
-/// Loads a public key (`service-account.pub`).
-pub fn parse_public_key(pem: &[u8]) -> Result<PKey<Public>, PemProblem> {
-    check_pem_framing(pem, "PUBLIC KEY").or_else(|_| check_pem_framing(pem, "RSA PUBLIC KEY"))?;
-    PKey::public_key_from_pem(pem)
-        .or_else(|_| openssl::rsa::Rsa::public_key_from_pem_pkcs1(pem).and_then(PKey::from_rsa))
-        .map_err(|e| PemProblem(format!("corrupt public key PEM ({})", first_reason(&e))))
+/// The public half of a PEM private key.
+///
+/// RSA keys (all of Lokomotive's) are read straight from their DER: OpenSSL 3's key decoder
+/// costs ~1 ms per key, which for a dozen keys per asset dir would dominate `status`.
+pub fn private_key_half(pem: &[u8]) -> Result<PublicHalf, PemProblem> {
+    let (label, der) =
+        pem_block(pem, &["PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY"])?;
+    if label == "ENCRYPTED PRIVATE KEY" {
+        return Err(PemProblem("the private key is encrypted; Lokomotive keys never are".into()));
+    }
+    let rsa =
+        if label == "RSA PRIVATE KEY" { der::pkcs1_private(&der) } else { der::pkcs8_rsa(&der) };
+    match rsa {
+        Some(Ok((n, e))) => Ok(PublicHalf::Rsa { n, e }),
+        Some(Err(())) => Err(PemProblem("corrupt private key PEM (malformed DER)".into())),
+        None => PKey::private_key_from_pem(pem)
+            .and_then(|k| k.public_key_to_der())
+            .map(PublicHalf::Spki)
+            .map_err(|e| PemProblem(format!("corrupt private key PEM ({})", first_reason(&e)))),
+    }
 }
 
-/// Whether the private key is the other half of `public`.
-pub fn key_matches(private: &PKey<Private>, public: &PKey<Public>) -> bool {
-    private.public_eq(public)
+/// The public half of a PEM public key (`service-account.pub`).
+pub fn public_key_half(pem: &[u8]) -> Result<PublicHalf, PemProblem> {
+    let (label, der) = pem_block(pem, &["PUBLIC KEY", "RSA PUBLIC KEY"])?;
+    let rsa = if label == "RSA PUBLIC KEY" { der::pkcs1_public(&der) } else { der::spki_rsa(&der) };
+    match rsa {
+        Some(Ok((n, e))) => Ok(PublicHalf::Rsa { n, e }),
+        Some(Err(())) => Err(PemProblem("corrupt public key PEM (malformed DER)".into())),
+        None => PKey::public_key_from_pem(pem)
+            .and_then(|k| k.public_key_to_der())
+            .map(PublicHalf::Spki)
+            .map_err(|e| PemProblem(format!("corrupt public key PEM ({})", first_reason(&e)))),
+    }
 }
 
-/// The certificate's public key, for key-pair comparison.
-pub fn public_key(cert: &CertInfo) -> Option<PKey<Public>> {
-    cert.x509.public_key().ok()
+/// The public half of the key a certificate certifies.
+pub fn certificate_half(cert: &CertInfo) -> Option<PublicHalf> {
+    let key: PKey<Public> = cert.x509.public_key().ok()?;
+    match key.rsa() {
+        Ok(rsa) => Some(PublicHalf::Rsa { n: rsa.n().to_vec(), e: rsa.e().to_vec() }),
+        Err(_) => key.public_key_to_der().ok().map(PublicHalf::Spki),
+    }
+}
+
+/// The label and DER bytes of the first PEM block whose label is one of `labels`.
+fn pem_block(pem: &[u8], labels: &[&'static str]) -> Result<(&'static str, Vec<u8>), PemProblem> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(pem).map_err(|_| PemProblem("not a text PEM file".into()))?;
+    if text.trim().is_empty() {
+        return Err(PemProblem("the file is empty".into()));
+    }
+    let found = labels.iter().find_map(|label| {
+        let begin = format!("{BEGIN}{label}-----");
+        text.find(&begin).map(|at| (*label, &text[at + begin.len()..]))
+    });
+    let Some((label, body)) = found else {
+        return Err(PemProblem(format!("no PEM {} block", labels[0])));
+    };
+    let end = format!("{END}{label}-----");
+    let Some(body) = body.find(&end).map(|at| &body[..at]) else {
+        return Err(PemProblem(format!("truncated PEM: a {label} block has no END line")));
+    };
+    let base64: String = body.split_whitespace().collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(base64)
+        .map_err(|_| PemProblem(format!("corrupt {label} PEM (invalid base64)")))?;
+    Ok((label, der))
+}
+
+/// Just enough DER to find an RSA key's modulus and exponent. Each parser returns `None` for a
+/// key that is not RSA (the caller falls back to OpenSSL) and `Some(Err)` for malformed input.
+mod der {
+    type Parsed = Option<Result<(Vec<u8>, Vec<u8>), ()>>;
+
+    /// OID 1.2.840.113549.1.1.1, rsaEncryption.
+    const RSA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+
+    /// Splits one TLV off `input`: (tag, contents, rest).
+    fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), ()> {
+        let (&tag, rest) = input.split_first().ok_or(())?;
+        let (&first, rest) = rest.split_first().ok_or(())?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let count = usize::from(first & 0x7f);
+            if count == 0 || count > 4 || rest.len() < count {
+                return Err(());
+            }
+            let len = rest[..count].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[count..])
+        };
+        if rest.len() < len {
+            return Err(());
+        }
+        Ok((tag, &rest[..len], &rest[len..]))
+    }
+
+    /// The whole input must be one TLV of `tag`.
+    fn whole(input: &[u8], tag: u8) -> Result<&[u8], ()> {
+        match tlv(input)? {
+            (t, contents, []) if t == tag => Ok(contents),
+            _ => Err(()),
+        }
+    }
+
+    fn integer(input: &[u8]) -> Result<(Vec<u8>, &[u8]), ()> {
+        let (tag, contents, rest) = tlv(input)?;
+        if tag != 0x02 {
+            return Err(());
+        }
+        let start = contents.iter().position(|b| *b != 0).unwrap_or(contents.len());
+        Ok((contents[start..].to_vec(), rest))
+    }
+
+    fn n_and_e(input: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ()> {
+        let (n, rest) = integer(input)?;
+        let (e, _) = integer(rest)?;
+        Ok((n, e))
+    }
+
+    /// RSAPrivateKey: SEQUENCE { version, n, e, … }.
+    pub fn pkcs1_private(input: &[u8]) -> Parsed {
+        Some(whole(input, 0x30).and_then(|seq| n_and_e(integer(seq)?.1)))
+    }
+
+    /// RSAPublicKey: SEQUENCE { n, e }.
+    pub fn pkcs1_public(input: &[u8]) -> Parsed {
+        Some(whole(input, 0x30).and_then(n_and_e))
+    }
+
+    /// AlgorithmIdentifier: `Ok(true)` for rsaEncryption.
+    fn is_rsa(input: &[u8]) -> Result<(bool, &[u8]), ()> {
+        let (tag, alg, rest) = tlv(input)?;
+        let (oid_tag, oid, _) = tlv(alg)?;
+        if tag != 0x30 || oid_tag != 0x06 {
+            return Err(());
+        }
+        Ok((oid == RSA_OID, rest))
+    }
+
+    /// PrivateKeyInfo: SEQUENCE { version, AlgorithmIdentifier, OCTET STRING RSAPrivateKey }.
+    pub fn pkcs8_rsa(input: &[u8]) -> Parsed {
+        let parsed = whole(input, 0x30).and_then(|seq| {
+            let (_, rest) = integer(seq)?;
+            let (rsa, rest) = is_rsa(rest)?;
+            let (tag, key, _) = tlv(rest)?;
+            Ok((rsa, tag, key))
+        });
+        match parsed {
+            Ok((false, _, _)) => None,
+            Ok((true, 0x04, key)) => pkcs1_private(key),
+            _ => Some(Err(())),
+        }
+    }
+
+    /// SubjectPublicKeyInfo: SEQUENCE { AlgorithmIdentifier, BIT STRING RSAPublicKey }.
+    pub fn spki_rsa(input: &[u8]) -> Parsed {
+        let parsed = whole(input, 0x30).and_then(|seq| {
+            let (rsa, rest) = is_rsa(seq)?;
+            let (tag, bits, _) = tlv(rest)?;
+            Ok((rsa, tag, bits))
+        });
+        match parsed {
+            Ok((false, _, _)) => None,
+            // The first byte of a BIT STRING counts unused bits: 0 for a key.
+            Ok((true, 0x03, [0, key @ ..])) => pkcs1_public(key),
+            _ => Some(Err(())),
+        }
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -175,6 +331,55 @@ mod tests {
         assert!(parse_certs(cut).unwrap_err().0.contains("truncated"));
         let corrupt = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(parse_certs(corrupt).unwrap_err().0.contains("corrupt"));
+    }
+
+    fn key_pems() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+        let key = PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let rsa = key.rsa().unwrap();
+        (
+            key.private_key_to_pem_pkcs8().unwrap(),
+            rsa.private_key_to_pem().unwrap(),
+            key.public_key_to_pem().unwrap(),
+            rsa.public_key_to_pem_pkcs1().unwrap(),
+        )
+    }
+
+    #[test]
+    fn rsa_halves_agree_with_openssl_in_every_encoding() {
+        let (pkcs8, pkcs1, spki, pkcs1_pub) = key_pems();
+        let via_openssl = PKey::private_key_from_pem(&pkcs8).unwrap().rsa().unwrap();
+        let expected = PublicHalf::Rsa { n: via_openssl.n().to_vec(), e: via_openssl.e().to_vec() };
+        assert_eq!(private_key_half(&pkcs8).unwrap(), expected);
+        assert_eq!(private_key_half(&pkcs1).unwrap(), expected);
+        assert_eq!(public_key_half(&spki).unwrap(), expected);
+        assert_eq!(public_key_half(&pkcs1_pub).unwrap(), expected);
+        let (other, ..) = key_pems();
+        assert_ne!(private_key_half(&other).unwrap(), expected);
+    }
+
+    #[test]
+    fn broken_keys_are_named() {
+        let (pkcs8, ..) = key_pems();
+        let text = String::from_utf8(pkcs8).unwrap();
+        let cut = &text[..text.len() / 2];
+        assert!(private_key_half(cut.as_bytes()).unwrap_err().0.contains("truncated"));
+        // A valid base64 body whose DER length fields disagree with its size.
+        let lines: Vec<&str> = text.lines().collect();
+        let short = format!("{}\n{}\n{}\n", lines[0], lines[1], lines[lines.len() - 1]);
+        assert!(private_key_half(short.as_bytes()).unwrap_err().0.contains("malformed DER"));
+        let bad = text.replacen("MII", "M*I", 1);
+        assert!(private_key_half(bad.as_bytes()).unwrap_err().0.contains("invalid base64"));
+        assert!(private_key_half(b"").unwrap_err().0.contains("empty"));
+    }
+
+    #[test]
+    fn non_rsa_keys_fall_back_to_openssl() {
+        let group = openssl::ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap();
+        let private = private_key_half(&key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        let public = public_key_half(&key.public_key_to_pem().unwrap()).unwrap();
+        assert_eq!(private, public);
+        assert!(matches!(private, PublicHalf::Spki(_)));
     }
 
     #[test]

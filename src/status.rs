@@ -531,8 +531,8 @@ fn load_credential(
     b.row.status =
         b.row.status.max(Validity::of_dates(cert.not_before, cert.not_after, now, window));
     if let Some((key_file, key_pem)) = key_pem {
-        b.row.key = match (pki::parse_private_key(&key_pem), pki::public_key(&cert)) {
-            (Ok(private), Some(public)) if pki::key_matches(&private, &public) => Check::Ok,
+        b.row.key = match (pki::private_key_half(&key_pem), pki::certificate_half(&cert)) {
+            (Ok(private), Some(public)) if private == public => Check::Ok,
             (Ok(_), _) => {
                 b.problem(
                     Validity::Invalid,
@@ -563,21 +563,21 @@ fn load_key_pair(
 ) {
     b.row.chain = Check::NotApplicable;
     let private_key = match read_asset(assets, private) {
-        Ok(pem) => pki::parse_private_key(&pem).map_err(|p| b.pem_problem(private, p)).ok(),
+        Ok(pem) => pki::private_key_half(&pem).map_err(|p| b.pem_problem(private, p)).ok(),
         Err(e) => {
             b.read_error(private, e, restore);
             None
         }
     };
     let public_key = match read_asset(assets, public) {
-        Ok(pem) => pki::parse_public_key(&pem).map_err(|p| b.pem_problem(public, p)).ok(),
+        Ok(pem) => pki::public_key_half(&pem).map_err(|p| b.pem_problem(public, p)).ok(),
         Err(e) => {
             b.read_error(public, e, restore);
             None
         }
     };
     b.row.key = match (private_key, public_key) {
-        (Some(private), Some(public)) if pki::key_matches(&private, &public) => Check::Ok,
+        (Some(private), Some(public)) if private == public => Check::Ok,
         (Some(_), Some(_)) => {
             b.problem(
                 Validity::Invalid,

@@ -2,6 +2,7 @@
 
 mod connection;
 pub mod discovery;
+pub mod objects;
 pub mod rollout;
 mod snapshot;
 
