@@ -14,8 +14,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use support::{
-    AssetOptions, Assets, EnvOptions, ExtApiServer, Helm, KubeletConfig, TestEnv, file_fingerprints,
-    free_port, wait_for,
+    AssetOptions, Assets, EnvOptions, ExtApiServer, Helm, KubeletConfig, TestEnv,
+    file_fingerprints, free_port, wait_for,
 };
 
 const ROLLOUT: Duration = Duration::from_secs(120);
@@ -43,7 +43,11 @@ fn taint_and_apply(assets: &Assets, taint: &str, target: &str) {
 
 /// A new aggregation CA (new key) in the asset dir, as the `ca` phase makes it.
 fn new_aggregation_ca(assets: &Assets) {
-    taint_and_apply(assets, "tls_private_key.aggregation-ca[0]", "local_file.aggregation-ca-crt[0]");
+    taint_and_apply(
+        assets,
+        "tls_private_key.aggregation-ca[0]",
+        "local_file.aggregation-ca-crt[0]",
+    );
 }
 
 fn read(path: &std::path::Path) -> Vec<u8> {
@@ -245,7 +249,8 @@ fn helm_release_lifecycle(helm: Helm, name: &str) {
     env.step("helm upgrade --wait on pods that never become Ready, killed");
     env.kubelet
         .set_never_ready(Some(Arc::new(|pod: &Pod| label_is(pod, "k8s-app", "kube-apiserver"))));
-    let mut stuck = upgrade_set("kube-apiserver:v1.20.4").args(["--wait", "--timeout", "10m"]).spawn();
+    let mut stuck =
+        upgrade_set("kube-apiserver:v1.20.4").args(["--wait", "--timeout", "10m"]).spawn();
     wait_for("helm waiting on a v1.20.4 pod held not Ready", Duration::from_secs(120), || {
         if !stuck.is_running() {
             panic!("helm upgrade ended by itself: {}", stuck.kill());
@@ -321,7 +326,12 @@ fn terraform_taint_and_targeted_apply_replace_the_aggregation_ca() {
     let ca_after = read(&assets.tls("aggregation-ca.crt"));
     assert_ne!(ca_after, ca_before, "tls/aggregation-ca.crt was replaced");
     let key_of = |pem: &[u8]| {
-        openssl::x509::X509::from_pem(pem).unwrap().public_key().unwrap().public_key_to_der().unwrap()
+        openssl::x509::X509::from_pem(pem)
+            .unwrap()
+            .public_key()
+            .unwrap()
+            .public_key_to_der()
+            .unwrap()
     };
     assert_ne!(key_of(&ca_after), key_of(&ca_before), "the new CA has a new key");
     assert_eq!(read(&assets.tls("aggregation-client.crt")), client_before, "not targeted");
@@ -391,7 +401,8 @@ fn apiservice_unavailable_after_ca_change_until_its_server_restarts() {
         .ok();
     let why = env.wait_apiservice(&name, true, Duration::from_secs(90));
     env.step(&format!("{name} Available: {why}"));
-    let logs = || env.kubectl().args(["logs", "deploy/metrics-server", "-n", "kube-system"]).ok().stdout;
+    let logs =
+        || env.kubectl().args(["logs", "deploy/metrics-server", "-n", "kube-system"]).ok().stdout;
     let loaded = |text: &str| text.lines().filter(|l| l.contains("loaded client CA")).count();
     assert_eq!(loaded(&logs()), 1, "one CA loaded at start:\n{}", logs());
     env.kubectl().args(["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]).ok();

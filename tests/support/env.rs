@@ -402,11 +402,17 @@ impl TestEnv {
     }
 
     /// `kubectl rollout restart` then `kubectl rollout status` of `kind/name` (real kubectl).
+    /// `rollout status` does not survive the API dropping (restarting kube-apiserver itself):
+    /// like an operator, it is run again until it succeeds.
     pub fn rollout_restart(&self, namespace: &str, workload: &str) {
         self.kubectl().args(["-n", namespace, "rollout", "restart", workload]).ok();
-        self.kubectl()
-            .args(["-n", namespace, "rollout", "status", workload, "--timeout=180s"])
-            .ok();
+        wait_for(&format!("kubectl rollout status {workload}"), Duration::from_secs(180), || {
+            let out = self
+                .kubectl()
+                .args(["-n", namespace, "rollout", "status", workload, "--timeout=170s"])
+                .run();
+            if out.success() { Ok(()) } else { Err(out.to_string()) }
+        });
     }
 
     fn print_logs(&self) {
@@ -429,6 +435,11 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        // The logs as they were when the test failed, before teardown adds to them.
+        let failing = std::thread::panicking();
+        if failing {
+            self.print_logs();
+        }
         self.kubelet.shutdown();
         self.ext.shutdown();
         self.secret_watch.abort();
@@ -441,10 +452,6 @@ impl Drop for TestEnv {
             } else {
                 rt.shutdown_timeout(Duration::from_secs(10));
             }
-        }
-        let failing = std::thread::panicking();
-        if failing {
-            self.print_logs();
         }
         if std::env::var_os("CERTROTATE_KEEP_TESTDIR").is_some() {
             if let Some(dir) = self.dir.take() {

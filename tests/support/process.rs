@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,8 @@ struct Inner {
     closed: bool,
     next: u64,
     running: BTreeMap<ProcId, Running>,
+    /// Processes being stopped by [`Supervisor::stop`] right now (e.g. a restart).
+    stopping: usize,
     /// Every process group ever created, for the leftover check.
     groups: Vec<(String, u32)>,
 }
@@ -100,6 +102,7 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 /// Owns every component process of one test environment.
 pub struct Supervisor {
     inner: Mutex<Inner>,
+    stopped: Condvar,
     spawner: Mutex<Option<(mpsc::Sender<SpawnRequest>, JoinHandle<()>)>>,
 }
 
@@ -116,6 +119,7 @@ impl Supervisor {
             .expect("starting the spawner thread");
         Arc::new(Supervisor {
             inner: Mutex::new(Inner::default()),
+            stopped: Condvar::new(),
             spawner: Mutex::new(Some((tx, thread))),
         })
     }
@@ -184,9 +188,16 @@ impl Supervisor {
     /// SIGTERM to the process group, SIGKILL after its grace period, and reap it. Blocks for at
     /// most the grace period plus a moment.
     pub fn stop(&self, id: ProcId) {
-        let running = self.inner.lock().unwrap().running.remove(&id);
+        let running = {
+            let mut inner = self.inner.lock().unwrap();
+            let running = inner.running.remove(&id);
+            inner.stopping += usize::from(running.is_some());
+            running
+        };
         if let Some(running) = running {
             stop_all(vec![running]);
+            self.inner.lock().unwrap().stopping -= 1;
+            self.stopped.notify_all();
         }
     }
 
@@ -203,6 +214,11 @@ impl Supervisor {
         let (last, first): (Vec<Running>, Vec<Running>) =
             running.into_iter().partition(|r| r.stop_last);
         stop_all(first);
+        // A restart racing with teardown may still be stopping its process: wait for it, so
+        // that it is not counted as left behind and its etcd outlives it.
+        let inner = self.inner.lock().unwrap();
+        let wait = STOP_GRACE + Duration::from_secs(5);
+        drop(self.stopped.wait_timeout_while(inner, wait, |i| i.stopping > 0).unwrap());
         stop_all(last);
         if let Some((tx, thread)) = self.spawner.lock().unwrap().take() {
             drop(tx);

@@ -348,7 +348,8 @@ impl ExtServers {
         let dir = self.work.join(format!("ext-{}", key.replace('/', "-")));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let ca_file = dir.join("requestheader-client-ca-file");
-        write_private(&ca_file, ca.as_bytes()).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        write_private(&ca_file, ca.as_bytes())
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
         let port = free_port();
         let mut spec = ProcSpec::new(
             format!("ext-apiserver {key}"),
