@@ -453,10 +453,10 @@ impl Drop for TestEnv {
                 rt.shutdown_timeout(Duration::from_secs(10));
             }
         }
-        if std::env::var_os("CERTROTATE_KEEP_TESTDIR").is_some() {
-            if let Some(dir) = self.dir.take() {
-                eprintln!("[{}] kept {}", self.name, dir.keep().display());
-            }
+        if std::env::var_os("CERTROTATE_KEEP_TESTDIR").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("[{}] kept {}", self.name, dir.keep().display());
         }
         if !left.is_empty() {
             let message = format!("processes left behind: {}", left.join("; "));

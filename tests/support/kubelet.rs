@@ -397,13 +397,14 @@ impl Shared {
 
         let runtime = self.runtime_for(&pod);
         let started_at = now();
-        if let Some(rt) = &runtime {
-            if let Err(e) = rt.start(&pod).await {
-                self.events.line(format!("kubelet: {key}: start failed: {e}"));
-                let _ = self.set_status(&api, &pod, false, &started_at, &mut gone).await;
-                wait_gone(&mut gone).await;
-                return self.finish(&pod, runtime.as_ref()).await;
-            }
+        if let Some(rt) = &runtime
+            && let Err(e) = rt.start(&pod).await
+        {
+            // Like a container that fails to start: Running, never Ready.
+            self.events.line(format!("kubelet: {key}: start failed: {e}"));
+            let _ = self.set_status(&api, &pod, false, &started_at, &mut gone).await;
+            wait_gone(&mut gone).await;
+            return self.finish(&pod, runtime.as_ref()).await;
         }
         if !self.set_status(&api, &pod, false, &started_at, &mut gone).await {
             return self.finish(&pod, runtime.as_ref()).await;
