@@ -205,7 +205,9 @@ impl ControlPlane {
         .arg(flag("service-account-signing-key-file", &tls("service-account.key")))
         .arg("--service-account-issuer=https://kubernetes.default.svc")
         .arg("--authorization-mode=Node,RBAC")
-        .arg("--service-cluster-ip-range=10.3.0.0/16")
+        // Not Lokomotive's 10.3.0.0/16: the apiserver dials ClusterIPs itself (webhooks,
+        // ClusterIP-backed APIServices), and no test traffic may leave loopback.
+        .arg("--service-cluster-ip-range=127.3.0.0/16")
         .arg(flag("requestheader-client-ca-file", &secret("aggregation-ca.crt")))
         .arg(flag("proxy-client-cert-file", &secret("aggregation-client.crt")))
         .arg(flag("proxy-client-key-file", &secret("aggregation-client.key")))
