@@ -362,7 +362,9 @@ fn auth_configmap_merges_a_new_aggregation_ca_until_deleted() {
         Helm::V3,
         &json!({"apiserver": {"aggregationCaCert": BASE64.encode(&new_pem)}}),
     );
-    assert_eq!(env.apiserver.restarts(), 1, "the checksum change restarted the apiserver");
+    let restarts = env.apiserver.restarts();
+    // One restart, or two if the Secret watcher got there before the new pod started.
+    assert!(restarts >= 1, "the checksum change restarted the apiserver");
     let merged = wait_for("the ConfigMap to hold old and new CA", Duration::from_secs(60), || {
         let now = cas()?;
         if now.len() == 2 && now.contains(&old[0]) && now.contains(&new[0]) {
@@ -378,7 +380,7 @@ fn auth_configmap_merges_a_new_aggregation_ca_until_deleted() {
         .args(["delete", "configmap", "extension-apiserver-authentication", "-n", "kube-system"])
         .ok();
     env.rollout_restart("kube-system", "deploy/kube-apiserver");
-    assert_eq!(env.apiserver.restarts(), 2);
+    assert!(env.apiserver.restarts() > restarts, "the rollout restarted the apiserver");
     wait_for("the ConfigMap to hold only the new CA", Duration::from_secs(60), || {
         let now = cas()?;
         if now == new { Ok(()) } else { Err(format!("{now:?}")) }

@@ -435,6 +435,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        let teardown = Instant::now();
         // The logs as they were when the test failed, before teardown adds to them.
         let failing = std::thread::panicking();
         if failing {
@@ -458,6 +459,12 @@ impl Drop for TestEnv {
         {
             eprintln!("[{}] kept {}", self.name, dir.keep().display());
         }
+        eprintln!(
+            "[{} +{:.1}s] torn down in {:.1?}",
+            self.name,
+            self.started.elapsed().as_secs_f64(),
+            teardown.elapsed()
+        );
         if !left.is_empty() {
             let message = format!("processes left behind: {}", left.join("; "));
             if failing {
