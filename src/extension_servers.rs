@@ -94,11 +94,9 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
         if results.iter().any(|r| !r.ok) || report.servers.iter().any(|s| !s.problems.is_empty()) {
             code = exit::ERROR;
         }
-        let names: BTreeSet<String> =
-            discovery.servers.iter().map(|s| s.api_service.clone()).collect();
         let available = discovery::wait_available(
             &conn.client,
-            &names,
+            &discovery.restarted_api_services(),
             &discovery.api_services_version,
             global.timeout.duration,
         )
@@ -149,7 +147,7 @@ fn print_plan(discovery: &Discovery, workloads: &BTreeSet<WorkloadRef>) {
         "{}. WATCH each of them until `kubectl rollout status` would report it rolled out",
         workloads.len() + 1
     );
-    let names: Vec<&str> = discovery.servers.iter().map(|s| s.api_service.as_str()).collect();
+    let names: Vec<String> = discovery.restarted_api_services().into_iter().collect();
     println!(
         "{}. WATCH apiservices until Available=True: {}",
         workloads.len() + 2,

@@ -62,6 +62,28 @@ fn form(timestamp: &str) -> String {
     timestamp.chars().map(|c| if c.is_ascii_digit() { 'D' } else { c }).collect()
 }
 
+/// The operation and annotation fields `manager` owns on deployment kube-system/metrics-server
+/// (a later writer of the same field takes it over, so read right after each restart).
+fn managed_restart_fields(env: &TestEnv, manager: &str) -> (Value, Value) {
+    let out = env
+        .kubectl()
+        .args(["-n", "kube-system", "get", "deployment", "metrics-server", "-o", "json"])
+        .arg("--show-managed-fields")
+        .ok();
+    let deployment: Value = serde_json::from_str(&out.stdout).unwrap();
+    let entry = deployment["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["manager"] == manager)
+        .unwrap_or_else(|| panic!("no managedFields entry of {manager}: {deployment:#}"))
+        .clone();
+    let annotations =
+        entry["fieldsV1"]["f:spec"]["f:template"]["f:metadata"]["f:annotations"].clone();
+    assert!(annotations.get("f:kubectl.kubernetes.io/restartedAt").is_some(), "{entry:#}");
+    (entry["operation"].clone(), annotations)
+}
+
 fn server<'a>(report: &'a Value, api_service: &str) -> &'a Value {
     report["servers"]
         .as_array()
@@ -133,6 +155,7 @@ fn discovers_restarts_like_kubectl_and_checks_the_loaded_ca() {
     env.rollout_restart("kube-system", "deployment/metrics-server");
     let by_kubectl = restarted_at(&env, "kube-system", "metrics-server");
     assert!(!by_kubectl.is_empty());
+    let kubectl_fields = managed_restart_fields(&env, "kubectl-rollout");
 
     // Then ours, with real `kubectl rollout status` watching the same rollout.
     let ours = env
@@ -179,34 +202,9 @@ fn discovers_restarts_like_kubectl_and_checks_the_loaded_ca() {
     assert_eq!(report["restarts"][0]["ok"], true, "{report:#}");
     assert_eq!(report["availableAfterRestart"]["v1beta1.metrics.k8s.io"], "True", "{report:#}");
 
-    // Both patches are recorded like kubectl's: an Update of the same field, by each manager.
-    let deployment: Value = serde_json::from_str(
-        &env.kubectl()
-            .args([
-                "-n",
-                "kube-system",
-                "get",
-                "deployment",
-                "metrics-server",
-                "-o",
-                "json",
-                "--show-managed-fields",
-            ])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
-    for manager in ["kubectl-rollout", "kubectl-certrotate"] {
-        let entry = deployment["metadata"]["managedFields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["manager"] == manager)
-            .unwrap_or_else(|| panic!("no managedFields entry of {manager}"));
-        assert_eq!(entry["operation"], "Update");
-        let annotations = &entry["fieldsV1"]["f:spec"]["f:template"]["f:metadata"]["f:annotations"];
-        assert!(annotations.get("f:kubectl.kubernetes.io/restartedAt").is_some(), "{entry:#}");
-    }
+    // Our patch is recorded as kubectl's was: an Update owning the same annotation field.
+    let ours_fields = managed_restart_fields(&env, "kubectl-certrotate");
+    assert_eq!(ours_fields, kubectl_fields);
 
     // The restarted server loaded the asset dir's aggregation CA (from its log), not the kube CA.
     let agg = env.assets.tls("aggregation-ca.crt");

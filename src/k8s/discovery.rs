@@ -54,6 +54,13 @@ pub struct Discovery {
 }
 
 impl Discovery {
+    /// The APIServices whose workloads a restart covers; the others (no selector, nothing
+    /// matched) cannot be expected back and are reported as problems instead.
+    pub fn restarted_api_services(&self) -> BTreeSet<String> {
+        let served = self.servers.iter().filter(|s| !s.workloads.is_empty());
+        served.map(|s| s.api_service.clone()).collect()
+    }
+
     /// Every workload behind some extension server, each once.
     pub fn workloads(&self) -> BTreeSet<WorkloadRef> {
         self.servers.iter().flat_map(|s| s.workloads.iter().cloned()).collect()
