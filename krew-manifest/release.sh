@@ -265,6 +265,8 @@ $t where it is installed (e.g. a CI runner of that platform) and pass the archiv
 		p=$(inspect_archive "$t")
 		planned+=("${p%% *}")
 	done
+	p=$(printf '%s\n' "${planned[@]}" | sort | uniq -d | tr '\n' ' ')
+	[[ -z $p ]] || die "more than one archive would be made or given for $p"
 	if [[ $partial != yes ]]; then
 		while read -r p; do
 			printf '%s\n' "${planned[@]}" | grep -qx "$p" ||
