@@ -6,8 +6,8 @@
 # 1. scripts/provision.sh: the real etcd, kube-apiserver, kube-controller-manager, helm 3/4,
 #    terraform providers and test binaries (cached; a warm run takes seconds);
 # 2. sources the testenv.env it writes, so the tests find those programs;
-# 3. cargo build --all-targets, then cargo test --all-targets (or the given arguments) with
-#    plain libtest, whose threads let the tests of one file run side by side;
+# 3. cargo build --all-targets, then cargo test --no-fail-fast --all-targets (or the given
+#    arguments) with plain libtest, whose threads let the tests of one file run side by side;
 # 4. fails if a component process started by the tests outlived them.
 #
 # CERTROTATE_TEST_THREADS overrides the number of tests run at once (default 2: each test
@@ -51,7 +51,8 @@ fi
 
 cargo build --all-targets
 set +e
-cargo test "${TEST_ARGS[@]}" -- --test-threads="$THREADS"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --no-fail-fast "${TEST_ARGS[@]}" -- --test-threads="$THREADS"
 rc=$?
 set -e
 
