@@ -90,17 +90,19 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
             global.yes,
             &format!("restart {} workload(s) on {}?", workloads.len(), conn.server),
         )?;
-        let results = restart_all(&conn, &discovery, &workloads, global).await;
+        let availability = discovery::Availability::new(&discovery);
+        let follow = availability.follow(&conn.client, &discovery.api_services_version);
+        futures::pin_mut!(follow);
+        let (results, available) = tokio::select! {
+            done = async {
+                let results = restart_all(&conn, &discovery, &workloads, global).await;
+                (results, availability.until_available(global.timeout.duration).await)
+            } => done,
+            () = &mut follow => unreachable!("following APIServices never ends"),
+        };
         if results.iter().any(|r| !r.ok) || report.servers.iter().any(|s| !s.problems.is_empty()) {
             code = exit::ERROR;
         }
-        let available = discovery::wait_available(
-            &conn.client,
-            &discovery.restarted_api_services(),
-            &discovery.api_services_version,
-            global.timeout.duration,
-        )
-        .await;
         if available.values().any(|s| s != "True") {
             code = exit::ERROR;
         }

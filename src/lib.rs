@@ -57,13 +57,25 @@ fn run(cli: Cli) -> Result<u8> {
             let mut command = Cli::command();
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut command, "kubectl-certrotate", &mut script);
+            if shell == clap_complete::Shell::Bash {
+                // clap_complete 4.6 labels subcommand cases differently from its dispatch when
+                // the binary name has a dash (clap issue 6421): options after a subcommand
+                // would never complete.
+                let text = String::from_utf8_lossy(&script);
+                script = text.replace("kubectl__subcmd__certrotate", "kubectl__certrotate").into();
+            }
             let written = std::io::stdout().lock().write_all(&script).map_err(error::Error::Output);
             output::ignore_broken_pipe(written)?;
             Ok(exit::OK)
         }
         Command::Version => {
-            let text =
-                format!("kubectl-certrotate {}\ncommit: {}\n", version::VERSION, version::COMMIT);
+            // The same first line as `--version`.
+            let text = format!(
+                "{} {}\ncommit: {}\n",
+                cli::DISPLAY_NAME,
+                version::VERSION,
+                version::COMMIT
+            );
             let written =
                 std::io::stdout().lock().write_all(text.as_bytes()).map_err(error::Error::Output);
             output::ignore_broken_pipe(written)?;

@@ -656,7 +656,7 @@ fn archive_installs_like_krew_and_runs_through_kubectl() {
     let mut lines = version_out.lines();
     assert_eq!(
         lines.next(),
-        Some(format!("kubectl-certrotate {}", env!("CARGO_PKG_VERSION")).as_str())
+        Some(format!("kubectl certrotate {}", env!("CARGO_PKG_VERSION")).as_str())
     );
     assert!(lines.next().is_some_and(|l| l.starts_with("commit: ")), "{version_out}");
 

@@ -262,51 +262,72 @@ impl Discovery {
     }
 }
 
-/// Waits until every APIService in `names` reports `Available=True`, watching all APIServices
-/// from `version` (the discovery list's). Returns the last `Available` status of each.
-pub async fn wait_available(
-    client: &Client,
-    names: &BTreeSet<String>,
-    version: &str,
-    timeout: Duration,
-) -> BTreeMap<String, String> {
-    let api = Api::<APIService>::all(client.clone());
-    let mut available: BTreeMap<String, String> =
-        names.iter().map(|n| (n.clone(), "Unknown".to_string())).collect();
-    let all_true = |a: &BTreeMap<String, String>| a.values().all(|s| s == "True");
-    let mut version = version.to_string();
-    let watching = async {
+/// The `Available` condition of the APIServices a restart covers, kept current by one watch
+/// of all APIServices that starts at discovery: the restarts happen while it follows, so no
+/// second list is needed and no change in between is missed.
+pub struct Availability {
+    state: tokio::sync::watch::Sender<BTreeMap<String, String>>,
+}
+
+impl Availability {
+    /// Starts from what discovery saw.
+    pub fn new(discovery: &Discovery) -> Self {
+        let names = discovery.restarted_api_services();
+        let state = discovery
+            .servers
+            .iter()
+            .filter(|s| names.contains(&s.api_service))
+            .map(|s| (s.api_service.clone(), s.available.clone()))
+            .collect();
+        Self { state: tokio::sync::watch::Sender::new(state) }
+    }
+
+    /// Follows every change from `version` (the discovery list's) on; never returns, so run it
+    /// beside the work that needs it.
+    pub async fn follow(&self, client: &Client, version: &str) {
+        let api = Api::<APIService>::all(client.clone());
+        let mut version = version.to_string();
         let mut backoff = Backoff::default();
         loop {
-            // A fresh read first: after a drop the watch may not replay what changed.
-            if let Ok(list) = api.list(&ListParams::default()).await {
-                version = list.metadata.resource_version.clone().unwrap_or_default();
-                for svc in &list.items {
-                    record_available(svc, &mut available);
-                }
-            }
-            if all_true(&available) {
-                return;
-            }
             let Ok(stream) = api.watch(&WatchParams::default(), &version).await else {
                 backoff.sleep().await;
                 continue;
             };
             futures::pin_mut!(stream);
-            while let Some(Ok(WatchEvent::Added(svc) | WatchEvent::Modified(svc))) =
-                stream.next().await
-            {
-                backoff.reset();
-                record_available(&svc, &mut available);
-                if all_true(&available) {
-                    return;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(WatchEvent::Added(svc) | WatchEvent::Modified(svc)) => {
+                        backoff.reset();
+                        version = svc.resource_version().unwrap_or(version);
+                        self.state.send_modify(|state| record_available(&svc, state));
+                    }
+                    Ok(WatchEvent::Bookmark(b)) => version = b.metadata.resource_version,
+                    Ok(WatchEvent::Deleted(_)) => {}
+                    Ok(WatchEvent::Error(status)) if status.code == 410 => {
+                        // Too far behind to resume: take the present state and go on from it.
+                        if let Ok(list) = api.list(&ListParams::default()).await {
+                            version = list.metadata.resource_version.unwrap_or_default();
+                            self.state.send_modify(|state| {
+                                list.items.iter().for_each(|svc| record_available(svc, state))
+                            });
+                        }
+                        break;
+                    }
+                    Ok(WatchEvent::Error(_)) | Err(_) => break,
                 }
             }
             backoff.sleep().await;
         }
-    };
-    let _ = tokio::time::timeout(timeout, watching).await;
-    available
+    }
+
+    /// Waits until all are `Available=True`, at most `timeout` (`follow` must be running);
+    /// returns the last status of each.
+    pub async fn until_available(&self, timeout: Duration) -> BTreeMap<String, String> {
+        let mut seen = self.state.subscribe();
+        let all_true = |state: &BTreeMap<String, String>| state.values().all(|s| s == "True");
+        let _ = tokio::time::timeout(timeout, seen.wait_for(all_true)).await;
+        self.state.borrow().clone()
+    }
 }
 
 fn record_available(svc: &APIService, available: &mut BTreeMap<String, String>) {
