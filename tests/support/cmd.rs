@@ -176,10 +176,6 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -163,11 +163,6 @@ impl Kubelet {
         &self.shared.nodes
     }
 
-    /// The port of the kubelet endpoint every node reports.
-    pub fn log_port(&self) -> u16 {
-        self.log_server.port()
-    }
-
     /// Pods for which `predicate` holds stay Running but not Ready (until the predicate is
     /// cleared with `None`, when they become Ready): a stuck rollout that can be released.
     pub fn set_never_ready(&self, predicate: Option<PodPredicate>) {

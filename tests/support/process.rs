@@ -167,11 +167,6 @@ impl Supervisor {
         Ok(id)
     }
 
-    /// The pid of a running process.
-    pub fn pid(&self, id: ProcId) -> Option<u32> {
-        self.inner.lock().unwrap().running.get(&id).map(|r| r.child.id())
-    }
-
     /// `Some(exit status)` once the process has ended on its own (or was never known).
     pub fn exit_status(&self, id: ProcId) -> Option<String> {
         let mut inner = self.inner.lock().unwrap();
@@ -296,21 +291,16 @@ fn leftovers(groups: &[(String, u32)]) -> Vec<String> {
 /// test over.
 pub struct EventLog {
     file: Mutex<File>,
-    path: PathBuf,
 }
 
 impl EventLog {
     pub fn create(path: &Path) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(EventLog { file: Mutex::new(file), path: path.to_path_buf() })
+        Ok(EventLog { file: Mutex::new(file) })
     }
 
     pub fn line(&self, message: impl std::fmt::Display) {
         let mut file = self.file.lock().unwrap();
         let _ = writeln!(file, "{} {message}", jiff::Timestamp::now());
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }

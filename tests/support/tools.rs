@@ -47,11 +47,6 @@ impl Tools {
     pub fn make_assets_script(&self) -> PathBuf {
         existing(self.testenv_dir.join("make-assets.sh"), "CERTROTATE_TESTENV_DIR")
     }
-
-    /// A fixture chart directory under `testenv/charts/`.
-    pub fn fixture_chart(&self, name: &str) -> PathBuf {
-        existing(self.testenv_dir.join("charts").join(name), "CERTROTATE_TESTENV_DIR")
-    }
 }
 
 const HOW_TO_FIX: &str = "run `scripts/test.sh` (it runs scripts/provision.sh and sources the \
