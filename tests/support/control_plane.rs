@@ -120,7 +120,8 @@ impl ApiServer {
         let start = Instant::now();
         loop {
             if let Some(status) = self.sup.exit_status(id) {
-                return Err(format!("kube-apiserver exited ({status}); see its log"));
+                let log = self.spec.log.display();
+                return Err(format!("kube-apiserver exited ({status}); its log: {log}"));
             }
             let request = http::Request::get("/readyz").body(Vec::new()).unwrap();
             let probe =
@@ -241,24 +242,22 @@ impl ControlPlane {
 
         let kubeconfig = assets.kubeconfig();
         let kcm_certs = work.join("kube-controller-manager-certs");
-        let kcm = ProcSpec::new(
-            "kube-controller-manager",
-            &tools.kube_controller_manager,
-            &logs.join("kube-controller-manager.log"),
-        )
-        .arg(flag("kubeconfig", &kubeconfig))
-        .arg(flag("authentication-kubeconfig", &kubeconfig))
-        .arg(flag("authorization-kubeconfig", &kubeconfig))
-        .arg("--leader-elect=false")
-        .arg(flag("service-account-private-key-file", &tls("service-account.key")))
-        .arg(flag("root-ca-file", &tls("ca.crt")))
-        .arg(flag("cluster-signing-cert-file", &tls("ca.crt")))
-        .arg(flag("cluster-signing-key-file", &tls("ca.key")))
-        .arg("--bind-address=127.0.0.1")
-        .arg(format!("--secure-port={}", free_port()))
-        .arg("--port=0")
-        .arg(flag("cert-dir", &kcm_certs))
-        .arg("--use-service-account-credentials=false");
+        let kcm_log = logs.join("kube-controller-manager.log");
+        let kcm =
+            ProcSpec::new("kube-controller-manager", &tools.kube_controller_manager, &kcm_log)
+                .arg(flag("kubeconfig", &kubeconfig))
+                .arg(flag("authentication-kubeconfig", &kubeconfig))
+                .arg(flag("authorization-kubeconfig", &kubeconfig))
+                .arg("--leader-elect=false")
+                .arg(flag("service-account-private-key-file", &tls("service-account.key")))
+                .arg(flag("root-ca-file", &tls("ca.crt")))
+                .arg(flag("cluster-signing-cert-file", &tls("ca.crt")))
+                .arg(flag("cluster-signing-key-file", &tls("ca.key")))
+                .arg("--bind-address=127.0.0.1")
+                .arg(format!("--secure-port={}", free_port()))
+                .arg("--port=0")
+                .arg(flag("cert-dir", &kcm_certs))
+                .arg("--use-service-account-credentials=false");
         let kcm_id = sup.spawn(&kcm).expect("starting kube-controller-manager");
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         wait_for_async(
@@ -266,7 +265,10 @@ impl ControlPlane {
             Duration::from_secs(90),
             || async {
                 if let Some(status) = sup.exit_status(kcm_id) {
-                    panic!("kube-controller-manager exited ({status}); see its log");
+                    panic!(
+                        "kube-controller-manager exited ({status}); its log: {}",
+                        kcm_log.display()
+                    );
                 }
                 match accounts.get_opt("default").await {
                     Ok(Some(_)) => Ok(()),

@@ -102,7 +102,7 @@ pub struct TestEnv {
     pub startup: Duration,
     started: Instant,
     root: PathBuf,
-    logs: PathBuf,
+    log_dump: LogDump,
     events: Arc<EventLog>,
     ext: Arc<ExtServers>,
     secret_watch: AbortHandle,
@@ -131,6 +131,8 @@ impl TestEnv {
         let work = root.join("work");
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::create_dir_all(&work).unwrap();
+        // Declared after `dir`, so a failing start prints the logs before they are deleted.
+        let log_dump = LogDump { name: name.to_string(), logs: logs.clone(), done: false };
         let started = Instant::now();
         let events = Arc::new(EventLog::create(&logs.join("harness.log")).unwrap());
         let assets = Assets::make(&root.join("config"), free_port(), &options.assets);
@@ -182,7 +184,7 @@ impl TestEnv {
             startup: control_plane.startup,
             started,
             root,
-            logs,
+            log_dump,
             events,
             ext,
             secret_watch,
@@ -414,23 +416,6 @@ impl TestEnv {
             if out.success() { Ok(()) } else { Err(out.to_string()) }
         });
     }
-
-    fn print_logs(&self) {
-        eprintln!("===== {}: component logs (last {LOG_TAIL_LINES} lines each) =====", self.name);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.logs)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.sort();
-        for file in files {
-            let text = std::fs::read_to_string(&file).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("----- {} -----", file.display());
-            for line in &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..] {
-                eprintln!("{line}");
-            }
-        }
-        eprintln!("===== end of {} logs =====", self.name);
-    }
 }
 
 impl Drop for TestEnv {
@@ -439,7 +424,7 @@ impl Drop for TestEnv {
         // The logs as they were when the test failed, before teardown adds to them.
         let failing = std::thread::panicking();
         if failing {
-            self.print_logs();
+            self.log_dump.print();
         }
         self.kubelet.shutdown();
         self.ext.shutdown();
@@ -472,6 +457,44 @@ impl Drop for TestEnv {
             } else {
                 panic!("{message}");
             }
+        }
+    }
+}
+
+/// Prints the tail of every component log once, when a test fails: from [`TestEnv`]'s drop
+/// before teardown, or from its own drop if the environment failed to start.
+struct LogDump {
+    name: String,
+    logs: PathBuf,
+    done: bool,
+}
+
+impl LogDump {
+    fn print(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        eprintln!("===== {}: component logs (last {LOG_TAIL_LINES} lines each) =====", self.name);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.logs)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("----- {} -----", file.display());
+            for line in &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..] {
+                eprintln!("{line}");
+            }
+        }
+        eprintln!("===== end of {} logs =====", self.name);
+    }
+}
+
+impl Drop for LogDump {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print();
         }
     }
 }
