@@ -340,13 +340,26 @@ fn terraform_taint_and_targeted_apply_replace_the_aggregation_ca() {
 
 /// kube-apiserver merges CAs into `extension-apiserver-authentication`: restarted (by the
 /// sync, after a helm upgrade) with only a new aggregation CA, the ConfigMap holds old and
-/// new; after the ConfigMap is deleted and the apiserver restarted, only the new one.
+/// new; after the ConfigMap is deleted and the apiserver restarted, only the new one. Two
+/// controllers, so the chart runs a DaemonSet, restarted as the seed document does.
 #[test]
 fn auth_configmap_merges_a_new_aggregation_ca_until_deleted() {
-    let env = TestEnv::start("ca-merge");
+    let env = TestEnv::start_with(
+        "ca-merge",
+        EnvOptions {
+            assets: AssetOptions { controllers: Some(2), ..AssetOptions::default() },
+            kubelet: KubeletConfig { nodes: 2, ..KubeletConfig::default() },
+        },
+    );
     let cas = || env.auth_configmap_cas("requestheader-client-ca-file");
     let old = file_fingerprints(&env.assets.tls("aggregation-ca.crt"));
     env.install_kube_apiserver_chart(Helm::V3);
+    let ready = kubectl_jsonpath(
+        &env,
+        &["get", "ds", "kube-apiserver", "-n", "kube-system"],
+        "{.status.numberReady}",
+    );
+    assert_eq!(ready, "2", "one kube-apiserver pod per controller node");
     wait_for("the ConfigMap to hold the asset dir's CA", Duration::from_secs(60), || {
         let now = cas()?;
         if now == old { Ok(()) } else { Err(format!("{now:?}")) }
@@ -379,7 +392,7 @@ fn auth_configmap_merges_a_new_aggregation_ca_until_deleted() {
     env.kubectl()
         .args(["delete", "configmap", "extension-apiserver-authentication", "-n", "kube-system"])
         .ok();
-    env.rollout_restart("kube-system", "deploy/kube-apiserver");
+    env.rollout_restart("kube-system", "ds/kube-apiserver");
     assert!(env.apiserver.restarts() > restarts, "the rollout restarted the apiserver");
     wait_for("the ConfigMap to hold only the new CA", Duration::from_secs(60), || {
         let now = cas()?;
