@@ -403,11 +403,16 @@ impl TestEnv {
         Ok(fingerprints(pem.as_bytes()))
     }
 
-    /// `kubectl rollout restart` then `kubectl rollout status` of `kind/name` (real kubectl).
-    /// `rollout status` does not survive the API dropping (restarting kube-apiserver itself):
-    /// like an operator, it is run again until it succeeds.
+    /// `kubectl rollout restart` of `kind/name`, then [`TestEnv::wait_rollout`].
     pub fn rollout_restart(&self, namespace: &str, workload: &str) {
         self.kubectl().args(["-n", namespace, "rollout", "restart", workload]).ok();
+        self.wait_rollout(namespace, workload);
+    }
+
+    /// `kubectl rollout status` of `kind/name` until it succeeds. It does not survive the API
+    /// dropping (when the rollout restarts kube-apiserver itself): like an operator, it is
+    /// run again, for at most 180 s in all.
+    pub fn wait_rollout(&self, namespace: &str, workload: &str) {
         wait_for(&format!("kubectl rollout status {workload}"), Duration::from_secs(180), || {
             let out = self
                 .kubectl()

@@ -40,6 +40,8 @@ pub const NODE_LABELS: [(&str, &str); 4] = [
 ];
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How often a held pod looks whether the test released it.
+const HOLD_POLL: Duration = Duration::from_millis(250);
 /// How long the kubelet keeps retrying one API write (bind, status, delete) while the API is
 /// away, e.g. during kube-apiserver restarts.
 const API_RETRY_FOR: Duration = Duration::from_secs(180);
@@ -85,6 +87,7 @@ struct Shared {
     ready_delay: Duration,
     runtimes: Vec<Arc<dyn PodRuntime>>,
     never_ready: RwLock<Option<PodPredicate>>,
+    never_started: RwLock<Option<PodPredicate>>,
     registered_logs: Mutex<HashMap<(String, String, String), String>>,
     pods: Mutex<HashMap<String, Tracked>>,
     /// Uids of pods already removed: late events about them must not start them again.
@@ -114,6 +117,7 @@ impl Kubelet {
             ready_delay: config.ready_delay,
             runtimes,
             never_ready: RwLock::new(None),
+            never_started: RwLock::new(None),
             registered_logs: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashSet::new()),
@@ -167,6 +171,13 @@ impl Kubelet {
     /// cleared with `None`, when they become Ready): a stuck rollout that can be released.
     pub fn set_never_ready(&self, predicate: Option<PodPredicate>) {
         *self.shared.never_ready.write().unwrap() = predicate;
+    }
+
+    /// Pods for which `predicate` holds are bound but stay Pending with their containers
+    /// waiting (like an image that cannot be pulled): their process, if any, is not started
+    /// (a stuck kube-apiserver pod does not restart the apiserver). `None` releases them.
+    pub fn set_never_started(&self, predicate: Option<PodPredicate>) {
+        *self.shared.never_started.write().unwrap() = predicate;
     }
 
     /// What `kubectl logs` shows for one container of a pod that runs no real process.
@@ -390,18 +401,32 @@ impl Shared {
             pod.spec.get_or_insert_default().node_name = Some(node);
         }
 
+        if holds(&self.never_started, &pod) {
+            self.events.line(format!("kubelet: {key}: held before start"));
+            if !self.set_status(&api, &pod, Phase::Waiting, &mut gone).await {
+                return self.finish(&pod, None).await;
+            }
+            while holds(&self.never_started, &pod) {
+                tokio::select! {
+                    _ = tokio::time::sleep(HOLD_POLL) => {}
+                    _ = wait_gone(&mut gone) => return self.finish(&pod, None).await,
+                }
+            }
+        }
+
         let runtime = self.runtime_for(&pod);
         let started_at = now();
+        let not_ready = Phase::Running { ready: false, started_at: &started_at };
         if let Some(rt) = &runtime
             && let Err(e) = rt.start(&pod).await
         {
             // Like a container that fails to start: Running, never Ready.
             self.events.line(format!("kubelet: {key}: start failed: {e}"));
-            let _ = self.set_status(&api, &pod, false, &started_at, &mut gone).await;
+            let _ = self.set_status(&api, &pod, not_ready, &mut gone).await;
             wait_gone(&mut gone).await;
             return self.finish(&pod, runtime.as_ref()).await;
         }
-        if !self.set_status(&api, &pod, false, &started_at, &mut gone).await {
+        if !self.set_status(&api, &pod, not_ready, &mut gone).await {
             return self.finish(&pod, runtime.as_ref()).await;
         }
 
@@ -425,9 +450,10 @@ impl Shared {
                 held = true;
                 self.events.line(format!("kubelet: {key}: held not Ready"));
             }
-            wait = Duration::from_millis(250);
+            wait = HOLD_POLL;
         }
-        if !self.set_status(&api, &pod, true, &started_at, &mut gone).await {
+        let ready = Phase::Running { ready: true, started_at: &started_at };
+        if !self.set_status(&api, &pod, ready, &mut gone).await {
             return self.finish(&pod, runtime.as_ref()).await;
         }
         self.events.line(format!("kubelet: {key}: Ready"));
@@ -440,7 +466,7 @@ impl Shared {
 
     fn held_back(&self, pod: &Pod) -> bool {
         pod.labels().get(NEVER_READY_LABEL).is_some_and(|v| v == "true")
-            || self.never_ready.read().unwrap().as_ref().is_some_and(|p| p(pod))
+            || holds(&self.never_ready, pod)
     }
 
     /// Stops the pod's process and removes the pod object (grace period 0, as the kubelet
@@ -479,12 +505,11 @@ impl Shared {
         &self,
         api: &Api<Pod>,
         pod: &Pod,
-        ready: bool,
-        started_at: &str,
+        phase: Phase<'_>,
         gone: &mut watch::Receiver<bool>,
     ) -> bool {
         let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-        let status = pod_status(pod, ready, started_at);
+        let status = pod_status(pod, phase);
         self.retry(&key, "status", gone, || async {
             match api
                 .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
@@ -551,6 +576,10 @@ impl Shared {
     }
 }
 
+fn holds(predicate: &RwLock<Option<PodPredicate>>, pod: &Pod) -> bool {
+    predicate.read().unwrap().as_ref().is_some_and(|p| p(pod))
+}
+
 async fn wait_gone(gone: &mut watch::Receiver<bool>) {
     let _ = gone.wait_for(|g| *g).await;
 }
@@ -588,9 +617,32 @@ fn requirement_holds(r: &NodeSelectorRequirement, values: &BTreeMap<String, Stri
     }
 }
 
-fn pod_status(pod: &Pod, ready: bool, started_at: &str) -> Value {
-    let ready_s = if ready { "True" } else { "False" };
+/// What the kubelet reports about a pod's containers.
+#[derive(Clone, Copy)]
+enum Phase<'a> {
+    /// Bound, containers not started (held by the test).
+    Waiting,
+    Running {
+        ready: bool,
+        started_at: &'a str,
+    },
+}
+
+fn pod_status(pod: &Pod, phase: Phase<'_>) -> Value {
     let at = now();
+    let (phase, ready, started, start_time, state) = match phase {
+        Phase::Waiting => (
+            "Pending",
+            false,
+            false,
+            at.as_str(),
+            json!({"waiting": {"reason": "ContainerCreating", "message": "held by the test"}}),
+        ),
+        Phase::Running { ready, started_at } => {
+            ("Running", ready, true, started_at, json!({"running": {"startedAt": started_at}}))
+        }
+    };
+    let ready_s = if ready { "True" } else { "False" };
     let condition = |kind: &str, status: &str| json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": at});
     let uid = pod.uid().unwrap_or_default();
     let containers: Vec<Value> = pod
@@ -598,18 +650,20 @@ fn pod_status(pod: &Pod, ready: bool, started_at: &str) -> Value {
         .iter()
         .flat_map(|s| &s.containers)
         .map(|c| {
-            json!({
+            let mut status = json!({
                 "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
-                "containerID": format!("simulated://{uid}/{}", c.name),
-                "ready": ready, "started": true, "restartCount": 0,
-                "state": {"running": {"startedAt": started_at}},
-            })
+                "ready": ready, "started": started, "restartCount": 0, "state": state,
+            });
+            if started {
+                status["containerID"] = json!(format!("simulated://{uid}/{}", c.name));
+            }
+            status
         })
         .collect();
     json!({"status": {
-        "phase": "Running",
+        "phase": phase,
         "hostIP": "127.0.0.1",
-        "startTime": started_at,
+        "startTime": start_time,
         "conditions": [
             condition("Initialized", "True"),
             condition("Ready", ready_s),
