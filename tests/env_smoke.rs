@@ -351,6 +351,7 @@ fn auth_configmap_merges_a_new_aggregation_ca_until_deleted() {
         EnvOptions {
             assets: AssetOptions { controllers: Some(2), ..AssetOptions::default() },
             kubelet: KubeletConfig { nodes: 2, ..KubeletConfig::default() },
+            ..EnvOptions::default()
         },
     );
     let cas = || env.auth_configmap_cas("requestheader-client-ca-file");

@@ -165,6 +165,7 @@ impl ControlPlane {
         work: &Path,
         logs: &Path,
         events: &Arc<EventLog>,
+        controller_api_qps: Option<u32>,
     ) -> ControlPlane {
         let started = Instant::now();
         let tools = Tools::get();
@@ -258,6 +259,13 @@ impl ControlPlane {
                 .arg("--port=0")
                 .arg(flag("cert-dir", &kcm_certs))
                 .arg("--use-service-account-credentials=false");
+        // Default client rate (20 requests/s) unless a benchmark asks for more.
+        let kcm = match controller_api_qps {
+            Some(qps) => kcm
+                .arg(format!("--kube-api-qps={qps}"))
+                .arg(format!("--kube-api-burst={}", qps * 2)),
+            None => kcm,
+        };
         let kcm_id = sup.spawn(&kcm).expect("starting kube-controller-manager");
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         wait_for_async(

@@ -57,6 +57,9 @@ impl Helm {
 pub struct EnvOptions {
     pub assets: AssetOptions,
     pub kubelet: KubeletConfig,
+    /// kube-controller-manager's `--kube-api-qps` (burst twice that); its default of 20
+    /// requests/s paces many concurrent rollouts.
+    pub controller_api_qps: Option<u32>,
 }
 
 /// An extension API server to deploy (think metrics-server).
@@ -147,7 +150,15 @@ impl TestEnv {
 
         let serving = self_signed_serving(&work, "simulated-serving");
         let (control_plane, kubelet, ext, secret_watch) = rt.block_on(async {
-            let cp = ControlPlane::start(&sup, &assets, &work, &logs, &events).await;
+            let cp = ControlPlane::start(
+                &sup,
+                &assets,
+                &work,
+                &logs,
+                &events,
+                options.controller_api_qps,
+            )
+            .await;
             let apiserver_pods = ApiServerPods::new(
                 Arc::clone(&cp.apiserver),
                 cp.client.clone(),
