@@ -98,7 +98,7 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
                 let results = restart_all(&conn, &discovery, &workloads, global).await;
                 (results, availability.until_available(global.timeout.duration).await)
             } => done,
-            () = &mut follow => unreachable!("following APIServices never ends"),
+            never = &mut follow => match never {},
         };
         if results.iter().any(|r| !r.ok) || report.servers.iter().any(|s| !s.problems.is_empty()) {
             code = exit::ERROR;

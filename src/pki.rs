@@ -143,27 +143,28 @@ pub fn private_key_half(pem: &[u8]) -> Result<PublicHalf, PemProblem> {
     }
     let rsa =
         if label == "RSA PRIVATE KEY" { der::pkcs1_private(&der) } else { der::pkcs8_rsa(&der) };
-    match rsa {
-        Some(Ok((n, e))) => Ok(PublicHalf::Rsa { n, e }),
-        Some(Err(())) => Err(PemProblem("corrupt private key PEM (malformed DER)".into())),
-        None => PKey::private_key_from_pem(pem)
-            .and_then(|k| k.public_key_to_der())
-            .map(PublicHalf::Spki)
-            .map_err(|e| PemProblem(format!("corrupt private key PEM ({})", first_reason(&e)))),
-    }
+    half(rsa, "private", || PKey::private_key_from_pem(pem)?.public_key_to_der())
 }
 
 /// The public half of a PEM public key (`service-account.pub`).
 pub fn public_key_half(pem: &[u8]) -> Result<PublicHalf, PemProblem> {
     let (label, der) = pem_block(pem, &["PUBLIC KEY", "RSA PUBLIC KEY"])?;
     let rsa = if label == "RSA PUBLIC KEY" { der::pkcs1_public(&der) } else { der::spki_rsa(&der) };
+    half(rsa, "public", || PKey::public_key_from_pem(pem)?.public_key_to_der())
+}
+
+/// The RSA half read from the DER, or for another algorithm (`None`) OpenSSL's SPKI.
+fn half(
+    rsa: der::Parsed,
+    kind: &str,
+    spki: impl FnOnce() -> Result<Vec<u8>, openssl::error::ErrorStack>,
+) -> Result<PublicHalf, PemProblem> {
     match rsa {
         Some(Ok((n, e))) => Ok(PublicHalf::Rsa { n, e }),
-        Some(Err(())) => Err(PemProblem("corrupt public key PEM (malformed DER)".into())),
-        None => PKey::public_key_from_pem(pem)
-            .and_then(|k| k.public_key_to_der())
+        Some(Err(())) => Err(PemProblem(format!("corrupt {kind} key PEM (malformed DER)"))),
+        None => spki()
             .map(PublicHalf::Spki)
-            .map_err(|e| PemProblem(format!("corrupt public key PEM ({})", first_reason(&e)))),
+            .map_err(|e| PemProblem(format!("corrupt {kind} key PEM ({})", first_reason(&e)))),
     }
 }
 
@@ -204,7 +205,8 @@ fn pem_block(pem: &[u8], labels: &[&'static str]) -> Result<(&'static str, Vec<u
 /// Just enough DER to find an RSA key's modulus and exponent. Each parser returns `None` for a
 /// key that is not RSA (the caller falls back to OpenSSL) and `Some(Err)` for malformed input.
 mod der {
-    type Parsed = Option<Result<(Vec<u8>, Vec<u8>), ()>>;
+    /// Modulus and exponent; `None` when the key is not RSA, `Some(Err)` when malformed.
+    pub type Parsed = Option<Result<(Vec<u8>, Vec<u8>), ()>>;
 
     /// OID 1.2.840.113549.1.1.1, rsaEncryption.
     const RSA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];

@@ -4,18 +4,20 @@
 //! Lists are made once per namespace and kind (not per APIService), all concurrently.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::try_join_all;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::{Api, ListParams, LogParams, ObjectList, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, LogParams, ObjectList, WatchParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
-use super::rollout::{Backoff, Workload, WorkloadKind, WorkloadRef, restart_and_wait};
+use super::rollout::{Workload, WorkloadKind, WorkloadRef, restart_and_wait};
+use super::watch::{self, Change};
 use crate::error::{Error, Result};
 
 /// One APIService served by a Service in the cluster.
@@ -284,40 +286,20 @@ impl Availability {
 
     /// Follows every change from `version` (the discovery list's) on; never returns, so run it
     /// beside the work that needs it.
-    pub async fn follow(&self, client: &Client, version: &str) {
+    pub async fn follow(&self, client: &Client, version: &str) -> Infallible {
         let api = Api::<APIService>::all(client.clone());
-        let mut version = version.to_string();
-        let mut backoff = Backoff::default();
-        loop {
-            let Ok(stream) = api.watch(&WatchParams::default(), &version).await else {
-                backoff.sleep().await;
-                continue;
-            };
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(WatchEvent::Added(svc) | WatchEvent::Modified(svc)) => {
-                        backoff.reset();
-                        version = svc.resource_version().unwrap_or(version);
-                        self.state.send_modify(|state| record_available(&svc, state));
-                    }
-                    Ok(WatchEvent::Bookmark(b)) => version = b.metadata.resource_version,
-                    Ok(WatchEvent::Deleted(_)) => {}
-                    Ok(WatchEvent::Error(status)) if status.code == 410 => {
-                        // Too far behind to resume: take the present state and go on from it.
-                        if let Ok(list) = api.list(&ListParams::default()).await {
-                            version = list.metadata.resource_version.unwrap_or_default();
-                            self.state.send_modify(|state| {
-                                list.items.iter().for_each(|svc| record_available(svc, state))
-                            });
-                        }
-                        break;
-                    }
-                    Ok(WatchEvent::Error(_)) | Err(_) => break,
-                }
+        let resync = || async {
+            let list = api.list(&ListParams::default()).await?;
+            Ok((list.items, list.metadata.resource_version.unwrap_or_default()))
+        };
+        let params = WatchParams::default();
+        watch::follow(&api, &params, version.to_string(), resync, |change| {
+            if let Change::Applied(svc) = change {
+                self.state.send_modify(|state| record_available(&svc, state));
             }
-            backoff.sleep().await;
-        }
+            ControlFlow::<Infallible>::Continue(())
+        })
+        .await
     }
 
     /// Waits until all are `Available=True`, at most `timeout` (`follow` must be running);

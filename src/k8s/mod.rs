@@ -5,6 +5,7 @@ pub mod discovery;
 pub mod objects;
 pub mod rollout;
 mod snapshot;
+mod watch;
 
 pub use connection::{Connection, KubeconfigSource};
 pub use snapshot::{

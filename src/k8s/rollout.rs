@@ -1,21 +1,23 @@
 //! `kubectl rollout restart` and `kubectl rollout status`, reproduced exactly: the same
 //! annotation and patch, the same completion conditions and messages (peers-and-kubectl.md §5).
 //!
-//! Waiting uses one watch per workload, resumed from the last resourceVersion when it drops
-//! (an API server restart included), so a wait costs no list and no polling.
+//! Waiting uses one watch per workload from the restart patch's resourceVersion, resumed when it
+//! drops (an API server restart included), so a wait costs no list and no polling.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
+use std::ops::ControlFlow;
+
+use kube::api::{Api, Patch, PatchParams, WatchParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::watch::{self, Change};
 use crate::error::{Error, Result};
 
 /// The annotation `kubectl rollout restart` sets on the pod template.
@@ -342,7 +344,7 @@ async fn follow<K: Workload>(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
     let workload = reference(&start);
-    let observe = |obj: &K, last: &mut String| -> Result<bool> {
+    let mut observe = |obj: &K| -> Result<bool> {
         let state = obj
             .rollout_state()
             .map_err(|reason| Error::Rollout { workload: workload.to_string(), reason })?;
@@ -352,64 +354,28 @@ async fn follow<K: Workload>(
         }
         Ok(state.done)
     };
-    if observe(&start, last)? {
+    if observe(&start)? {
         return Ok(());
     }
-    let mut version = start.resource_version().unwrap_or_default();
     let params = WatchParams::default().fields(&format!("metadata.name={}", workload.name));
-    let mut backoff = Backoff::default();
-    loop {
-        let stream = match api.watch(&params, &version).await {
-            Ok(stream) => stream,
-            Err(_) => {
-                // The API server may be restarting: try again shortly, within the bound.
-                backoff.sleep().await;
-                continue;
-            }
-        };
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
-                    backoff.reset();
-                    version = obj.resource_version().unwrap_or(version);
-                    if observe(&obj, last)? {
-                        return Ok(());
-                    }
-                }
-                Ok(WatchEvent::Deleted(_)) => {
-                    return Err(Error::Rollout {
-                        workload: workload.to_string(),
-                        reason: "object has been deleted".into(),
-                    });
-                }
-                Ok(WatchEvent::Bookmark(b)) => version = b.metadata.resource_version,
-                Ok(WatchEvent::Error(status)) if status.code == 410 => {
-                    // History compacted past our version: start again from the present.
-                    let obj = refresh(api, &workload, &mut backoff).await;
-                    version = obj.resource_version().unwrap_or_default();
-                    if observe(&obj, last)? {
-                        return Ok(());
-                    }
-                    break;
-                }
-                Ok(WatchEvent::Error(_)) | Err(_) => {
-                    backoff.sleep().await;
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Reads the object again, retrying while the API server is unreachable.
-async fn refresh<K: Workload>(api: &Api<K>, workload: &WorkloadRef, backoff: &mut Backoff) -> K {
-    loop {
-        match api.get(&workload.name).await {
-            Ok(obj) => return obj,
-            Err(_) => backoff.sleep().await,
-        }
-    }
+    let resync = || async {
+        let obj = api.get(&workload.name).await?;
+        let version = obj.resource_version().unwrap_or_default();
+        Ok((vec![obj], version))
+    };
+    let version = start.resource_version().unwrap_or_default();
+    watch::follow(api, &params, version, resync, |change| match change {
+        Change::Applied(obj) => match observe(&obj) {
+            Ok(false) => ControlFlow::Continue(()),
+            Ok(true) => ControlFlow::Break(Ok(())),
+            Err(err) => ControlFlow::Break(Err(err)),
+        },
+        Change::Deleted(_) => ControlFlow::Break(Err(Error::Rollout {
+            workload: workload.to_string(),
+            reason: "object has been deleted".into(),
+        })),
+    })
+    .await
 }
 
 /// Restarts `current` and waits for its rollout: `kubectl rollout restart` followed by
@@ -451,24 +417,6 @@ pub async fn restart_kube_apiserver(
                      kube-apiserver chart installed?"
                 .into(),
         }),
-    }
-}
-
-/// Reconnect delays: short at first (a dropped watch), longer while the API server is down.
-#[derive(Default)]
-pub(crate) struct Backoff {
-    attempts: u32,
-}
-
-impl Backoff {
-    pub(crate) async fn sleep(&mut self) {
-        let millis = (200u64 << self.attempts.min(4)).min(2_000);
-        self.attempts += 1;
-        tokio::time::sleep(Duration::from_millis(millis)).await;
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.attempts = 0;
     }
 }
 
