@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
-# Demo: build the plugin, write a sample Lokomotive asset dir (RSA 2048, the files and subjects
-# of the bootkube Terraform module, the aggregation CA already expired and the admin
-# certificate about to expire), and show `kubectl certrotate status` on it.
+# Demo of kubectl-certrotate:
+# 1. offline: a sample Lokomotive asset dir (RSA 2048, the files and subjects of the bootkube
+#    Terraform module; the aggregation CA already expired, the admin certificate about to
+#    expire) and `kubectl certrotate status` on it;
+# 2. against a real cluster: a real Terraform-made asset dir, a real etcd + kube-apiserver +
+#    kube-controller-manager on its PKI, the control-plane charts installed by real helm, an
+#    extension API server behind an APIService; then `status` and `extension-servers`.
+# Part 2 needs the test environment: scripts/provision.sh installs it (cached; the first run
+# builds Kubernetes from source, about 10-20 minutes).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-demo=${1:-$(mktemp -d)/demo}
+demo=$(mktemp -d)/demo
 
 cargo build --quiet --manifest-path "$repo/Cargo.toml" --bin kubectl-certrotate --example sample-assets
 export PATH="$repo/target/debug:$PATH"
 "$repo/target/debug/examples/sample-assets" "$demo/assets" --expired aggregation-ca --expiring admin
 
-run() {
-  echo
-  echo "\$ $*"
-  "$@" && code=0 || code=$?
-  echo "(exit code $code)"
-}
-# Through kubectl when it is installed, as an operator runs it; the plugin binary otherwise.
-if command -v kubectl >/dev/null; then
-  run kubectl certrotate status --assets-dir "$demo/assets"
-else
-  run kubectl-certrotate status --assets-dir "$demo/assets"
-fi
-# A narrower window: the admin certificate no longer counts as expiring.
-run kubectl-certrotate status --assets-dir "$demo/assets" --local --expiring-within 1d
+echo "== 1. status of a sample asset dir (no cluster) =="
+echo "\$ kubectl certrotate status --assets-dir $demo/assets"
+# Through kubectl when it is installed, as an operator runs it.
+if command -v kubectl >/dev/null; then runner=(kubectl certrotate); else runner=(kubectl-certrotate); fi
+"${runner[@]}" status --assets-dir "$demo/assets" && code=0 || code=$?
+echo "(exit code $code: 4 means something has expired or is invalid)"
+
 echo
-echo "JSON (docs/status-json.md): kubectl certrotate status --assets-dir $demo/assets -o json"
+echo "== 2. a real local control plane =="
+bash "$repo/scripts/provision.sh" >/dev/null
+# shellcheck disable=SC1091
+. "${CERTROTATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-certrotate}/testenv.env"
+cargo run --quiet --manifest-path "$repo/Cargo.toml" --example demo

@@ -257,7 +257,7 @@ impl TestEnv {
     /// naming the real programs. Tests of the defaults remove what they need with
     /// [`Cmd::env_remove`].
     pub fn certrotate(&self) -> Cmd {
-        self.operator_env(Cmd::new(env!("CARGO_BIN_EXE_kubectl-certrotate")))
+        self.operator_env(Cmd::new(plugin_binary()))
     }
 
     /// `testenv/lokoctl`, the test double of `lokoctl cluster apply`, run in the config dir.
@@ -431,6 +431,19 @@ impl TestEnv {
                 .run();
             if out.success() { Ok(()) } else { Err(out.to_string()) }
         });
+    }
+}
+
+/// The built plugin: cargo names it to tests and benches; an example (the demo) finds it in
+/// the profile folder above its own `examples/` folder.
+fn plugin_binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_kubectl-certrotate") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().expect("the running program's path");
+            let profile = exe.parent().and_then(Path::parent).expect("target/<profile>/examples/");
+            profile.join("kubectl-certrotate")
+        }
     }
 }
 

@@ -1,0 +1,45 @@
+//! The README's demo against a real cluster: a Lokomotive asset dir made by real Terraform, a
+//! real etcd + kube-apiserver + kube-controller-manager running on its PKI, the control-plane
+//! charts installed by real helm (through the lokoctl test double), an extension API server
+//! behind an APIService, and what `kubectl certrotate` shows and does there.
+//!
+//! Run through `scripts/demo.sh`, which provisions the programs first.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::{Cmd, ExtApiServer, TestEnv};
+
+/// Runs the plugin as an operator of this cluster would, printing what they would see.
+fn show(env: &TestEnv, args: &[&str]) {
+    println!("\n$ kubectl certrotate {}", args.join(" "));
+    let out = env.certrotate().args(args).run();
+    // Progress goes to stderr while the command runs, the report to stdout at its end.
+    eprint!("{}", out.stderr);
+    print!("{}", out.stdout);
+    println!("(exit code {})", out.code().map_or("killed".into(), |c| c.to_string()));
+}
+
+fn quiet(cmd: Cmd) {
+    cmd.ok();
+}
+
+fn main() {
+    let env = TestEnv::start("demo");
+    env.step("lokoctl cluster apply (the test double): terraform apply, then helm upgrade --install of kube-apiserver and lokomotive");
+    quiet(env.lokoctl().args(["cluster", "apply", "--confirm"]));
+    let metrics = ExtApiServer::metrics_server();
+    env.deploy_ext_apiserver(&metrics);
+    env.step("waiting for APIService v1beta1.metrics.k8s.io to be Available (the aggregator checks every ~30 s)");
+    env.wait_apiservice(&metrics.apiservice(), true, Duration::from_secs(180));
+    println!("\nasset dir: {}", env.assets.dir.display());
+
+    show(&env, &["status"]);
+    show(&env, &["extension-servers"]);
+    show(&env, &["extension-servers", "--restart", "--dry-run"]);
+    show(&env, &["extension-servers", "--restart", "-y"]);
+    let ca = env.assets.tls("aggregation-ca.crt");
+    show(&env, &["extension-servers", "--check-ca", ca.to_str().unwrap()]);
+}
