@@ -23,17 +23,24 @@ fn apply(env: &TestEnv, name: &str, doc: &Value) {
 /// A Deployment + ExternalName Service + APIService named after `name` in `default`, whose
 /// backend never answers: enough for discovery and restarts.
 fn backed_apiservice(name: &str, template_labels: Value, deployment_spec: Value) -> Value {
+    backed_by("Deployment", name, template_labels, deployment_spec)
+}
+
+/// [`backed_apiservice`] with a workload of another `kind` (DaemonSet, StatefulSet).
+fn backed_by(kind: &str, name: &str, template_labels: Value, workload_spec: Value) -> Value {
     let mut spec = json!({
-        "replicas": 1,
         "selector": {"matchLabels": {"app": name}},
         "template": {"metadata": {"labels": template_labels},
                      "spec": {"containers": [{"name": name, "image": format!("{name}:test")}]}},
     });
-    for (k, v) in deployment_spec.as_object().unwrap() {
+    if kind != "DaemonSet" {
+        spec["replicas"] = json!(1);
+    }
+    for (k, v) in workload_spec.as_object().unwrap() {
         spec[k] = v.clone();
     }
     json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "apps/v1", "kind": "Deployment",
+        {"apiVersion": "apps/v1", "kind": kind,
          "metadata": {"name": name, "namespace": "default"}, "spec": spec},
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": name, "namespace": "default"},
@@ -257,6 +264,14 @@ fn every_failure_is_reported_after_all_restarts_were_attempted() {
         "paused",
         &backed_apiservice("paused", json!({"app": "paused"}), json!({"paused": true})),
     );
+    // Healthy workloads of the other two kinds `kubectl rollout` supports.
+    apply(
+        &env,
+        "ds",
+        &backed_by("DaemonSet", "node-agent", json!({"app": "node-agent"}), json!({})),
+    );
+    let sts_spec = json!({"serviceName": "store"});
+    apply(&env, "sts", &backed_by("StatefulSet", "store", json!({"app": "store"}), sts_spec));
     env.wait_apiservice(&metrics.apiservice(), true, MINUTES_3);
 
     // kubectl's own verdicts on the same objects, to compare with ours.
@@ -283,6 +298,27 @@ fn every_failure_is_reported_after_all_restarts_were_attempted() {
             .clone()
     };
     assert_eq!(result("metrics-server")["ok"], true, "the healthy one still restarted: {report:#}");
+    assert_eq!(report["restarts"].as_array().unwrap().len(), 6, "every workload was attempted");
+    for healthy in ["node-agent", "store"] {
+        assert_eq!(result(healthy)["ok"], true, "{healthy}: {report:#}");
+    }
+    // kubectl's verdict on both finished rollouts is the last thing our progress said of them
+    // (plain progress lines read `HH:MM:SS <workload>: <message>`).
+    for (workload, shown) in [
+        ("daemonset/node-agent", "daemonset/node-agent -n default: "),
+        ("statefulset/store", "statefulset/store -n default: "),
+    ] {
+        let status = env.kubectl().args(["rollout", "status", workload, "--timeout=60s"]).ok();
+        let kubectl_last = status.stdout.lines().last().unwrap();
+        let ours_last = out
+            .stderr
+            .lines()
+            .filter_map(|line| line.split_once(' ')?.1.strip_prefix(shown))
+            .filter(|message| *message != "restarted" && !message.starts_with("done: "))
+            .last()
+            .unwrap_or_else(|| panic!("no progress of {workload}:\n{}", out.stderr));
+        assert_eq!(ours_last, kubectl_last, "{workload}");
+    }
     let paused = result("paused");
     assert_eq!(paused["ok"], false);
     assert_eq!(

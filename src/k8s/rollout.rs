@@ -237,9 +237,10 @@ impl Workload for StatefulSet {
             )));
         }
         let updated = status.updated_replicas.unwrap_or(0);
-        let partition = strategy.and_then(|s| s.rolling_update.as_ref()).and_then(|r| r.partition);
-        if let Some(partition) = partition {
-            if let Some(wanted) = replicas
+        // kubectl takes this branch whenever rollingUpdate is set (the API server defaults
+        // its partition to 0), so most StatefulSets end with "partitioned roll out complete".
+        if let Some(rolling) = strategy.and_then(|s| s.rolling_update.as_ref()) {
+            if let (Some(wanted), Some(partition)) = (replicas, rolling.partition)
                 && updated < wanted - partition
             {
                 return Ok(RolloutState::waiting(format!(
@@ -545,6 +546,10 @@ mod tests {
             "Waiting for partitioned roll out to finish: 0 out of 1 new pods have been updated..."
         );
         assert!(sts(2, 3, 1, Some(2), ("b", "a")).rollout_state().unwrap().done);
+        assert_eq!(
+            msg(sts(2, 3, 3, Some(0), ("b", "a"))),
+            "partitioned roll out complete: 3 new pods have been updated..."
+        );
         assert_eq!(
             msg(sts(2, 3, 1, None, ("b", "a"))),
             "waiting for statefulset rolling update to complete 1 pods at revision b..."
