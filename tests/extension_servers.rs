@@ -314,8 +314,7 @@ fn every_failure_is_reported_after_all_restarts_were_attempted() {
             .stderr
             .lines()
             .filter_map(|line| line.split_once(' ')?.1.strip_prefix(shown))
-            .filter(|message| *message != "restarted" && !message.starts_with("done: "))
-            .next_back()
+            .rfind(|message| *message != "restarted" && !message.starts_with("done: "))
             .unwrap_or_else(|| panic!("no progress of {workload}:\n{}", out.stderr));
         assert_eq!(ours_last, kubectl_last, "{workload}");
     }
