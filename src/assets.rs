@@ -243,7 +243,6 @@ pub fn credential(name: &str) -> Option<&'static Credential> {
 /// Relative paths inside `cluster-assets/`.
 pub const KUBECONFIG: &str = "auth/kubeconfig";
 pub const LOKOMOTIVE_VALUES: &str = "charts/lokomotive-system/lokomotive.yaml";
-pub const KUBE_APISERVER_CHART: &str = "charts/kube-system/kube-apiserver";
 
 /// A validated Lokomotive asset dir.
 #[derive(Debug, Clone)]
