@@ -73,7 +73,8 @@ pub struct GlobalOpts {
 #[command(next_help_heading = "Kubernetes connection")]
 pub struct KubeOpts {
     /// Path to the kubeconfig file. [default: $KUBECONFIG, else the asset dir's
-    /// cluster-assets/auth/kubeconfig, else ~/.kube/config]
+    /// cluster-assets/auth/kubeconfig, else ~/.kube/config; with several asset dirs, each
+    /// one's own]
     #[arg(long, value_name = "FILE", global = true)]
     pub kubeconfig: Option<PathBuf>,
 
