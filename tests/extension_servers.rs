@@ -2,6 +2,7 @@
 //! compared side by side with real kubectl, failures of every kind, and a wait that rides
 //! through an API server restart.
 
+mod common;
 mod support;
 
 use std::time::Duration;
@@ -130,6 +131,12 @@ fn discovers_restarts_like_kubectl_and_checks_the_loaded_ca() {
                       "groupPriorityMinimum": 100, "versionPriority": 100}},
         ]}),
     );
+
+    // Without -y and with no terminal to ask on, a restart is refused before anything changes.
+    let before = restarted_at(&env, "kube-system", "metrics-server");
+    let refused = env.certrotate().args(["extension-servers", "--restart"]).fails();
+    assert!(refused.stderr.contains("without confirmation: pass -y/--yes"), "{refused}");
+    assert_eq!(restarted_at(&env, "kube-system", "metrics-server"), before);
 
     let listed = env.certrotate().args(["extension-servers", "-o", "json"]).ok();
     let report: Value = serde_json::from_str(&listed.stdout).unwrap();
@@ -427,4 +434,41 @@ fn waits_ride_through_an_api_server_restart() {
         |c| env.block_on(objects::delete_mutating_webhook(c, "admission-webhook-server")).unwrap();
     assert_eq!(mwc(client), Deleted::Removed);
     assert_eq!(mwc(client), Deleted::WasAbsent);
+}
+
+#[test]
+fn restart_refuses_a_kubeconfig_of_another_cluster() {
+    use common::sample_assets::{SampleOptions, write_sample_assets};
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = tmp.path().join("ours");
+    write_sample_assets(&ours, &SampleOptions::default()).unwrap();
+    // Another cluster's kubeconfig, pointing at a port where nothing listens: the refusal
+    // must come before any API call.
+    let other = tmp.path().join("other");
+    let opts = SampleOptions {
+        api_server: Some("https://127.0.0.1:9".into()),
+        fresh_keys: true,
+        ..Default::default()
+    };
+    write_sample_assets(&other, &opts).unwrap();
+    let kubeconfig = other.join("cluster-assets/auth/kubeconfig");
+    let run = common::run(
+        &[
+            "extension-servers",
+            "--restart",
+            "-y",
+            "--assets-dir",
+            ours.to_str().unwrap(),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("refusing to change the cluster:"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("does not trust") && run.stderr.contains("--kubeconfig"),
+        "{}",
+        run.stderr
+    );
 }
