@@ -508,12 +508,9 @@ fn load_credential(
             });
             (cert_pem, key_pem)
         }
-        Storage::WebhookValues => match webhook_values(assets) {
-            Ok((cert, key)) => (Some(cert), Some((assets::LOKOMOTIVE_VALUES.to_string(), key))),
-            Err((status, text)) => {
-                b.problem(status, text);
-                (None, None)
-            }
+        Storage::WebhookValues => match webhook_values(assets, &mut b) {
+            Some((cert, key)) => (Some(cert), Some((assets::LOKOMOTIVE_VALUES.to_string(), key))),
+            None => (None, None),
         },
     };
     let Some(cert_pem) = cert_pem else {
@@ -594,24 +591,19 @@ fn load_key_pair(
 }
 
 /// The webhook serving certificate and key, base64 PEM inside the lokomotive chart values.
-fn webhook_values(
-    assets: &AssetDir,
-) -> std::result::Result<(Vec<u8>, Vec<u8>), (Validity, String)> {
-    let file = format!("cluster-assets/{}", assets::LOKOMOTIVE_VALUES);
+fn webhook_values(assets: &AssetDir, b: &mut RowBuilder) -> Option<(Vec<u8>, Vec<u8>)> {
     let hint = "it is written by terraform (local_file.lokomotive): run terraform apply, or \
                 lokoctl cluster apply, to re-create it";
-    let text = match read_asset(assets, assets::LOKOMOTIVE_VALUES) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(ReadError::Missing) => {
-            return Err((Validity::Missing, format!("{file} is missing: {hint}")));
-        }
-        Err(ReadError::Unreadable(reason)) => {
-            return Err((Validity::Invalid, format!("cannot read {file}: {reason}")));
-        }
-    };
-    let values = assets::parse_webhook_values(&text)
-        .map_err(|reason| (Validity::Invalid, format!("{file}: {reason}; {hint}")))?;
-    Ok(values)
+    let bytes = read_asset(assets, assets::LOKOMOTIVE_VALUES)
+        .map_err(|e| b.read_error(assets::LOKOMOTIVE_VALUES, e, hint))
+        .ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    assets::parse_webhook_values(&text)
+        .map_err(|reason| {
+            let file = format!("cluster-assets/{}", assets::LOKOMOTIVE_VALUES);
+            b.problem(Validity::Invalid, format!("{file}: {reason}; {hint}"));
+        })
+        .ok()
 }
 
 async fn add_cluster_sections(
