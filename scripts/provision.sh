@@ -26,7 +26,9 @@ TLS_PROVIDER_VERSION=3.1.0
 LOCAL_PROVIDER_VERSION=2.1.0
 # libprotobuf-dev: the well-known .proto files (google/protobuf/empty.proto) that
 # tf-provider's build imports; protobuf-compiler only recommends it.
-APT_PACKAGES=(etcd-server golang-go rsync protobuf-compiler libprotobuf-dev libssl-dev pkg-config unzip dpkg-dev)
+# golang-github-modern-go-reflect2-dev: reflect2 1.0.2 as Go source, swapped into the
+# Kubernetes tree before the build (see the kubernetes step).
+APT_PACKAGES=(etcd-server golang-go rsync protobuf-compiler libprotobuf-dev libssl-dev pkg-config unzip dpkg-dev golang-github-modern-go-reflect2-dev)
 
 # ---------------------------------------------------------------- helpers --
 
@@ -162,7 +164,13 @@ KUBECTL=$(command -v kubectl || true)
 
 # ------------------------------------------- kube-apiserver + controller ---
 
-K8S_DIR=$CACHE/k8s-$K8S_VERSION
+# Kubernetes 1.20 vendors github.com/modern-go/reflect2 1.0.1, whose unsafe map iteration
+# faults under Go 1.18+ (Debian's Go is 1.19): the apiserver dies with SIGSEGV the first time
+# it encodes a mutating webhook's JSON patch annotation. 1.0.2 fixed it; Debian ships it as
+# source. The flavour is part of the cache key, so binaries built without the swap are rebuilt.
+REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
+K8S_FLAVOUR=reflect2-1.0.2
+K8S_DIR=$CACHE/k8s-$K8S_VERSION-$K8S_FLAVOUR
 K8S_BINS=(kube-apiserver kube-controller-manager)
 
 k8s_cached() {
@@ -213,6 +221,15 @@ else
 	if [ -z "$SRC" ] || [ ! -d "$SRC/vendor" ]; then
 		die "no kubernetes-*$K8S_VERSION/vendor after apt-get source (got: $(find "$BUILD" -mindepth 1 -maxdepth 1 -printf '%f '))"
 	fi
+	[ -f "$REFLECT2_SRC/reflect2.go" ] || die "$REFLECT2_SRC not found (package golang-github-modern-go-reflect2-dev)"
+	grep -q 'github.com/modern-go/reflect2 v1.0.1' "$SRC/vendor/modules.txt" ||
+		die "the kubernetes source no longer vendors reflect2 v1.0.1: review the reflect2 swap"
+	rm -rf "$SRC/vendor/github.com/modern-go/reflect2"
+	mkdir -p "$SRC/vendor/github.com/modern-go/reflect2"
+	# Only the package's Go files and licence: its tests and go.mod stay out of vendor/.
+	find "$REFLECT2_SRC" -maxdepth 1 -type f \( -name '*.go' ! -name '*_test.go' -o -name 'LICENSE' -o -name '*.s' \) \
+		-exec cp {} "$SRC/vendor/github.com/modern-go/reflect2/" \;
+	log "vendor/github.com/modern-go/reflect2 replaced by Debian's $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)"
 	# The Makefile wants the tree at k8s.io/kubernetes inside GOPATH.
 	mkdir -p "$SRC/.go/src/k8s.io" "$BUILD/home"
 	ln -sfn ../../.. "$SRC/.go/src/k8s.io/kubernetes"
