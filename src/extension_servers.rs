@@ -208,7 +208,15 @@ pub async fn restart_for_rotation(
             .filter(|(_, status)| *status != "True")
             .map(|(name, status)| format!("apiservice {name} is Available={status}")),
     );
-    let checks = check_loaded_ca(conn, &found, std::slice::from_ref(new_ca)).await;
+    if problems.is_empty()
+        && let Err(why) =
+            discovery::probe_until(&conn.client, &found.restarted_api_services(), timeout).await
+    {
+        problems.push(why);
+    }
+    // The pods now serving, not the ones the restart replaced.
+    let serving = discovery::discover(&conn.client).await?;
+    let checks = check_loaded_ca(conn, &serving, std::slice::from_ref(new_ca)).await;
     let loaded_ca = checks
         .iter()
         .map(|c| {

@@ -510,6 +510,11 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
                 client_served(ctx, &new).await
             })
             .await?;
+            let client = &ctx.conn()?.client;
+            let served = crate::k8s::discovery::discover(client).await?.restarted_api_services();
+            crate::k8s::discovery::probe_until(client, &served, ctx.timeout)
+                .await
+                .map_err(|why| Error::Verification { phase: phase.name(), reason: why })?;
             let client = ctx.file_cert(CLIENT_CERT)?;
             ctx.run_mut().journal.fingerprints.insert("newClient".into(), client.sha256);
             ctx.run_mut().save()?;
