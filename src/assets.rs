@@ -296,6 +296,31 @@ impl AssetDir {
     }
 }
 
+/// `--assets-dir` values, globs expanded; `$ASSET_DIR` or the current folder when none given.
+pub fn resolve_asset_dirs(given: &[String]) -> Result<Vec<PathBuf>> {
+    if given.is_empty() {
+        let dir = std::env::var_os("ASSET_DIR").map(PathBuf::from).unwrap_or_else(|| ".".into());
+        return Ok(vec![dir]);
+    }
+    let mut dirs = Vec::new();
+    for pattern in given {
+        if !pattern.contains(['*', '?', '[']) {
+            dirs.push(PathBuf::from(pattern));
+            continue;
+        }
+        let paths = glob::glob(pattern)
+            .map_err(|e| Error::BadGlob { pattern: pattern.clone(), reason: e.to_string() })?;
+        let mut matched: Vec<PathBuf> =
+            paths.filter_map(std::result::Result::ok).filter(|p| p.is_dir()).collect();
+        if matched.is_empty() {
+            return Err(Error::NoAssetDirMatches { pattern: pattern.clone() });
+        }
+        matched.sort();
+        dirs.extend(matched);
+    }
+    Ok(dirs)
+}
+
 #[derive(serde::Deserialize)]
 struct LokomotiveValues {
     webhook: Option<WebhookValues>,
