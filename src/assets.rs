@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_saphyr::Spanned;
+
 use crate::error::{Error, Result};
+use crate::secret_text;
 
 /// Where a credential is stored inside `cluster-assets/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,26 +329,32 @@ struct LokomotiveValues {
     webhook: Option<WebhookValues>,
 }
 
+/// Each value with where it stands, so that a broken one is named by line and column.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WebhookValues {
-    serving_cert: Option<String>,
-    serving_key: Option<String>,
+    serving_cert: Option<Spanned<String>>,
+    serving_key: Option<Spanned<String>>,
 }
 
 /// Decodes `webhook.servingCert` and `webhook.servingKey` (base64 PEM) from the text of
-/// `lokomotive.yaml`; the error says which value is missing or broken.
+/// `lokomotive.yaml`; the error says which value is missing or broken, and where, but never
+/// quotes the file: it holds the webhook's private key.
 pub fn parse_webhook_values(yaml: &str) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
     use base64::Engine as _;
     let values: LokomotiveValues =
-        serde_saphyr::from_str(yaml).map_err(|e| format!("not valid YAML ({e})"))?;
+        serde_saphyr::from_str(yaml).map_err(|e| secret_text::yaml_error(&e))?;
     let webhook = values.webhook.ok_or("has no webhook: section")?;
-    let decode = |name: &str, value: Option<String>| {
-        let value = value.filter(|v| !v.trim().is_empty());
+    let decode = |name: &str, value: Option<Spanned<String>>| {
+        let value = value.filter(|v| !v.value.trim().is_empty());
         let value = value.ok_or_else(|| format!("has no webhook.{name} value"))?;
-        base64::engine::general_purpose::STANDARD
-            .decode(value.trim())
-            .map_err(|e| format!("webhook.{name} is not valid base64 ({e})"))
+        base64::engine::general_purpose::STANDARD.decode(value.value.trim()).map_err(|e| {
+            format!(
+                "webhook.{name} at {} is not valid base64: {}",
+                secret_text::position(&value.referenced),
+                secret_text::base64_error(&e)
+            )
+        })
     };
     let cert = decode("servingCert", webhook.serving_cert)?;
     let key = decode("servingKey", webhook.serving_key)?;

@@ -11,6 +11,7 @@ pub mod extension_servers;
 pub mod k8s;
 pub mod output;
 pub mod pki;
+pub mod secret_text;
 pub mod status;
 pub mod version;
 
