@@ -13,6 +13,7 @@ pub mod k8s;
 pub mod output;
 pub mod pki;
 pub mod rotation;
+pub mod secret_text;
 pub mod status;
 pub mod tools;
 pub mod version;

@@ -126,10 +126,7 @@ fn path_name(expired: bool) -> &'static str {
 
 /// Runs procedure `P` as asked.
 pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) -> Result<u8> {
-    let dirs = crate::status::resolve_asset_dirs(&global.assets_dirs)?;
-    let [dir] = dirs.as_slice() else {
-        return Err(Error::Usage(format!("{} rotates one asset dir at a time", P::NAME)));
-    };
+    let dir = &crate::assets::single_asset_dir(&global.assets_dirs, P::NAME)?;
     let assets = AssetDir::open(dir)?;
     P::check_assets(&assets)?;
     let root = runs_root(&assets);
@@ -514,7 +511,7 @@ fn print_plan<P: Procedure>(
         })
         .collect();
     let doc = PlanReport {
-        api_version: crate::status::JSON_API_VERSION,
+        api_version: crate::output::JSON_API_VERSION,
         kind: P::PLAN_KIND,
         path: path_name(ctx.expired),
         phases: &phases,
@@ -545,7 +542,7 @@ fn report<P: Procedure>(
 ) -> Result<u8> {
     let run = ctx.run.as_ref();
     let doc = Report {
-        api_version: crate::status::JSON_API_VERSION,
+        api_version: crate::output::JSON_API_VERSION,
         kind: P::REPORT_KIND,
         run: run.map(|r| r.journal.run.clone()).unwrap_or_default(),
         journal: run.map(|r| r.journal_path().display().to_string()).unwrap_or_default(),

@@ -125,10 +125,7 @@ pub async fn run(global: &GlobalOpts, args: &WebhookArgs) -> Result<u8> {
 
 /// `--restore-webhook`: the webhook configuration kept by the latest run, created again.
 async fn restore(global: &GlobalOpts) -> Result<u8> {
-    let dirs = crate::status::resolve_asset_dirs(&global.assets_dirs)?;
-    let [dir] = dirs.as_slice() else {
-        return Err(Error::Usage("webhook rotates one asset dir at a time".into()));
-    };
+    let dir = &crate::assets::single_asset_dir(&global.assets_dirs, "webhook")?;
     let assets = AssetDir::open(dir)?;
     let run = RunDir::latest(&runs_root(&assets), Webhook::NAME)?.ok_or_else(|| {
         Error::Usage(
