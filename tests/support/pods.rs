@@ -26,7 +26,6 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use tokio::net::TcpStream;
 
 use super::assets::free_port;
 use super::kubelet::PodRuntime;
@@ -48,7 +47,8 @@ pub const WEBHOOK_NAME: &str = "admission-webhook-server";
 /// How long a started process gets to listen on its port.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What one kind of pod runs: a program that takes `--listen <addr>`.
+/// What one kind of pod runs: a program that takes `--listen <addr>` and logs
+/// `Serving securely on <addr>` once it listens (the testenv servers do).
 pub trait PodProgram: Send + Sync + 'static {
     /// Names the processes (`<NAME> <namespace>/<pod>`), their logs and work folders.
     const NAME: &'static str;
@@ -137,18 +137,18 @@ impl<P: PodProgram> ProcessPods<P> {
         let port = free_port();
         let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
         let args = self.program.args(pod, &dir).await?;
-        let spec = ProcSpec::new(
-            format!("{} {key}", P::NAME),
-            self.program.program(),
-            &self.log_path(pod),
-        )
-        .args(["--listen".to_string(), listen.to_string()])
-        .args(args);
+        let log = self.log_path(pod);
+        let spec = ProcSpec::new(format!("{} {key}", P::NAME), self.program.program(), &log)
+            .args(["--listen".to_string(), listen.to_string()])
+            .args(args);
         let name = P::NAME;
         let id =
             self.ctx.sup.spawn(&spec).map_err(|e| format!("starting {name} for {key}: {e}"))?;
         let start = Instant::now();
-        while TcpStream::connect(listen).await.is_err() {
+        // Its log says when it listens; a probe connection would show up in the pod's log as
+        // a failed TLS handshake.
+        let serving = format!("Serving securely on {listen}");
+        while !std::fs::read_to_string(&log).is_ok_and(|text| text.contains(&serving)) {
             if let Some(status) = self.ctx.sup.exit_status(id) {
                 return Err(format!("{name} for {key} exited ({status})"));
             }
