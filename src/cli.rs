@@ -91,6 +91,7 @@ pub struct KubeOpts {
     pub user: Option<String>,
 
     /// How long to wait for one API request before giving up (e.g. 5s, 1m; 0 means no limit).
+    /// Waits that watch (rollouts, APIServices) are bounded by --timeout instead. [default: 30s]
     #[arg(long, value_name = "DURATION", global = true)]
     pub request_timeout: Option<HumanDuration>,
 }
@@ -182,6 +183,13 @@ mod tests {
                 panic!("{line:?} should parse: {err}");
             }
         }
+    }
+
+    #[test]
+    fn request_timeout_help_gives_the_default_in_force() {
+        let help = Cli::command().render_long_help().to_string();
+        let default = crate::k8s::DEFAULT_REQUEST_TIMEOUT.as_secs();
+        assert!(help.contains(&format!("[default: {default}s]")), "{help}");
     }
 
     #[test]
