@@ -60,7 +60,8 @@ pub struct GlobalOpts {
     #[arg(short = 'y', long, global = true)]
     pub yes: bool,
 
-    /// Bound for each wait (a rollout, an APIService becoming available).
+    /// Bound for each wait (a rollout, an APIService becoming available); 0 means no limit, as
+    /// for `kubectl rollout status --timeout`.
     #[arg(long, value_name = "DURATION", default_value = "10m", global = true)]
     pub timeout: HumanDuration,
 

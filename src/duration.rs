@@ -68,6 +68,15 @@ impl FromStr for HumanDuration {
     }
 }
 
+/// Runs `future` for at most `limit`, `None` when that ran out. A zero limit means no limit, as
+/// for `kubectl rollout status --timeout 0`.
+pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    if limit.is_zero() {
+        return Some(future.await);
+    }
+    tokio::time::timeout(limit, future).await.ok()
+}
+
 /// Short residual time as kubeadm prints it: `348d`, `5h`, `12m`, `40s`; negative with a sign.
 pub fn short_residual(secs: i64) -> String {
     let sign = if secs < 0 { "-" } else { "" };

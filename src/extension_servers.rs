@@ -29,6 +29,10 @@ struct Report {
     restarts: Option<Vec<RestartResult>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     available_after_restart: Option<BTreeMap<String, String>>,
+    /// Why `available_after_restart` may not be current (the APIService watch was refused, or
+    /// kept failing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    availability_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_checks: Option<Vec<CaCheck>>,
 }
@@ -77,6 +81,7 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
         servers: discovery.servers.clone(),
         restarts: None,
         available_after_restart: None,
+        availability_error: None,
         ca_checks: None,
     };
     let mut code = exit::OK;
@@ -103,11 +108,12 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
         if results.iter().any(|r| !r.ok) || report.servers.iter().any(|s| !s.problems.is_empty()) {
             code = exit::ERROR;
         }
-        if available.values().any(|s| s != "True") {
+        if available.problem.is_some() || available.status.values().any(|s| s != "True") {
             code = exit::ERROR;
         }
         report.restarts = Some(results);
-        report.available_after_restart = Some(available);
+        report.available_after_restart = Some(available.status);
+        report.availability_error = available.problem;
     }
     if let Some(cas) = &check_ca {
         let checks = check_loaded_ca(&conn, &discovery, cas).await;
@@ -306,6 +312,9 @@ fn render(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         for (name, status) in available {
             writeln!(out, "apiservice {name}: Available={status}")?;
         }
+    }
+    if let Some(problem) = &report.availability_error {
+        writeln!(out, "apiservices: {problem}")?;
     }
     if let Some(checks) = &report.ca_checks {
         writeln!(out)?;
