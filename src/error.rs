@@ -56,6 +56,9 @@ pub enum Error {
         source: Box<kube::Error>,
     },
 
+    #[error("timed out after {secs}s while trying to {action}")]
+    KubeTimeout { action: String, secs: u64 },
+
     #[error("{0}")]
     Usage(String),
 
