@@ -24,6 +24,7 @@ use crate::pki;
 struct Report {
     api_version: &'static str,
     kind: &'static str,
+    cluster: ClusterRead,
     servers: Vec<ExtensionServer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<Vec<RestartResult>>,
@@ -35,6 +36,53 @@ struct Report {
     availability_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_checks: Option<Vec<CaCheck>>,
+}
+
+/// The cluster the report describes. Listing and `--check-ca` read whatever cluster the
+/// kubeconfig names, so the report says which one, and whether it is the asset dir's.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterRead {
+    server: String,
+    /// The kubeconfig file and how it was chosen.
+    kubeconfig: String,
+    /// The asset dir it was compared with (null when there is none).
+    assets_dir: Option<String>,
+    /// Whether it is that asset dir's cluster (its kubeconfig trusts the asset dir's
+    /// `tls/ca.crt`); null when there is no asset dir to compare with.
+    assets_dir_cluster: Option<bool>,
+    /// Why it is not, or could not be compared.
+    reason: Option<String>,
+}
+
+impl ClusterRead {
+    fn new(conn: &Connection, assets: &Result<AssetDir>) -> Self {
+        let (assets_dir, assets_dir_cluster, reason) = match assets {
+            Ok(assets) => {
+                let verified = conn.verify_identity(assets);
+                (Some(assets.root().display().to_string()), Some(verified.is_ok()), verified.err())
+            }
+            Err(err) => (None, None, Some(err.to_string())),
+        };
+        Self {
+            server: conn.server.clone(),
+            kubeconfig: conn.kubeconfig_description(),
+            assets_dir,
+            assets_dir_cluster,
+            reason,
+        }
+    }
+
+    /// The table's first line.
+    fn header(&self) -> String {
+        let read = format!("cluster: {} ({})", self.server, self.kubeconfig);
+        let reason = self.reason.as_deref().unwrap_or_default();
+        match (self.assets_dir_cluster, &self.assets_dir) {
+            (Some(true), Some(dir)) => format!("{read}: the cluster of asset dir {dir}"),
+            (Some(false), _) => format!("{read}: NOT the asset dir's cluster: {reason}"),
+            _ => format!("{read}: no asset dir to compare it with ({reason})"),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -70,14 +118,18 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
         Some(path) => Some(read_ca_file(path)?),
         None => None,
     };
+    let cluster = ClusterRead::new(&conn, &assets);
     if args.restart {
-        let assets = assets?;
-        conn.verify_identity(&assets).map_err(Error::WrongCluster)?;
+        assets?;
+        if cluster.assets_dir_cluster == Some(false) {
+            return Err(Error::WrongCluster(cluster.reason.clone().unwrap_or_default()));
+        }
     }
     let discovery = discovery::discover(&conn.client).await?;
     let mut report = Report {
         api_version: output::JSON_API_VERSION,
         kind: "ExtensionServers",
+        cluster,
         servers: discovery.servers.clone(),
         restarts: None,
         available_after_restart: None,
@@ -270,6 +322,7 @@ async fn check_loaded_ca(
 }
 
 fn render(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    writeln!(out, "{}", report.cluster.header())?;
     if report.servers.is_empty() {
         writeln!(out, "no APIService is backed by a service: there is nothing to restart")?;
     } else {
