@@ -13,9 +13,10 @@ pub const DISPLAY_NAME: &str = "kubectl certrotate";
 
 /// Rotate the control-plane certificates of Lokomotive-style Kubernetes clusters.
 ///
-/// Shows where every certificate of a cluster stands, then rotates them step by step
-/// (Terraform for the PKI, Helm for the control plane, the Kubernetes API for the rest),
-/// keeping the old CA until you drop it.
+/// Shows where every certificate of a cluster stands, and rotates the aggregation CA and client
+/// certificate and the admission webhook certificate step by step (Terraform for the PKI, Helm
+/// for the control plane, the Kubernetes API for the rest), keeping the old CA until you drop
+/// it.
 #[derive(Debug, Parser)]
 #[command(
     name = DISPLAY_NAME,

@@ -44,8 +44,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Loads the kubeconfig in PRODUCT.md's order: `--kubeconfig`, `$KUBECONFIG`, the asset
-    /// dir's `cluster-assets/auth/kubeconfig`, `~/.kube/config`. In a fleet each asset dir
+    /// Loads the kubeconfig in the documented order (README): `--kubeconfig`, `$KUBECONFIG`,
+    /// the asset dir's `cluster-assets/auth/kubeconfig`, `~/.kube/config`. In a fleet each asset dir
     /// must use its own kubeconfig, so `$KUBECONFIG` is not consulted there.
     pub async fn open(
         opts: &KubeOpts,

@@ -1,5 +1,6 @@
 //! `kubectl rollout restart` and `kubectl rollout status`, reproduced exactly: the same
-//! annotation and patch, the same completion conditions and messages (peers-and-kubectl.md §5).
+//! annotation and patch, the same completion conditions and messages, in kubectl's order
+//! (`pkg/cmd/rollout` and `pkg/polymorphichelpers/rollout_status.go` of kubernetes/kubectl).
 //!
 //! Waiting uses one watch per workload from the restart patch's resourceVersion, resumed when it
 //! drops (an API server restart included), so a wait costs no list and no polling.
