@@ -45,8 +45,8 @@ pub struct Connection {
 
 impl Connection {
     /// Loads the kubeconfig in the documented order (README): `--kubeconfig`, `$KUBECONFIG`,
-    /// the asset dir's `cluster-assets/auth/kubeconfig`, `~/.kube/config`. In a fleet each asset dir
-    /// must use its own kubeconfig, so `$KUBECONFIG` is not consulted there.
+    /// the asset dir's `cluster-assets/auth/kubeconfig`, `~/.kube/config`. In a fleet each
+    /// asset dir must use its own kubeconfig, so `$KUBECONFIG` is not consulted there.
     pub async fn open(
         opts: &KubeOpts,
         assets: Option<&AssetDir>,
