@@ -1,5 +1,6 @@
 //! The Lokomotive asset dir: where every certificate and key lives, which CA issues it, and
-//! which Terraform resources produce it (lokomotive-pki.md, sections 1 and 2).
+//! which Terraform resources produce it, as Lokomotive's bootkube module names them
+//! (`tests/terraform_addresses.rs` checks every address against real state).
 
 use std::path::{Path, PathBuf};
 

@@ -13,9 +13,10 @@ pub const DISPLAY_NAME: &str = "kubectl certrotate";
 
 /// Rotate the control-plane certificates of Lokomotive-style Kubernetes clusters.
 ///
-/// Shows where every certificate of a cluster stands, then rotates them step by step
-/// (Terraform for the PKI, Helm for the control plane, the Kubernetes API for the rest),
-/// keeping the old CA until you drop it.
+/// Shows where every certificate of a cluster stands, and rotates the aggregation CA and client
+/// certificate and the admission webhook certificate step by step (Terraform for the PKI, Helm
+/// for the control plane, the Kubernetes API for the rest), keeping the old CA until you drop
+/// it.
 #[derive(Debug, Parser)]
 #[command(
     name = DISPLAY_NAME,
@@ -60,7 +61,8 @@ pub struct GlobalOpts {
     #[arg(short = 'y', long, global = true)]
     pub yes: bool,
 
-    /// Bound for each wait (a rollout, an APIService becoming available).
+    /// Bound for each wait (a rollout, an APIService becoming available); 0 means no limit, as
+    /// for `kubectl rollout status --timeout`.
     #[arg(long, value_name = "DURATION", default_value = "10m", global = true)]
     pub timeout: HumanDuration,
 
@@ -121,6 +123,7 @@ pub struct KubeOpts {
     pub user: Option<String>,
 
     /// How long to wait for one API request before giving up (e.g. 5s, 1m; 0 means no limit).
+    /// Waits that watch (rollouts, APIServices) are bounded by --timeout instead. [default: 30s]
     #[arg(long, value_name = "DURATION", global = true)]
     pub request_timeout: Option<HumanDuration>,
 }
@@ -309,6 +312,13 @@ mod tests {
                 panic!("{line:?} should parse: {err}");
             }
         }
+    }
+
+    #[test]
+    fn request_timeout_help_gives_the_default_in_force() {
+        let help = Cli::command().render_long_help().to_string();
+        let default = crate::k8s::DEFAULT_REQUEST_TIMEOUT.as_secs();
+        assert!(help.contains(&format!("[default: {default}s]")), "{help}");
     }
 
     #[test]

@@ -68,6 +68,36 @@ impl FromStr for HumanDuration {
     }
 }
 
+/// Runs `future` for at most `limit`, `None` when that ran out. A zero limit means no limit, as
+/// for `kubectl rollout status --timeout 0`.
+pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    if limit.is_zero() {
+        return Some(future.await);
+    }
+    tokio::time::timeout(limit, future).await.ok()
+}
+
+/// Calls `check` every `every` until it succeeds or `limit` ends (zero: no limit); the error
+/// is what it said last.
+pub async fn poll<T>(
+    limit: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    let mut last = String::from("nothing was checked yet");
+    let polled = within(limit, async {
+        loop {
+            match check().await {
+                Ok(value) => return value,
+                Err(why) => last = why,
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+    .await;
+    polled.ok_or(last)
+}
+
 /// Short residual time as kubeadm prints it: `348d`, `5h`, `12m`, `40s`; negative with a sign.
 pub fn short_residual(secs: i64) -> String {
     let sign = if secs < 0 { "-" } else { "" };

@@ -2,6 +2,7 @@
 //! and the documented exit codes they map to.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Documented exit codes (README, `--help`).
 pub mod exit {
@@ -50,7 +51,7 @@ pub enum Error {
     )]
     NoKubeconfig,
 
-    #[error("failed to {action}: {source}")]
+    #[error("failed to {action}: {}", describe_kube(source))]
     Kube {
         action: String,
         #[source]
@@ -134,6 +135,40 @@ pub enum Error {
 
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
+}
+
+/// A request that got no answer from the API server. Made by the client's request bound
+/// (`k8s/bound.rs`), which knows the server, so that the message names it.
+#[derive(Debug, thiserror::Error)]
+pub enum Transport {
+    #[error(
+        "{server} did not answer within {limit:?} (--request-timeout sets the bound; 0 means \
+         no limit)"
+    )]
+    TimedOut { server: String, limit: Duration },
+
+    #[error("cannot reach {server}: {reason}")]
+    Unreachable { server: String, reason: String },
+}
+
+/// A kube error as an operator reads it: the API's own message for a refusal, the server and
+/// the cause for a request that got no answer; kube's texts carry debug dumps and wrappers.
+pub fn describe_kube(err: &kube::Error) -> String {
+    if let kube::Error::Api(status) = err {
+        return match (status.message.is_empty(), status.reason.is_empty()) {
+            (false, false) => format!("{} ({})", status.message, status.reason),
+            (false, true) => format!("{} (HTTP {})", status.message, status.code),
+            _ => format!("HTTP {} {}", status.code, status.reason),
+        };
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(transport) = e.downcast_ref::<Transport>() {
+            return transport.to_string();
+        }
+        cause = e.source();
+    }
+    err.to_string()
 }
 
 impl Error {

@@ -24,13 +24,65 @@ use crate::pki;
 struct Report {
     api_version: &'static str,
     kind: &'static str,
+    cluster: ClusterRead,
     servers: Vec<ExtensionServer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<Vec<RestartResult>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     available_after_restart: Option<BTreeMap<String, String>>,
+    /// Why `available_after_restart` may not be current (the APIService watch was refused, or
+    /// kept failing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    availability_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_checks: Option<Vec<CaCheck>>,
+}
+
+/// The cluster the report describes. Listing and `--check-ca` read whatever cluster the
+/// kubeconfig names, so the report says which one, and whether it is the asset dir's.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterRead {
+    server: String,
+    /// The kubeconfig file and how it was chosen.
+    kubeconfig: String,
+    /// The asset dir it was compared with (null when there is none).
+    assets_dir: Option<String>,
+    /// Whether it is that asset dir's cluster (its kubeconfig trusts the asset dir's
+    /// `tls/ca.crt`); null when there is no asset dir to compare with.
+    assets_dir_cluster: Option<bool>,
+    /// Why it is not, or could not be compared.
+    reason: Option<String>,
+}
+
+impl ClusterRead {
+    fn new(conn: &Connection, assets: &Result<AssetDir>) -> Self {
+        let (assets_dir, assets_dir_cluster, reason) = match assets {
+            Ok(assets) => {
+                let verified = conn.verify_identity(assets);
+                (Some(assets.root().display().to_string()), Some(verified.is_ok()), verified.err())
+            }
+            Err(err) => (None, None, Some(err.to_string())),
+        };
+        Self {
+            server: conn.server.clone(),
+            kubeconfig: conn.kubeconfig_description(),
+            assets_dir,
+            assets_dir_cluster,
+            reason,
+        }
+    }
+
+    /// The table's first line.
+    fn header(&self) -> String {
+        let read = format!("cluster: {} ({})", self.server, self.kubeconfig);
+        let reason = self.reason.as_deref().unwrap_or_default();
+        match (self.assets_dir_cluster, &self.assets_dir) {
+            (Some(true), Some(dir)) => format!("{read}: the cluster of asset dir {dir}"),
+            (Some(false), _) => format!("{read}: NOT the asset dir's cluster: {reason}"),
+            _ => format!("{read}: no asset dir to compare it with ({reason})"),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -63,17 +115,22 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
         Some(path) => Some(read_ca_file(path)?),
         None => None,
     };
+    let cluster = ClusterRead::new(&conn, &assets);
     if args.restart {
-        let assets = assets?;
-        conn.verify_identity(&assets).map_err(Error::WrongCluster)?;
+        assets?;
+        if cluster.assets_dir_cluster == Some(false) {
+            return Err(Error::WrongCluster(cluster.reason.clone().unwrap_or_default()));
+        }
     }
     let discovery = discovery::discover(&conn.client).await?;
     let mut report = Report {
         api_version: output::JSON_API_VERSION,
         kind: "ExtensionServers",
+        cluster,
         servers: discovery.servers.clone(),
         restarts: None,
         available_after_restart: None,
+        availability_error: None,
         ca_checks: None,
     };
     let mut code = exit::OK;
@@ -92,11 +149,12 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
         if results.iter().any(|r| !r.ok) || report.servers.iter().any(|s| !s.problems.is_empty()) {
             code = exit::ERROR;
         }
-        if available.values().any(|s| s != "True") {
+        if available.problem.is_some() || available.status.values().any(|s| s != "True") {
             code = exit::ERROR;
         }
         report.restarts = Some(results);
-        report.available_after_restart = Some(available);
+        report.available_after_restart = Some(available.status);
+        report.availability_error = available.problem;
     }
     if let Some(cas) = &check_ca {
         let checks = check_loaded_ca(&conn, &discovery, cas).await;
@@ -158,7 +216,7 @@ async fn restart_and_wait_available(
     conn: &Connection,
     discovery: &Discovery,
     timeout: Duration,
-) -> (Vec<RestartResult>, BTreeMap<String, String>) {
+) -> (Vec<RestartResult>, discovery::Available) {
     let workloads = discovery.workloads();
     let availability = discovery::Availability::new(discovery);
     let follow = availability.follow(&conn.client, &discovery.api_services_version);
@@ -201,10 +259,12 @@ pub async fn restart_for_rotation(
     }
     problems.extend(
         available
+            .status
             .iter()
             .filter(|(_, status)| *status != "True")
             .map(|(name, status)| format!("apiservice {name} is Available={status}")),
     );
+    problems.extend(available.problem);
     if problems.is_empty()
         && let Err(why) =
             discovery::probe_until(&conn.client, &found.restarted_api_services(), timeout).await
@@ -328,6 +388,7 @@ async fn check_loaded_ca(
 }
 
 fn render(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    writeln!(out, "{}", report.cluster.header())?;
     if report.servers.is_empty() {
         writeln!(out, "no APIService is backed by a service: there is nothing to restart")?;
     } else {
@@ -370,6 +431,9 @@ fn render(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         for (name, status) in available {
             writeln!(out, "apiservice {name}: Available={status}")?;
         }
+    }
+    if let Some(problem) = &report.availability_error {
+        writeln!(out, "apiservices: {problem}")?;
     }
     if let Some(checks) = &report.ca_checks {
         writeln!(out)?;

@@ -46,6 +46,7 @@ pub fn main_entry() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8> {
+    output::set_verbosity(cli.global.verbose);
     match &cli.command {
         Command::Status(args) => runtime()?.block_on(status::run(&cli.global, args)),
         Command::ExtensionServers(args) => {

@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -11,6 +12,21 @@ use crate::error::{Error, Result};
 /// Version of every JSON document the commands print; bumped only on incompatible changes
 /// (docs/status-json.md, docs/extension-servers-json.md).
 pub const JSON_API_VERSION: &str = "certrotate.lokomotive.io/v1";
+
+/// How many `-v` the command line has: set once at start, read wherever detail is worth a line.
+static VERBOSITY: AtomicU8 = AtomicU8::new(0);
+
+pub fn set_verbosity(level: u8) {
+    VERBOSITY.store(level, Ordering::Relaxed);
+}
+
+/// Prints `message()` on stderr when `-v` was given at least `level` times; the message is only
+/// built then.
+pub fn note(level: u8, message: impl FnOnce() -> String) {
+    if VERBOSITY.load(Ordering::Relaxed) >= level {
+        eprintln!("{}", message());
+    }
+}
 
 /// A table with left-aligned columns separated by three spaces, like kubectl's.
 pub struct Table {

@@ -165,6 +165,54 @@ fn discovers_restarts_like_kubectl_and_checks_the_loaded_ca() {
         "{line}"
     );
 
+    // The listing says which cluster it read, and that it is the asset dir's.
+    let server = format!("https://127.0.0.1:{}", env.assets.api_port);
+    let cluster = &report["cluster"];
+    assert_eq!(cluster["server"], server.as_str(), "{cluster:#}");
+    assert!(cluster["kubeconfig"].as_str().unwrap().contains("from $KUBECONFIG"), "{cluster:#}");
+    assert_eq!(cluster["assetsDir"], env.assets.dir.to_str().unwrap(), "{cluster:#}");
+    assert_eq!(cluster["assetsDirCluster"], true, "{cluster:#}");
+    assert!(cluster["reason"].is_null(), "{cluster:#}");
+    let header = table.stdout.lines().next().unwrap();
+    assert_eq!(
+        header,
+        format!(
+            "cluster: {server} (kubeconfig {} from $KUBECONFIG): the cluster of asset dir {}",
+            env.kubeconfig().display(),
+            env.assets.dir.display()
+        )
+    );
+    // Another cluster's asset dir: the listing still reads this cluster, and says it is not
+    // that asset dir's; without an asset dir it says it could not compare.
+    use common::sample_assets::{SampleOptions, write_sample_assets};
+    let other = env.dir().join("other-assets");
+    write_sample_assets(&other, &SampleOptions::default()).unwrap();
+    let listed =
+        env.certrotate().args(["extension-servers", "-o", "json", "--assets-dir"]).arg(&other).ok();
+    let cluster = &serde_json::from_str::<Value>(&listed.stdout).unwrap()["cluster"];
+    assert_eq!(cluster["server"], server.as_str(), "{cluster:#}");
+    assert_eq!(cluster["assetsDirCluster"], false, "{cluster:#}");
+    assert!(
+        cluster["reason"].as_str().unwrap().contains("points at another cluster"),
+        "{cluster:#}"
+    );
+    let table = env.certrotate().args(["extension-servers", "--assets-dir"]).arg(&other).ok();
+    let header = table.stdout.lines().next().unwrap();
+    assert!(
+        header.starts_with(&format!("cluster: {server} (kubeconfig "))
+            && header.contains("NOT the asset dir's cluster"),
+        "{header}"
+    );
+    let nowhere = env.dir().join("no-such-assets");
+    let listed = env
+        .certrotate()
+        .args(["extension-servers", "-o", "json", "--assets-dir"])
+        .arg(&nowhere)
+        .ok();
+    let cluster = &serde_json::from_str::<Value>(&listed.stdout).unwrap()["cluster"];
+    assert!(cluster["assetsDirCluster"].is_null() && cluster["assetsDir"].is_null(), "{cluster:#}");
+    assert!(cluster["reason"].as_str().unwrap().contains("does not exist"), "{cluster:#}");
+
     // kubectl first: the annotation form to match.
     env.rollout_restart("kube-system", "deployment/metrics-server");
     let by_kubectl = restarted_at(&env, "kube-system", "metrics-server");
@@ -230,6 +278,7 @@ fn discovers_restarts_like_kubectl_and_checks_the_loaded_ca() {
         .args(["-o", "json"])
         .ok();
     let report: Value = serde_json::from_str(&check.stdout).unwrap();
+    assert_eq!(report["cluster"]["assetsDirCluster"], true, "{report:#}");
     let checks = report["caChecks"].as_array().unwrap();
     assert_eq!(checks.len(), 1, "{report:#}");
     assert_eq!(checks[0]["loaded"], true, "{report:#}");

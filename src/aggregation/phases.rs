@@ -498,22 +498,16 @@ async fn until(
     what: &str,
     check: impl AsyncFn() -> Result<std::result::Result<(), String>>,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + ctx.timeout;
-    loop {
-        let last = match check().await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(why)) => why,
-            // The API drops while kube-apiserver restarts: look again.
-            Err(e) => e.to_string(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Verification {
-                phase: phase.name(),
-                reason: format!("{what}: still not so after {}s: {last}", ctx.timeout.as_secs()),
-            });
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    crate::duration::poll(ctx.timeout, POLL, async || match check().await {
+        Ok(result) => result,
+        // The API drops while kube-apiserver restarts: look again.
+        Err(e) => Err(e.to_string()),
+    })
+    .await
+    .map_err(|last| Error::Verification {
+        phase: phase.name(),
+        reason: format!("{what}: still not so after {}s: {last}", ctx.timeout.as_secs()),
+    })
 }
 
 async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {

@@ -1,19 +1,17 @@
 //! Choosing the kubeconfig, building the client and proving the cluster is the asset dir's.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError};
 use kube::{Client, Config};
+
+use super::bound::{DEFAULT_REQUEST_TIMEOUT, RequestBound};
 
 use crate::assets::AssetDir;
 use crate::cli::KubeOpts;
 use crate::error::{Error, Result};
 use crate::secret_text;
-
-/// How long a read-only command waits for an API answer when `--request-timeout` is not set:
-/// an unreachable cluster must not stall a status report.
-const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the kubeconfig came from, for `-v` and for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +41,12 @@ pub struct Connection {
     pub source: KubeconfigSource,
     root_certs: Vec<Vec<u8>>,
     insecure: bool,
-    timeout: Duration,
 }
 
 impl Connection {
-    /// Loads the kubeconfig in PRODUCT.md's order: `--kubeconfig`, `$KUBECONFIG`, the asset
-    /// dir's `cluster-assets/auth/kubeconfig`, `~/.kube/config`. In a fleet each asset dir
-    /// must use its own kubeconfig, so `$KUBECONFIG` is not consulted there.
+    /// Loads the kubeconfig in the documented order (README): `--kubeconfig`, `$KUBECONFIG`,
+    /// the asset dir's `cluster-assets/auth/kubeconfig`, `~/.kube/config`. In a fleet each
+    /// asset dir must use its own kubeconfig, so `$KUBECONFIG` is not consulted there.
     pub async fn open(
         opts: &KubeOpts,
         assets: Option<&AssetDir>,
@@ -62,36 +59,36 @@ impl Connection {
             cluster: opts.cluster.clone(),
             user: opts.user.clone(),
         };
-        let mut config =
-            Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| {
-                Error::Kubeconfig { path: PathBuf::from(&label), reason: kubeconfig_problem(&e) }
-            })?;
-        let timeout = match &opts.request_timeout {
-            Some(t) if t.duration.is_zero() => Duration::MAX,
-            Some(t) => t.duration,
-            None => DEFAULT_PROBE_TIMEOUT,
-        };
-        if let Some(t) = opts.request_timeout.as_ref().filter(|t| !t.duration.is_zero()) {
-            config.connect_timeout = Some(t.duration);
-            config.read_timeout = Some(t.duration);
-        }
+        let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| {
+            Error::Kubeconfig { path: PathBuf::from(&label), reason: kubeconfig_problem(&e) }
+        })?;
         let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
         if verbose > 0 {
             eprintln!("using kubeconfig {label} ({}), server {server}", source.describe());
         }
         let root_certs = config.root_cert.clone().unwrap_or_default();
         let insecure = config.accept_invalid_certs;
-        let client = Client::try_from(config).map_err(|e| {
-            // Key data is decoded only here, so a broken client-key-data surfaces now.
-            match kubeconfig_cause(&e) {
-                Some(cause) => Error::Kubeconfig {
-                    path: PathBuf::from(&label),
-                    reason: kubeconfig_problem(cause),
-                },
-                None => Error::kube("build a client", e),
-            }
-        })?;
-        Ok(Self { client, server, kubeconfig: label, source, root_certs, insecure, timeout })
+        // kubectl's --request-timeout: the default when absent, no limit for 0. Connecting
+        // keeps kube's own bound even then, as kubectl's dialer does.
+        let limit = match &opts.request_timeout {
+            None => Some(DEFAULT_REQUEST_TIMEOUT),
+            Some(t) if t.duration.is_zero() => None,
+            Some(t) => Some(t.duration),
+        };
+        let bound = RequestBound::new(limit, server.clone());
+        let client = ClientBuilder::try_from(config)
+            .map(|builder| builder.with_layer(&bound).build())
+            .map_err(|e| {
+                // Key data is decoded only here, so a broken client-key-data surfaces now.
+                match kubeconfig_cause(&e) {
+                    Some(cause) => Error::Kubeconfig {
+                        path: PathBuf::from(&label),
+                        reason: kubeconfig_problem(cause),
+                    },
+                    None => Error::kube("build a client", e),
+                }
+            })?;
+        Ok(Self { client, server, kubeconfig: label, source, root_certs, insecure })
     }
 
     pub fn kubeconfig_description(&self) -> String {
@@ -133,20 +130,6 @@ impl Connection {
             ca_path.display(),
             assets.root().display()
         ))
-    }
-
-    /// Runs one API call under the connection's request bound.
-    pub(crate) async fn bounded<T>(
-        &self,
-        action: &str,
-        call: impl Future<Output = kube::Result<T>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(|e| Error::kube(action, e)),
-            Err(_) => {
-                Err(Error::KubeTimeout { action: action.to_string(), secs: self.timeout.as_secs() })
-            }
-        }
     }
 }
 

@@ -19,7 +19,8 @@ use kube::{Client, ResourceExt};
 use serde::Serialize;
 
 use super::rollout::{Workload, WorkloadKind, WorkloadRef, restart_and_wait};
-use super::watch::{self, Change};
+use super::watch::{self, Change, LastError};
+use crate::duration::within;
 use crate::error::{Error, Result};
 
 /// One APIService served by a Service in the cluster.
@@ -266,24 +267,41 @@ impl Discovery {
 /// of all APIServices that starts at discovery: the restarts happen while it follows, so no
 /// second list is needed and no change in between is missed.
 pub struct Availability {
-    state: tokio::sync::watch::Sender<BTreeMap<String, String>>,
+    state: tokio::sync::watch::Sender<Seen>,
+    last_error: LastError,
+}
+
+#[derive(Clone)]
+struct Seen {
+    available: BTreeMap<String, String>,
+    /// Why the watch stopped for good (the API refused it), when it did.
+    failed: Option<String>,
+}
+
+/// What [`Availability::until_available`] saw last.
+pub struct Available {
+    /// The `Available` status of each APIService.
+    pub status: BTreeMap<String, String>,
+    /// Why that may not be current: the watch was refused, or kept failing until the timeout.
+    pub problem: Option<String>,
 }
 
 impl Availability {
     /// Starts from what discovery saw.
     pub fn new(discovery: &Discovery) -> Self {
         let names = discovery.restarted_api_services();
-        let state = discovery
+        let available = discovery
             .servers
             .iter()
             .filter(|s| names.contains(&s.api_service))
             .map(|s| (s.api_service.clone(), s.available.clone()))
             .collect();
-        Self { state: tokio::sync::watch::Sender::new(state) }
+        let state = tokio::sync::watch::Sender::new(Seen { available, failed: None });
+        Self { state, last_error: LastError::default() }
     }
 
     /// Follows every change from `version` (the discovery list's) on; never returns, so run it
-    /// beside the work that needs it.
+    /// beside the work that needs it. A refused watch ends the waits of `until_available`.
     pub async fn follow(&self, client: &Client, version: &str) -> Infallible {
         let api = Api::<APIService>::all(client.clone());
         let resync = || async {
@@ -291,22 +309,40 @@ impl Availability {
             Ok((list.items, list.metadata.resource_version.unwrap_or_default()))
         };
         let params = WatchParams::default();
-        watch::follow(&api, &params, version.to_string(), resync, |change| {
-            if let Change::Applied(svc) = change {
-                self.state.send_modify(|state| record_available(&svc, state));
-            }
-            ControlFlow::<Infallible>::Continue(())
-        })
-        .await
+        let followed = watch::follow(
+            &api,
+            "apiservices",
+            &params,
+            version.to_string(),
+            resync,
+            &self.last_error,
+            |change| {
+                if let Change::Applied(svc) = change {
+                    self.state.send_modify(|state| record_available(&svc, &mut state.available));
+                }
+                ControlFlow::<Infallible>::Continue(())
+            },
+        )
+        .await;
+        let Err(refused) = followed;
+        self.state.send_modify(|state| state.failed = Some(refused.to_string()));
+        std::future::pending().await
     }
 
-    /// Waits until all are `Available=True`, at most `timeout` (`follow` must be running);
-    /// returns the last status of each.
-    pub async fn until_available(&self, timeout: Duration) -> BTreeMap<String, String> {
+    /// Waits until all are `Available=True`, at most `timeout` (zero: no limit; `follow` must
+    /// be running), and returns the last status of each.
+    pub async fn until_available(&self, timeout: Duration) -> Available {
         let mut seen = self.state.subscribe();
-        let all_true = |state: &BTreeMap<String, String>| state.values().all(|s| s == "True");
-        let _ = tokio::time::timeout(timeout, seen.wait_for(all_true)).await;
-        self.state.borrow().clone()
+        let settled =
+            |s: &Seen| s.failed.is_some() || s.available.values().all(|status| status == "True");
+        let in_time = within(timeout, seen.wait_for(settled)).await.is_some();
+        let Seen { available, failed } = self.state.borrow().clone();
+        let problem = match failed {
+            Some(refused) => Some(refused),
+            None if in_time => None,
+            None => self.last_error.get(),
+        };
+        Available { status: available, problem }
     }
 }
 
@@ -353,8 +389,7 @@ pub async fn probe_until(
     api_services: &BTreeSet<String>,
     timeout: Duration,
 ) -> std::result::Result<(), String> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
+    crate::duration::poll(timeout, Duration::from_secs(1), async || {
         let failed: Vec<String> = probe(client, api_services)
             .await
             .into_iter()
@@ -364,14 +399,9 @@ pub async fn probe_until(
                 })
             })
             .collect();
-        if failed.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(failed.join("; "));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+    })
+    .await
 }
 
 /// The log of one container of a pod (what `kubectl logs` prints).

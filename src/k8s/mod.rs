@@ -1,5 +1,6 @@
 //! The one place that talks to the Kubernetes API.
 
+mod bound;
 mod connection;
 pub mod discovery;
 pub mod objects;
@@ -7,6 +8,7 @@ pub mod rollout;
 mod snapshot;
 mod watch;
 
+pub use bound::DEFAULT_REQUEST_TIMEOUT;
 pub use connection::{Connection, KubeconfigSource};
 pub use snapshot::{
     APISERVER_SECRET, AUTH_CONFIGMAP, ApiServiceState, ClusterSnapshot, WEBHOOK_CONFIG,

@@ -163,27 +163,18 @@ pub async fn default_service_account_mutated(
         .map_err(|e| Error::kube("create a namespace to check the webhook", e))?;
     let name = kube::ResourceExt::name_any(&created);
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-    let seen = tokio::time::timeout(timeout, async {
-        loop {
-            match accounts.get_opt("default").await {
-                Ok(Some(account)) => {
-                    return Ok(account.automount_service_account_token == Some(false));
-                }
-                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
-                Err(e) => {
-                    return Err(Error::kube(format!("read serviceaccount {name}/default"), e));
-                }
-            }
+    let seen = crate::duration::poll(timeout, std::time::Duration::from_millis(300), async || {
+        match accounts.get_opt("default").await {
+            Ok(Some(account)) => Ok(Ok(account.automount_service_account_token == Some(false))),
+            Ok(None) => Err(format!("serviceaccount default not yet created in namespace {name}")),
+            Err(e) => Ok(Err(Error::kube(format!("read serviceaccount {name}/default"), e))),
         }
     })
     .await;
     let _ = namespaces.delete(&name, &DeleteParams::default()).await;
     match seen {
         Ok(result) => result,
-        Err(_) => Err(Error::KubeTimeout {
-            action: format!("see serviceaccount default created in namespace {name}"),
-            secs: timeout.as_secs(),
-        }),
+        Err(last) => Err(Error::KubeTimeout { action: last, secs: timeout.as_secs() }),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `kubectl rollout restart` and `kubectl rollout status`, reproduced exactly: the same
-//! annotation and patch, the same completion conditions and messages (peers-and-kubectl.md §5).
+//! annotation and patch, the same completion conditions and messages, in kubectl's order
+//! (`pkg/cmd/rollout` and `pkg/polymorphichelpers/rollout_status.go` of kubernetes/kubectl).
 //!
 //! Waiting uses one watch per workload from the restart patch's resourceVersion, resumed when it
 //! drops (an API server restart included), so a wait costs no list and no polling.
@@ -17,7 +18,8 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::watch::{self, Change};
+use super::watch::{self, Change, LastError};
+use crate::duration::within;
 use crate::error::{Error, Result};
 
 /// The annotation `kubectl rollout restart` sets on the pod template.
@@ -318,7 +320,7 @@ pub async fn restart<K: Workload>(api: &Api<K>, current: &K) -> Result<K> {
 }
 
 /// Waits like `kubectl rollout status` until `start`'s rollout is complete, reporting each new
-/// message to `progress`, for at most `timeout`.
+/// message to `progress`, for at most `timeout` (zero: no limit, as kubectl's `--timeout 0`).
 pub async fn wait<K: Workload>(
     api: &Api<K>,
     start: K,
@@ -327,14 +329,20 @@ pub async fn wait<K: Workload>(
 ) -> Result<()> {
     let workload = reference(&start);
     let mut last = String::new();
-    let watched = tokio::time::timeout(timeout, follow(api, start, &mut last, progress)).await;
-    match watched {
-        Ok(result) => result,
-        Err(_) => Err(Error::RolloutTimeout {
-            workload: workload.to_string(),
-            secs: timeout.as_secs(),
-            waiting_for: if last.is_empty() { "the first status".into() } else { last },
-        }),
+    let last_error = LastError::default();
+    match within(timeout, follow(api, start, &mut last, &last_error, progress)).await {
+        Some(result) => result,
+        None => {
+            let mut waiting_for = if last.is_empty() { "the first status".into() } else { last };
+            if let Some(error) = last_error.get() {
+                waiting_for = format!("{waiting_for} (last error: {error})");
+            }
+            Err(Error::RolloutTimeout {
+                workload: workload.to_string(),
+                secs: timeout.as_secs(),
+                waiting_for,
+            })
+        }
     }
 }
 
@@ -342,6 +350,7 @@ async fn follow<K: Workload>(
     api: &Api<K>,
     start: K,
     last: &mut String,
+    last_error: &LastError,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
     let workload = reference(&start);
@@ -365,7 +374,8 @@ async fn follow<K: Workload>(
         Ok((vec![obj], version))
     };
     let version = start.resource_version().unwrap_or_default();
-    watch::follow(api, &params, version, resync, |change| match change {
+    let what = workload.to_string();
+    watch::follow(api, &what, &params, version, resync, last_error, |change| match change {
         Change::Applied(obj) => match observe(&obj) {
             Ok(false) => ControlFlow::Continue(()),
             Ok(true) => ControlFlow::Break(Ok(())),
@@ -376,7 +386,7 @@ async fn follow<K: Workload>(
             reason: "object has been deleted".into(),
         })),
     })
-    .await
+    .await?
 }
 
 /// Restarts `current` and waits for its rollout: `kubectl rollout restart` followed by

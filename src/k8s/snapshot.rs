@@ -9,7 +9,7 @@ use kube::api::{Api, ListParams};
 
 use super::connection::Connection;
 use super::discovery::available_condition;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub const AUTH_CONFIGMAP: &str = "configmap/kube-system/extension-apiserver-authentication";
 pub const APISERVER_SECRET: &str = "secret/kube-system/kube-apiserver";
@@ -48,7 +48,8 @@ impl ClusterSnapshot {
 /// Reads everything `status` needs concurrently; a missing object becomes a reason, not an
 /// error, because a half-rotated cluster is exactly what status must describe.
 pub async fn snapshot(conn: &Connection) -> Result<ClusterSnapshot> {
-    conn.bounded("reach the API server", conn.client.apiserver_version()).await?;
+    let read = |action: &'static str| move |e| Error::kube(action, e);
+    conn.client.apiserver_version().await.map_err(read("reach the API server"))?;
     let configmaps: Api<ConfigMap> = Api::namespaced(conn.client.clone(), "kube-system");
     let apiserver_secrets: Api<Secret> = Api::namespaced(conn.client.clone(), "kube-system");
     let webhook_secrets: Api<Secret> = Api::namespaced(conn.client.clone(), "lokomotive-system");
@@ -56,21 +57,19 @@ pub async fn snapshot(conn: &Connection) -> Result<ClusterSnapshot> {
     let api_services: Api<APIService> = Api::all(conn.client.clone());
     let list_all = ListParams::default();
     let (auth, apiserver, webhook_secret, webhook, services) = tokio::join!(
-        conn.bounded(
-            "read the extension-apiserver-authentication ConfigMap",
-            configmaps.get_opt("extension-apiserver-authentication")
-        ),
-        conn.bounded("read the kube-apiserver Secret", apiserver_secrets.get_opt("kube-apiserver")),
-        conn.bounded(
-            "read the admission-webhook-server Secret",
-            webhook_secrets.get_opt("admission-webhook-server")
-        ),
-        conn.bounded(
-            "read the admission-webhook-server MutatingWebhookConfiguration",
-            webhooks.get_opt("admission-webhook-server")
-        ),
-        conn.bounded("list APIServices", api_services.list(&list_all)),
+        configmaps.get_opt("extension-apiserver-authentication"),
+        apiserver_secrets.get_opt("kube-apiserver"),
+        webhook_secrets.get_opt("admission-webhook-server"),
+        webhooks.get_opt("admission-webhook-server"),
+        api_services.list(&list_all),
     );
+    let auth = auth.map_err(read("read the extension-apiserver-authentication ConfigMap"))?;
+    let apiserver = apiserver.map_err(read("read the kube-apiserver Secret"))?;
+    let webhook_secret =
+        webhook_secret.map_err(read("read the admission-webhook-server Secret"))?;
+    let webhook =
+        webhook.map_err(read("read the admission-webhook-server MutatingWebhookConfiguration"))?;
+    let services = services.map_err(read("list APIServices"))?;
     let mut values = BTreeMap::new();
     let mut put = |object: &str, key: &str, value: std::result::Result<Vec<u8>, String>| {
         values.insert((object.to_string(), key.to_string()), value);
@@ -78,7 +77,6 @@ pub async fn snapshot(conn: &Connection) -> Result<ClusterSnapshot> {
     let not_found = |object: &str| format!("{object} not found");
     let not_in = |object: &str, key: &str| format!("{object} has no {key}");
 
-    let auth = auth?;
     for key in ["client-ca-file", "requestheader-client-ca-file"] {
         let value = match &auth {
             None => Err(not_found(AUTH_CONFIGMAP)),
@@ -92,8 +90,8 @@ pub async fn snapshot(conn: &Connection) -> Result<ClusterSnapshot> {
         put(AUTH_CONFIGMAP, key, value);
     }
     for (object, secret, keys) in [
-        (APISERVER_SECRET, apiserver?, &["aggregation-ca.crt", "aggregation-client.crt"][..]),
-        (WEBHOOK_SECRET, webhook_secret?, &["cert.pem"][..]),
+        (APISERVER_SECRET, apiserver, &["aggregation-ca.crt", "aggregation-client.crt"][..]),
+        (WEBHOOK_SECRET, webhook_secret, &["cert.pem"][..]),
     ] {
         for key in keys {
             let value = match &secret {
@@ -108,7 +106,7 @@ pub async fn snapshot(conn: &Connection) -> Result<ClusterSnapshot> {
             put(object, key, value);
         }
     }
-    let ca_bundle = match webhook? {
+    let ca_bundle = match webhook {
         None => Err(not_found(WEBHOOK_CONFIG)),
         Some(mwc) => mwc
             .webhooks
@@ -120,7 +118,7 @@ pub async fn snapshot(conn: &Connection) -> Result<ClusterSnapshot> {
     };
     put(WEBHOOK_CONFIG, "caBundle", ca_bundle);
 
-    let api_services = services?
+    let api_services = services
         .items
         .into_iter()
         .filter_map(|svc| {

@@ -220,8 +220,9 @@ fn load_credential(
                     Validity::Invalid,
                     format!(
                         "the key in cluster-assets/{key_file} does not match the certificate \
-                         {}: find the matching key (see the rotation journal under \
-                         certrotate/) or re-issue both",
+                         {}: find the key that belongs to it (if a rotation replaced it, the \
+                         old one is kept under certrotate/<run>/backup/ in the asset dir) or \
+                         re-issue both",
                         b.row.file
                     ),
                 );

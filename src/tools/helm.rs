@@ -64,7 +64,7 @@ impl Helm {
 
     /// `helm upgrade … --reuse-values -f <values file> --wait --timeout …`, the file given.
     pub fn upgrade_command(&self, release: &Release, values_file: &str) -> Command {
-        let timeout = format!("{}s", self.runner.wait_timeout().as_secs());
+        let timeout = self.runner.helm_timeout();
         let chart = release.chart.display().to_string();
         self.command(&[
             "upgrade",
@@ -82,7 +82,7 @@ impl Helm {
     }
 
     pub fn rollback_command(&self, release: &Release, revision: u32) -> Command {
-        let timeout = format!("{}s", self.runner.wait_timeout().as_secs());
+        let timeout = self.runner.helm_timeout();
         let revision = revision.to_string();
         self.command(&[
             "rollback",

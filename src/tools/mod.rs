@@ -28,14 +28,23 @@ impl Runner {
         Self { run: run.to_string(), echo: verbose > 0, timeout }
     }
 
-    /// `--timeout`, the bound helm's own waits get.
-    pub fn wait_timeout(&self) -> Duration {
-        self.timeout
+    /// `--timeout` as helm's `--timeout` value; helm has no "no limit", so `0` becomes a
+    /// century.
+    pub fn helm_timeout(&self) -> String {
+        if self.timeout.is_zero() {
+            "876000h".into()
+        } else {
+            format!("{}s", self.timeout.as_secs())
+        }
     }
 
     pub fn command(&self, program: &Program) -> Command {
-        Command::new(program, self.timeout.saturating_add(CHILD_TIMEOUT_MARGIN))
-            .env(process::RUN_ENV, &self.run)
-            .echo(self.echo)
+        // `--timeout 0` means no limit, for the children too.
+        let bound = if self.timeout.is_zero() {
+            Duration::MAX
+        } else {
+            self.timeout.saturating_add(CHILD_TIMEOUT_MARGIN)
+        };
+        Command::new(program, bound).env(process::RUN_ENV, &self.run).echo(self.echo)
     }
 }
