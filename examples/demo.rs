@@ -38,8 +38,17 @@ fn main() {
 
     show(&env, &["status"]);
     show(&env, &["extension-servers"]);
-    show(&env, &["extension-servers", "--restart", "--dry-run"]);
-    show(&env, &["extension-servers", "--restart", "-y"]);
     let ca = env.assets.tls("aggregation-ca.crt");
     show(&env, &["extension-servers", "--check-ca", ca.to_str().unwrap()]);
+
+    env.step("the aggregation CA rotation, planned, then run end to end with the cleanup");
+    show(&env, &["aggregation", "--cleanup", "--dry-run"]);
+    show(&env, &["aggregation", "--cleanup", "-y"]);
+    show(&env, &["aggregation"]);
+    println!(
+        "\n$ kubectl get --raw /apis/metrics.k8s.io/v1beta1   # through the aggregator, with the new client certificate"
+    );
+    let raw = env.kubectl().args(["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]).run();
+    println!("{}{}", raw.stdout.trim(), raw.stderr.trim());
+    show(&env, &["status"]);
 }

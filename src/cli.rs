@@ -66,6 +66,36 @@ pub struct GlobalOpts {
 
     #[command(flatten)]
     pub kube: KubeOpts,
+
+    #[command(flatten)]
+    pub tools: ToolOpts,
+}
+
+/// Where the external programs and the cluster's Terraform and lokoctl config are.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Terraform, Helm and lokoctl")]
+pub struct ToolOpts {
+    /// Where `lokoctl cluster apply` runs (the folder with the *.lokocfg). [default:
+    /// $CONFIG_DIR, else the parent of the asset dir]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub config_dir: Option<PathBuf>,
+
+    /// The terraform program. [default: $TERRAFORM, else terraform on PATH]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub terraform: Option<PathBuf>,
+
+    /// The helm program (helm 3 or 4). [default: $HELM, else helm on PATH]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub helm: Option<PathBuf>,
+
+    /// The lokoctl program. [default: $LOKOCTL, else lokoctl on PATH]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub lokoctl: Option<PathBuf>,
+
+    /// The bootkube module address, e.g. module.aws-mycluster.module.bootkube. [default: the
+    /// only one in the Terraform state]
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub module: Option<String>,
 }
 
 /// The kubectl connection flags, with kubectl's names and meaning.
@@ -109,6 +139,9 @@ pub enum Command {
     /// List the extension API servers (APIServices backed by a Service), their workloads and
     /// pods; restart them after the aggregation CA changed, or check which CA they loaded.
     ExtensionServers(ExtensionServersArgs),
+    /// Rotate the aggregation (front-proxy) CA and client certificate, phase by phase, keeping
+    /// the old CA trusted until the cleanup; re-run the same command after any interruption.
+    Aggregation(AggregationArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completion(CompletionArgs),
     /// Print the version and the git commit it was built from.
@@ -138,6 +171,50 @@ pub struct ExtensionServersArgs {
     /// PEM file is loaded.
     #[arg(long, value_name = "FILE")]
     pub check_ca: Option<PathBuf>,
+}
+
+/// A phase of the aggregation rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    /// Every phase not yet done, in order (and cleanup with --cleanup).
+    All,
+    /// Keep the current CA certificate and key in the run's journal folder.
+    Backup,
+    /// New CA key and certificate (terraform taint + targeted apply).
+    Ca,
+    /// kube-apiserver trusts old + new CA (helm upgrade).
+    Bundle,
+    /// Restart the extension API servers so they load the new CA.
+    Restart,
+    /// New client certificate signed by the new CA (terraform, helm upgrade).
+    Client,
+    /// lokoctl cluster apply, then check nothing is left to apply.
+    Apply,
+    /// Drop the old CA: recreate extension-apiserver-authentication, restart everything.
+    Cleanup,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Phases, not yet expired: backup, ca, bundle, restart, client, apply, \
+                  [cleanup]. Already expired: backup, ca, apply, restart. The journal and backups \
+                  are in <assets>/certrotate/<run>/. Exit codes: 0 done, 1 error, 2 usage, 130 \
+                  interrupted (run the same command again to go on).")]
+pub struct AggregationArgs {
+    /// Which phase to run; a single phase needs its predecessors done.
+    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
+    pub phase: PhaseArg,
+
+    /// Also run the cleanup at the end (drop the old CA from the trusted bundle).
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// Take the already-expired path even if the CA certificate has not expired yet.
+    #[arg(long)]
+    pub expired: bool,
+
+    /// Start a new rotation after the last one finished (never while one is in progress).
+    #[arg(long)]
+    pub new_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +254,10 @@ mod tests {
             "kubectl-certrotate extension-servers --check-ca ca.crt -o json",
             "kubectl-certrotate extension-servers --restart --dry-run",
             "kubectl-certrotate version",
+            "kubectl-certrotate aggregation",
+            "kubectl-certrotate aggregation --phase bundle --helm /x/helm --module m -y",
+            "kubectl-certrotate aggregation --phase all --cleanup --dry-run -o json",
+            "kubectl-certrotate --config-dir c aggregation --expired --new-run",
         ] {
             if let Err(err) = Cli::try_parse_from(line.split_whitespace()) {
                 panic!("{line:?} should parse: {err}");
@@ -194,6 +275,7 @@ mod tests {
             "kubectl-certrotate status --request-timeout -1s",
             "kubectl-certrotate extension-servers --timeout forever",
             "kubectl-certrotate extension-servers --check-ca",
+            "kubectl-certrotate aggregation --phase later",
         ] {
             let err = Cli::try_parse_from(line.split_whitespace()).expect_err(line);
             assert_eq!(err.exit_code(), 2, "{line:?}: {err}");

@@ -15,6 +15,8 @@ pub mod exit {
     pub const EXPIRING: u8 = 3;
     /// Something has expired, is not yet valid, is missing or is invalid.
     pub const EXPIRED_OR_INVALID: u8 = 4;
+    /// A rotation was interrupted (Ctrl-C); running it again goes on where it stopped.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -82,6 +84,51 @@ pub enum Error {
     #[error("timed out after {secs}s waiting for {workload}: {waiting_for}")]
     RolloutTimeout { workload: String, secs: u64, waiting_for: String },
 
+    #[error("{program} not found: {tried}; {hint}")]
+    ProgramMissing { program: &'static str, tried: String, hint: String },
+
+    #[error("`{line}` failed ({status}){}", tail_block(tail))]
+    CommandFailed { line: String, status: String, tail: String },
+
+    #[error("`{line}` did not finish within {secs}s and was stopped{}", tail_block(tail))]
+    CommandTimeout { line: String, secs: u64, tail: String },
+
+    #[error(
+        "the Terraform state in {} is locked by another process ({holder}): wait for it to \
+         finish; if nothing runs any more, `terraform force-unlock <ID>` there frees it. \
+         Nothing was changed",
+        dir.display()
+    )]
+    TerraformLocked { dir: PathBuf, holder: String },
+
+    #[error("the Terraform state in {} {reason}", dir.display())]
+    TerraformState { dir: PathBuf, reason: String },
+
+    #[error("cannot write a private temp file: {0}")]
+    TempFile(String),
+
+    #[error(
+        "another rotation of this asset dir is running ({holder}; lock {}): wait for it to \
+         finish, or stop it; a rotation that was killed frees the lock by itself",
+        path.display()
+    )]
+    RotationLocked { path: PathBuf, holder: String },
+
+    #[error("rotation journal {}: {reason}", path.display())]
+    Journal { path: PathBuf, reason: String },
+
+    #[error("phase {phase} cannot run: {reason}")]
+    Precondition { phase: &'static str, reason: String },
+
+    #[error("phase {phase} did not verify: {reason}")]
+    Verification { phase: &'static str, reason: String },
+
+    #[error(
+        "interrupted during phase {phase}{}; run the same command again to go on from there",
+        if stopped.is_empty() { String::new() } else { format!(" (stopped: {})", stopped.join(", ")) }
+    )]
+    Interrupted { phase: String, stopped: Vec<String> },
+
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 
@@ -97,7 +144,17 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => exit::USAGE,
+            Self::Interrupted { .. } => exit::INTERRUPTED,
             _ => exit::ERROR,
         }
     }
+}
+
+/// The tail of a child's output under an error line, indented.
+fn tail_block(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        return String::new();
+    }
+    let lines: String = tail.lines().map(|l| format!("\n    {l}")).collect();
+    format!("; its last output:{lines}")
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use serde::Serialize;
@@ -90,16 +90,8 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
             global.yes,
             &format!("restart {} workload(s) on {}?", workloads.len(), conn.server),
         )?;
-        let availability = discovery::Availability::new(&discovery);
-        let follow = availability.follow(&conn.client, &discovery.api_services_version);
-        futures::pin_mut!(follow);
-        let (results, available) = tokio::select! {
-            done = async {
-                let results = restart_all(&conn, &discovery, &workloads, global).await;
-                (results, availability.until_available(global.timeout.duration).await)
-            } => done,
-            never = &mut follow => match never {},
-        };
+        let (results, available) =
+            restart_and_wait_available(&conn, &discovery, global.timeout.duration).await;
         if results.iter().any(|r| !r.ok) || report.servers.iter().any(|s| !s.problems.is_empty()) {
             code = exit::ERROR;
         }
@@ -162,11 +154,88 @@ fn print_plan(discovery: &Discovery, workloads: &BTreeSet<WorkloadRef>) {
     }
 }
 
+/// Restarts every workload behind an APIService, all at once, then waits (within `timeout`)
+/// for those APIServices to be Available again; the availability watch starts before the
+/// restarts, so no change in between is missed.
+async fn restart_and_wait_available(
+    conn: &Connection,
+    discovery: &Discovery,
+    timeout: Duration,
+) -> (Vec<RestartResult>, BTreeMap<String, String>) {
+    let workloads = discovery.workloads();
+    let availability = discovery::Availability::new(discovery);
+    let follow = availability.follow(&conn.client, &discovery.api_services_version);
+    futures::pin_mut!(follow);
+    tokio::select! {
+        done = async {
+            let results = restart_all(conn, discovery, &workloads, timeout).await;
+            (results, availability.until_available(timeout).await)
+        } => done,
+        never = &mut follow => match never {},
+    }
+}
+
+/// What a rotation's restart of the extension API servers ended with.
+#[derive(Debug)]
+pub struct ServersRestarted {
+    pub restarted: usize,
+    /// Problems: failed restarts, APIServices not tied to a workload or not Available.
+    pub problems: Vec<String>,
+    /// Per pod and CA: `loaded`, `NOT loaded` or `unknown (…)`.
+    pub loaded_ca: Vec<String>,
+}
+
+/// Restarts every extension API server (as `--restart`) and reads, per pod, whether it loaded
+/// `new_ca` (reported, not required: servers below `-v=2` do not log it).
+pub async fn restart_for_rotation(
+    conn: &Connection,
+    timeout: Duration,
+    new_ca: &pki::CertInfo,
+) -> Result<ServersRestarted> {
+    let found = discovery::discover(&conn.client).await?;
+    let (results, available) = restart_and_wait_available(conn, &found, timeout).await;
+    let mut problems: Vec<String> = results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{}: {}", r.workload, r.message))
+        .collect();
+    for server in &found.servers {
+        problems.extend(server.problems.iter().map(|p| format!("{}: {p}", server.api_service)));
+    }
+    problems.extend(
+        available
+            .iter()
+            .filter(|(_, status)| *status != "True")
+            .map(|(name, status)| format!("apiservice {name} is Available={status}")),
+    );
+    if problems.is_empty()
+        && let Err(why) =
+            discovery::probe_until(&conn.client, &found.restarted_api_services(), timeout).await
+    {
+        problems.push(why);
+    }
+    // The pods now serving, not the ones the restart replaced.
+    let serving = discovery::discover(&conn.client).await?;
+    let checks = check_loaded_ca(conn, &serving, std::slice::from_ref(new_ca)).await;
+    let loaded_ca = checks
+        .iter()
+        .map(|c| {
+            let state = match (&c.error, c.loaded) {
+                (_, true) => "loaded".to_string(),
+                (Some(err), false) => format!("unknown ({err})"),
+                (None, false) => "NOT loaded".to_string(),
+            };
+            format!("{}/{}: new CA {state}", c.namespace, c.pod)
+        })
+        .collect();
+    Ok(ServersRestarted { restarted: results.len(), problems, loaded_ca })
+}
+
 async fn restart_all(
     conn: &Connection,
     discovery: &Discovery,
     workloads: &BTreeSet<WorkloadRef>,
-    global: &GlobalOpts,
+    timeout: Duration,
 ) -> Vec<RestartResult> {
     let progress = Progress::new(workloads.iter().map(|w| w.to_string()).collect());
     // Independent workloads restart concurrently; each failure is reported, none stops the rest.
@@ -175,9 +244,7 @@ async fn restart_all(
         async move {
             let started = Instant::now();
             let report = |message: &str| progress.update(i, message);
-            let result = discovery
-                .restart_and_wait(&conn.client, workload, global.timeout.duration, &report)
-                .await;
+            let result = discovery.restart_and_wait(&conn.client, workload, timeout, &report).await;
             let (ok, message) = match result {
                 Ok(()) => (true, "rolled out".to_string()),
                 Err(err) => (false, err.to_string()),

@@ -3,6 +3,7 @@
 //! One module per concern: `cli` (flags), `assets` (the asset dir model), `pki` (certificate
 //! facts), `k8s` (the Kubernetes API), `output` (tables and JSON), and one module per command.
 
+pub mod aggregation;
 pub mod assets;
 pub mod cli;
 pub mod duration;
@@ -11,7 +12,9 @@ pub mod extension_servers;
 pub mod k8s;
 pub mod output;
 pub mod pki;
+pub mod rotation;
 pub mod status;
+pub mod tools;
 pub mod version;
 
 use std::io::Write;
@@ -46,6 +49,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::ExtensionServers(args) => {
             runtime()?.block_on(extension_servers::run(&cli.global, args))
         }
+        Command::Aggregation(args) => runtime()?.block_on(aggregation::run(&cli.global, args)),
         Command::Completion(args) => {
             let shell = match args.shell {
                 CompletionShell::Bash => clap_complete::Shell::Bash,

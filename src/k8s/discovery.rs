@@ -324,6 +324,56 @@ fn record_available(svc: &APIService, available: &mut BTreeMap<String, String>) 
     }
 }
 
+/// Asks each APIService (`v1beta1.metrics.k8s.io`) for its discovery document through the
+/// aggregator: an answer means the extension server accepted kube-apiserver's proxy client
+/// certificate, which an `Available` condition set before a change does not prove.
+pub async fn probe(
+    client: &Client,
+    api_services: &BTreeSet<String>,
+) -> Vec<(String, std::result::Result<(), String>)> {
+    let probes = api_services.iter().map(|name| async move {
+        let Some((version, group)) = name.split_once('.') else {
+            return (name.clone(), Err("is not named version.group".to_string()));
+        };
+        let request = http::Request::get(format!("/apis/{group}/{version}")).body(Vec::new());
+        let answer = match request {
+            Ok(request) => client.request_text(request).await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        (name.clone(), answer)
+    });
+    futures::future::join_all(probes).await
+}
+
+/// [`probe`] until every APIService answers or `timeout` ends (right after a restart the
+/// aggregator may still hold connections to the replaced server); `Err` names those that
+/// did not answer.
+pub async fn probe_until(
+    client: &Client,
+    api_services: &BTreeSet<String>,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let failed: Vec<String> = probe(client, api_services)
+            .await
+            .into_iter()
+            .filter_map(|(name, answer)| {
+                answer.err().map(|why| {
+                    format!("apiservice {name} does not answer through the aggregator: {why}")
+                })
+            })
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(failed.join("; "));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// The log of one container of a pod (what `kubectl logs` prints).
 pub async fn pod_logs(
     client: &Client,

@@ -56,3 +56,26 @@ pub async fn secret_certificates(
     pki::parse_certs(&pem.0)
         .map_err(|p| Error::ClusterObject { object: what, reason: format!("{key}: {}", p.0) })
 }
+
+/// The certificates under `key` of ConfigMap `namespace/name`; `None` while it does not exist
+/// (kube-apiserver recreates `extension-apiserver-authentication` when it starts).
+pub async fn configmap_certificates(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<Vec<CertInfo>>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let what = format!("configmap {namespace}/{name}");
+    let Some(map) = api.get_opt(name).await.map_err(|e| Error::kube(format!("read {what}"), e))?
+    else {
+        return Ok(None);
+    };
+    let pem = map.data.as_ref().and_then(|d| d.get(key)).ok_or_else(|| Error::ClusterObject {
+        object: what.clone(),
+        reason: format!("has no {key}"),
+    })?;
+    pki::parse_certs(pem.as_bytes())
+        .map(Some)
+        .map_err(|p| Error::ClusterObject { object: what, reason: format!("{key}: {}", p.0) })
+}

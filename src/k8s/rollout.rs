@@ -400,18 +400,48 @@ pub async fn restart_kube_apiserver(
     timeout: Duration,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<WorkloadRef> {
+    kube_apiserver(client, true, timeout, progress).await
+}
+
+/// Waits, as `kubectl rollout status` does, for the kube-apiserver rollout a helm upgrade
+/// started.
+pub async fn wait_kube_apiserver(
+    client: &kube::Client,
+    timeout: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<WorkloadRef> {
+    kube_apiserver(client, false, timeout, progress).await
+}
+
+async fn kube_apiserver(
+    client: &kube::Client,
+    restart_first: bool,
+    timeout: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<WorkloadRef> {
+    async fn one<K: Workload>(
+        api: &Api<K>,
+        current: K,
+        restart_first: bool,
+        timeout: Duration,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<WorkloadRef> {
+        let workload = reference(&current);
+        if restart_first {
+            restart_and_wait(api, &current, timeout, progress).await?;
+        } else {
+            wait(api, current, timeout, progress).await?;
+        }
+        Ok(workload)
+    }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
     let read = |e| Error::kube("read the kube-apiserver workload in kube-system", e);
     if let Some(current) = deployments.get_opt("kube-apiserver").await.map_err(read)? {
-        restart_and_wait(&deployments, &current, timeout, progress).await?;
-        return Ok(reference(&current));
+        return one(&deployments, current, restart_first, timeout, progress).await;
     }
     match daemonsets.get_opt("kube-apiserver").await.map_err(read)? {
-        Some(current) => {
-            restart_and_wait(&daemonsets, &current, timeout, progress).await?;
-            Ok(reference(&current))
-        }
+        Some(current) => one(&daemonsets, current, restart_first, timeout, progress).await,
         None => Err(Error::Rollout {
             workload: "kube-apiserver -n kube-system".into(),
             reason: "neither a Deployment nor a DaemonSet of that name exists: is the \

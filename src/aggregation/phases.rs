@@ -1,0 +1,609 @@
+//! The phases of the aggregation rotation, as the steps each takes. One list serves both the
+//! dry run (described) and the real run (executed), so the plan printed is the plan run.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::json;
+
+use super::{Ctx, Phase};
+use crate::error::{Error, Result};
+use crate::k8s::objects;
+use crate::k8s::rollout;
+use crate::pki::{self, CertInfo};
+use crate::rotation::plan::{Step, StepKind};
+use crate::tools::helm::Release;
+
+pub const CA_CERT: &str = "tls/aggregation-ca.crt";
+pub const CA_KEY: &str = "tls/aggregation-ca.key";
+pub const CLIENT_CERT: &str = "tls/aggregation-client.crt";
+pub const CLIENT_KEY: &str = "tls/aggregation-client.key";
+const CA_KEY_RESOURCE: &str = "tls_private_key.aggregation-ca[0]";
+const CA_CERT_RESOURCE: &str = "tls_self_signed_cert.aggregation-ca[0]";
+const CA_FILES: [&str; 2] =
+    ["local_file.aggregation-ca-crt[0]", "local_file.aggregation-ca-key[0]"];
+const CLIENT_CERT_RESOURCE: &str = "tls_locally_signed_cert.aggregation-client[0]";
+const CLIENT_FILE: &str = "local_file.aggregation-client-crt[0]";
+const CLIENT_KEY_RESOURCE: &str = "tls_private_key.aggregation-client[0]";
+const RELEASE: &str = "kube-apiserver";
+const NAMESPACE: &str = "kube-system";
+const SECRET: &str = "kube-apiserver";
+const AUTH_CONFIGMAP: &str = "extension-apiserver-authentication";
+const AUTH_KEY: &str = "requestheader-client-ca-file";
+/// How often a wait for kube-apiserver to republish its ConfigMap looks again.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What one step does when it runs.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Copy the CA (and client) certificate and key into the run's backup folder.
+    Backup,
+    /// `terraform taint` the CA key, unless the state already holds a new or tainted one.
+    TaintCaKey,
+    /// `terraform taint` the client certificate, unless the state's is already new.
+    TaintClientCert,
+    /// `terraform apply -target …`.
+    Apply(Vec<&'static str>),
+    /// `helm upgrade kube-apiserver` with one value set from the asset dir.
+    HelmUpgrade(ChartValue),
+    /// Wait for the kube-apiserver rollout the upgrade started.
+    WaitKubeApiserver,
+    RestartExtensionServers,
+    Lokoctl,
+    DeleteAuthConfigMap,
+    RestartKubeApiserver,
+    Verify(Check),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum ChartValue {
+    /// `apiserver.aggregationCaCert` = base64(old CA + new CA).
+    CaBundle,
+    /// `apiserver.aggregationClientCert` = base64(the new client certificate).
+    ClientCert,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Check {
+    BackupReadsBack,
+    /// The state holds a new CA; `files`: the asset dir's files hold it too.
+    NewCa {
+        files: bool,
+    },
+    /// Secret and ConfigMap trust old and new CA.
+    BundleServed,
+    /// The Secret serves a client certificate of the new CA.
+    ClientServed,
+    /// Secret and ConfigMap trust the new CA (the expired path replaces, not bundles).
+    NewCaServed,
+    /// `terraform plan` has no aggregation change left and the files equal the state.
+    NothingPending,
+    /// The ConfigMap trusts only the new CA.
+    OnlyNewCaTrusted,
+}
+
+pub struct PlannedStep {
+    pub step: Step,
+    pub action: Action,
+}
+
+fn planned(kind: StepKind, description: String, action: Action) -> PlannedStep {
+    PlannedStep { step: Step::new(kind, description), action }
+}
+
+/// The steps of `phase`, described for this asset dir (what cannot be resolved is named).
+pub fn steps(ctx: &Ctx, phase: Phase, expired: bool) -> Vec<PlannedStep> {
+    use Action as A;
+    use StepKind as K;
+    let ca_targets = if expired { vec![CA_CERT_RESOURCE] } else { CA_FILES.to_vec() };
+    match phase {
+        Phase::Backup => vec![
+            planned(
+                K::File,
+                format!("copy {CA_CERT}, {CA_KEY}, {CLIENT_CERT} and {CLIENT_KEY} into the run's backup folder (0600)"),
+                A::Backup,
+            ),
+            planned(K::Check, "the copies read back equal to the originals".into(), A::Verify(Check::BackupReadsBack)),
+        ],
+        Phase::Ca => vec![
+            planned(
+                K::Command,
+                format!("{} (skipped when the state already holds a new or tainted CA key)", ctx.taint_line(CA_KEY_RESOURCE)),
+                A::TaintCaKey,
+            ),
+            planned(K::Command, ctx.apply_line(&ca_targets), A::Apply(ca_targets.clone())),
+            planned(
+                K::Check,
+                if expired {
+                    "the state holds a new CA certificate, not the backed-up one".into()
+                } else {
+                    format!("{CA_CERT} and {CA_KEY} hold a new CA, equal to the state, key matching")
+                },
+                A::Verify(Check::NewCa { files: !expired }),
+            ),
+        ],
+        Phase::Bundle => vec![
+            planned(K::Command, ctx.upgrade_line("apiserver.aggregationCaCert = base64(old CA + new CA)"), A::HelmUpgrade(ChartValue::CaBundle)),
+            planned(K::Api, format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"), A::WaitKubeApiserver),
+            planned(
+                K::Check,
+                format!("secret {NAMESPACE}/{SECRET} and configmap {NAMESPACE}/{AUTH_CONFIGMAP} ({AUTH_KEY}) trust the old and the new CA"),
+                A::Verify(Check::BundleServed),
+            ),
+        ],
+        Phase::Restart => vec![planned(
+            K::Api,
+            "restart every extension API server (kubectl rollout restart), wait as kubectl rollout status, then for their APIServices to be Available; read which CA each pod loaded".into(),
+            A::RestartExtensionServers,
+        )],
+        Phase::Client => vec![
+            planned(
+                K::Command,
+                format!("{} (skipped when the state's certificate is already signed by the new CA)", ctx.taint_line(CLIENT_CERT_RESOURCE)),
+                A::TaintClientCert,
+            ),
+            planned(K::Command, ctx.apply_line(&[CLIENT_FILE]), A::Apply(vec![CLIENT_FILE])),
+            planned(K::Command, ctx.upgrade_line(&format!("apiserver.aggregationClientCert = base64({CLIENT_CERT})")), A::HelmUpgrade(ChartValue::ClientCert)),
+            planned(K::Api, format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"), A::WaitKubeApiserver),
+            planned(
+                K::Check,
+                format!("secret {NAMESPACE}/{SECRET} serves the new client certificate, signed by the new CA; APIServices Available"),
+                A::Verify(Check::ClientServed),
+            ),
+        ],
+        Phase::Apply => {
+            let mut steps = vec![planned(K::Command, ctx.lokoctl_line(), A::Lokoctl)];
+            if expired {
+                steps.push(planned(
+                    K::Check,
+                    format!("the files equal the state; secret {NAMESPACE}/{SECRET} and configmap {AUTH_CONFIGMAP} trust the new CA"),
+                    A::Verify(Check::NewCaServed),
+                ));
+            } else {
+                steps.push(planned(
+                    K::Check,
+                    "terraform plan shows no change left to the aggregation resources; the files equal the state".into(),
+                    A::Verify(Check::NothingPending),
+                ));
+            }
+            steps
+        }
+        Phase::Cleanup => vec![
+            planned(K::Api, format!("DELETE configmap {NAMESPACE}/{AUTH_CONFIGMAP} (kube-apiserver only ever adds CAs to it)"), A::DeleteAuthConfigMap),
+            planned(K::Api, format!("restart kube-apiserver in {NAMESPACE} (kubectl rollout restart) and wait for it, riding through the API outage"), A::RestartKubeApiserver),
+            planned(K::Check, format!("configmap {AUTH_CONFIGMAP} is back and trusts only the new CA"), A::Verify(Check::OnlyNewCaTrusted)),
+            planned(K::Api, "restart every extension API server again, wait for their APIServices to be Available".into(), A::RestartExtensionServers),
+        ],
+    }
+}
+
+/// Whether the real state shows `phase` done already (a run killed before it could record
+/// it); `Some(why)` if so.
+pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
+    match phase {
+        Phase::Backup => Ok(None),
+        Phase::Ca => {
+            let state = ctx.terraform()?.state().await?;
+            let new = ctx.state_ca(&state)?;
+            let old = ctx.old_ca()?;
+            let key_tainted = state.instance(&ctx.addr(CA_KEY_RESOURCE)).is_some_and(|i| i.tainted);
+            if new.sha256 == old.sha256 || key_tainted {
+                return Ok(None);
+            }
+            if ctx.expired() {
+                return Ok(Some("the state already holds a new CA".into()));
+            }
+            let file = ctx.file_cert(CA_CERT)?;
+            Ok((file.sha256 == new.sha256 && ctx.key_matches(CA_KEY, &file))
+                .then(|| "the state and the files already hold a new CA".into()))
+        }
+        Phase::Bundle => {
+            let (old, new) = (ctx.old_ca()?, ctx.new_ca()?);
+            Ok(bundle_served(ctx, &old, &new)
+                .await?
+                .is_ok()
+                .then(|| "the cluster already trusts both CAs".into()))
+        }
+        Phase::Client => {
+            let new = ctx.new_ca()?;
+            let served = client_served(ctx, &new).await?;
+            Ok(served
+                .is_ok()
+                .then(|| "the cluster already serves a client certificate of the new CA".into()))
+        }
+        Phase::Cleanup => {
+            let new = ctx.new_ca()?;
+            let trusted = trusted_cas(ctx).await?;
+            Ok((trusted.len() == 1 && trusted[0].sha256 == new.sha256)
+                .then(|| format!("{AUTH_CONFIGMAP} already trusts only the new CA")))
+        }
+        Phase::Restart | Phase::Apply => Ok(None),
+    }
+}
+
+/// Runs one step; returns what to record of it.
+pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<String> {
+    match action {
+        Action::Backup => backup(ctx),
+        Action::TaintCaKey => {
+            let state = ctx.terraform()?.state().await?;
+            let address = ctx.addr(CA_KEY_RESOURCE);
+            let key = state.instance(&address).ok_or_else(|| Error::Precondition {
+                phase: phase.name(),
+                reason: format!(
+                    "the state has no {address}: is aggregation enabled, and --module right?"
+                ),
+            })?;
+            if key.tainted {
+                return Ok("skipped: the CA key is already tainted (an earlier run stopped before applying)".into());
+            }
+            let state_key =
+                key.attributes.get("public_key_pem").and_then(|v| v.as_str()).unwrap_or_default();
+            let old = ctx.old_ca()?;
+            let same_key =
+                pki::public_key_half(state_key.as_bytes()).ok() == pki::certificate_half(&old);
+            if !same_key {
+                return Ok("skipped: the state already holds a new CA key".into());
+            }
+            let terraform = ctx.terraform()?;
+            terraform.change(terraform.taint_command(&address)).await?;
+            Ok("tainted".into())
+        }
+        Action::TaintClientCert => {
+            let state = ctx.terraform()?.state().await?;
+            let address = ctx.addr(CLIENT_CERT_RESOURCE);
+            let instance = state.instance(&address).ok_or_else(|| Error::Precondition {
+                phase: phase.name(),
+                reason: format!("the state has no {address}"),
+            })?;
+            if instance.tainted {
+                return Ok("skipped: already tainted".into());
+            }
+            let pem =
+                instance.attributes.get("cert_pem").and_then(|v| v.as_str()).unwrap_or_default();
+            let cert =
+                pki::parse_one_cert(pem.as_bytes()).map_err(|p| state_problem(ctx, &address, p))?;
+            if pki::issued_by(&cert, &ctx.new_ca()?) {
+                return Ok(
+                    "skipped: the state's client certificate is already signed by the new CA"
+                        .into(),
+                );
+            }
+            let terraform = ctx.terraform()?;
+            terraform.change(terraform.taint_command(&address)).await?;
+            Ok("tainted".into())
+        }
+        Action::Apply(targets) => {
+            let targets: Vec<String> = targets.iter().map(|t| ctx.addr(t)).collect();
+            let terraform = ctx.terraform()?;
+            terraform.change(terraform.apply_command(&targets)).await?;
+            Ok("applied".into())
+        }
+        Action::HelmUpgrade(value) => helm_upgrade(ctx, *value).await,
+        Action::WaitKubeApiserver => {
+            let conn = ctx.conn()?;
+            let report = ctx.reporter(phase);
+            let workload = rollout::wait_kube_apiserver(&conn.client, ctx.timeout, &report).await?;
+            Ok(format!("{workload} rolled out"))
+        }
+        Action::RestartExtensionServers => {
+            let new = ctx.new_ca()?;
+            let conn = ctx.conn()?;
+            let done =
+                crate::extension_servers::restart_for_rotation(conn, ctx.timeout, &new).await?;
+            if !done.problems.is_empty() {
+                return Err(Error::Verification {
+                    phase: phase.name(),
+                    reason: done.problems.join("; "),
+                });
+            }
+            let loaded = if done.loaded_ca.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", done.loaded_ca.join(", "))
+            };
+            Ok(format!("restarted {} workload(s), APIServices Available{loaded}", done.restarted))
+        }
+        Action::Lokoctl => {
+            ctx.lokoctl()?.apply().await?;
+            Ok("applied".into())
+        }
+        Action::DeleteAuthConfigMap => {
+            let deleted =
+                objects::delete_configmap(&ctx.conn()?.client, NAMESPACE, AUTH_CONFIGMAP).await?;
+            Ok(format!("{deleted:?}"))
+        }
+        Action::RestartKubeApiserver => {
+            let conn = ctx.conn()?;
+            let report = ctx.reporter(phase);
+            let workload =
+                rollout::restart_kube_apiserver(&conn.client, ctx.timeout, &report).await?;
+            Ok(format!("{workload} restarted"))
+        }
+        Action::Verify(check) => verify(ctx, phase, *check).await,
+    }
+}
+
+fn state_problem(ctx: &Ctx, address: &str, p: pki::PemProblem) -> Error {
+    Error::TerraformState {
+        dir: ctx.terraform_dir(),
+        reason: format!("holds an unusable certificate at {address} ({})", p.0),
+    }
+}
+
+fn backup(ctx: &mut Ctx) -> Result<String> {
+    let ca = ctx.file_cert(CA_CERT)?;
+    if !ctx.key_matches(CA_KEY, &ca) {
+        return Err(Error::Precondition {
+            phase: "backup",
+            reason: format!(
+                "{} does not match {}: restore the CA's own key before rotating",
+                ctx.asset(CA_KEY).display(),
+                ctx.asset(CA_CERT).display()
+            ),
+        });
+    }
+    let client = ctx.file_cert(CLIENT_CERT)?;
+    for file in [CA_CERT, CA_KEY, CLIENT_CERT, CLIENT_KEY] {
+        let bytes = ctx.read_asset(file)?;
+        ctx.run_mut().write_backup(backup_name(file), &bytes)?;
+    }
+    let journal = &mut ctx.run_mut().journal;
+    journal.fingerprints.insert("oldCa".into(), ca.sha256);
+    journal.fingerprints.insert("oldClient".into(), client.sha256);
+    ctx.run_mut().save()?;
+    Ok("backed up".into())
+}
+
+pub fn backup_name(file: &str) -> &str {
+    file.rsplit('/').next().unwrap_or(file)
+}
+
+async fn helm_upgrade(ctx: &mut Ctx, value: ChartValue) -> Result<String> {
+    let (key, data) = match value {
+        ChartValue::CaBundle => {
+            let old = ctx.read_backup(CA_CERT)?;
+            let new = ctx.read_asset(CA_CERT)?;
+            let mut bundle = old;
+            if !bundle.ends_with(b"\n") {
+                bundle.push(b'\n');
+            }
+            bundle.extend_from_slice(&new);
+            ("aggregationCaCert", bundle)
+        }
+        ChartValue::ClientCert => ("aggregationClientCert", ctx.read_asset(CLIENT_CERT)?),
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+    let values = json!({"apiserver": {key: encoded}});
+    let chart = ctx.assets.asset("charts/kube-system/kube-apiserver");
+    let release = Release { name: RELEASE, namespace: NAMESPACE, chart: &chart };
+    let in_place =
+        |current: &serde_json::Value| current["apiserver"][key].as_str() == Some(encoded.as_str());
+    let notes = std::sync::Mutex::new(Vec::new());
+    let note = |line: &str, outcome: &str| {
+        notes.lock().expect("notes").push((line.to_string(), outcome.to_string()))
+    };
+    let result = ctx.helm()?.upgrade_with_recovery(&release, &values, in_place, &note).await;
+    let notes = notes.into_inner().expect("notes");
+    let summary = notes.iter().map(|(l, o)| format!("{l}: {o}")).collect::<Vec<_>>().join("; ");
+    result?;
+    Ok(summary)
+}
+
+async fn trusted_cas(ctx: &Ctx) -> Result<Vec<CertInfo>> {
+    let client = &ctx.conn()?.client;
+    Ok(objects::configmap_certificates(client, NAMESPACE, AUTH_CONFIGMAP, AUTH_KEY)
+        .await?
+        .unwrap_or_default())
+}
+
+fn holds(certs: &[CertInfo], cert: &CertInfo) -> bool {
+    certs.iter().any(|c| c.sha256 == cert.sha256)
+}
+
+/// `Ok(Ok)` when the Secret and the ConfigMap trust both CAs, `Ok(Err(what is missing))` if not.
+async fn bundle_served(
+    ctx: &Ctx,
+    old: &CertInfo,
+    new: &CertInfo,
+) -> Result<std::result::Result<(), String>> {
+    let secret =
+        objects::secret_certificates(&ctx.conn()?.client, NAMESPACE, SECRET, "aggregation-ca.crt")
+            .await?;
+    if !(holds(&secret, old) && holds(&secret, new)) {
+        return Ok(Err(format!("secret {NAMESPACE}/{SECRET} does not hold both CAs")));
+    }
+    let trusted = trusted_cas(ctx).await?;
+    if !holds(&trusted, new) {
+        return Ok(Err(format!(
+            "configmap {AUTH_CONFIGMAP} ({AUTH_KEY}) does not hold the new CA yet"
+        )));
+    }
+    Ok(Ok(()))
+}
+
+async fn client_served(ctx: &Ctx, new: &CertInfo) -> Result<std::result::Result<(), String>> {
+    let served = objects::secret_certificates(
+        &ctx.conn()?.client,
+        NAMESPACE,
+        SECRET,
+        "aggregation-client.crt",
+    )
+    .await?;
+    let file = ctx.file_cert(CLIENT_CERT)?;
+    match served.first() {
+        Some(cert) if cert.sha256 == file.sha256 && pki::issued_by(cert, new) => Ok(Ok(())),
+        _ => Ok(Err(format!(
+            "secret {NAMESPACE}/{SECRET} does not serve {CLIENT_CERT} signed by the new CA"
+        ))),
+    }
+}
+
+/// Polls `check` until it holds or `--timeout` ends (kube-apiserver republishes its ConfigMap
+/// only once it has restarted).
+async fn until(
+    ctx: &Ctx,
+    phase: Phase,
+    what: &str,
+    check: impl AsyncFn() -> Result<std::result::Result<(), String>>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + ctx.timeout;
+    loop {
+        let last = match check().await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(why)) => why,
+            // The API drops while kube-apiserver restarts: look again.
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Verification {
+                phase: phase.name(),
+                reason: format!("{what}: still not so after {}s: {last}", ctx.timeout.as_secs()),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
+    let fail = |reason: String| Error::Verification { phase: phase.name(), reason };
+    match check {
+        Check::BackupReadsBack => {
+            for file in [CA_CERT, CA_KEY, CLIENT_CERT, CLIENT_KEY] {
+                if ctx.read_backup(file)? != ctx.read_asset(file)? {
+                    return Err(fail(format!("the backup of {file} differs from the original")));
+                }
+            }
+            Ok("backups equal the originals".into())
+        }
+        Check::NewCa { files } => {
+            let state = ctx.terraform()?.state().await?;
+            let new = ctx.state_ca(&state)?;
+            let old = ctx.old_ca()?;
+            if new.sha256 == old.sha256 {
+                return Err(fail("the state still holds the backed-up CA".into()));
+            }
+            if files {
+                let file = ctx.file_cert(CA_CERT)?;
+                if file.sha256 != new.sha256 {
+                    return Err(fail(format!("{CA_CERT} is not the state's CA")));
+                }
+                if !ctx.key_matches(CA_KEY, &file) {
+                    return Err(fail(format!("{CA_KEY} does not match the new CA")));
+                }
+            }
+            ctx.run_mut().journal.fingerprints.insert("newCa".into(), new.sha256.clone());
+            ctx.run_mut().save()?;
+            Ok(format!("new CA {}", new.sha256))
+        }
+        Check::BundleServed => {
+            let (old, new) = (ctx.old_ca()?, ctx.new_ca()?);
+            until(ctx, phase, "the cluster trusting both CAs", async || {
+                bundle_served(ctx, &old, &new).await
+            })
+            .await?;
+            Ok("secret and configmap trust old and new CA".into())
+        }
+        Check::ClientServed => {
+            let new = ctx.new_ca()?;
+            until(ctx, phase, "the new client certificate served", async || {
+                client_served(ctx, &new).await
+            })
+            .await?;
+            let client = &ctx.conn()?.client;
+            let served = crate::k8s::discovery::discover(client).await?.restarted_api_services();
+            crate::k8s::discovery::probe_until(client, &served, ctx.timeout)
+                .await
+                .map_err(|why| Error::Verification { phase: phase.name(), reason: why })?;
+            let client = ctx.file_cert(CLIENT_CERT)?;
+            ctx.run_mut().journal.fingerprints.insert("newClient".into(), client.sha256);
+            ctx.run_mut().save()?;
+            Ok("new client certificate served".into())
+        }
+        Check::NewCaServed => {
+            files_equal_state(ctx, phase).await?;
+            let new = ctx.file_cert(CA_CERT)?;
+            ctx.run_mut().journal.fingerprints.insert("newCa".into(), new.sha256.clone());
+            ctx.run_mut().save()?;
+            until(ctx, phase, "the cluster trusting the new CA", async || {
+                let secret = objects::secret_certificates(
+                    &ctx.conn()?.client,
+                    NAMESPACE,
+                    SECRET,
+                    "aggregation-ca.crt",
+                )
+                .await?;
+                if !holds(&secret, &new) {
+                    return Ok(Err(format!(
+                        "secret {NAMESPACE}/{SECRET} does not hold the new CA"
+                    )));
+                }
+                let trusted = trusted_cas(ctx).await?;
+                Ok(if holds(&trusted, &new) {
+                    Ok(())
+                } else {
+                    Err(format!("{AUTH_CONFIGMAP} does not hold the new CA yet"))
+                })
+            })
+            .await?;
+            Ok("the cluster trusts the new CA".into())
+        }
+        Check::NothingPending => {
+            let pending: Vec<String> = ctx
+                .terraform()?
+                .pending_changes()
+                .await?
+                .into_iter()
+                .filter(|a| a.contains("aggregation"))
+                .collect();
+            if !pending.is_empty() {
+                return Err(fail(format!("terraform plan still changes {}", pending.join(", "))));
+            }
+            files_equal_state(ctx, phase).await?;
+            Ok("no aggregation change pending; files equal the state".into())
+        }
+        Check::OnlyNewCaTrusted => {
+            let new = ctx.new_ca()?;
+            until(ctx, phase, "configmap trusting only the new CA", async || {
+                let trusted = trusted_cas(ctx).await?;
+                Ok(match trusted.as_slice() {
+                    [only] if only.sha256 == new.sha256 => Ok(()),
+                    [] => Err(format!("{AUTH_CONFIGMAP} is not back yet")),
+                    more => Err(format!("{AUTH_CONFIGMAP} trusts {} CAs", more.len())),
+                })
+            })
+            .await?;
+            Ok("only the new CA is trusted".into())
+        }
+    }
+}
+
+/// The asset dir's aggregation files hold what the state holds.
+async fn files_equal_state(ctx: &Ctx, phase: Phase) -> Result<()> {
+    let fail = |reason: String| Error::Verification { phase: phase.name(), reason };
+    let state = ctx.terraform()?.state().await?;
+    let ca = ctx.state_ca(&state)?;
+    let file = ctx.file_cert(CA_CERT)?;
+    if file.sha256 != ca.sha256 {
+        return Err(fail(format!("{CA_CERT} differs from the state's CA")));
+    }
+    if !ctx.key_matches(CA_KEY, &file) {
+        return Err(fail(format!("{CA_KEY} does not match {CA_CERT}")));
+    }
+    let client_address = ctx.addr(CLIENT_CERT_RESOURCE);
+    let client_pem = state.attribute(&client_address, "cert_pem").unwrap_or_default();
+    let client = ctx.file_cert(CLIENT_CERT)?;
+    let state_client = pki::parse_one_cert(client_pem.as_bytes())
+        .map_err(|p| state_problem(ctx, &client_address, p))?;
+    if client.sha256 != state_client.sha256 || !pki::issued_by(&client, &ca) {
+        return Err(fail(format!(
+            "{CLIENT_CERT} is not the state's client certificate of the new CA"
+        )));
+    }
+    let key_address = ctx.addr(CLIENT_KEY_RESOURCE);
+    let key_pem = state.attribute(&key_address, "public_key_pem").unwrap_or_default();
+    if pki::public_key_half(key_pem.as_bytes()).ok() != pki::certificate_half(&client) {
+        return Err(fail(format!("{CLIENT_CERT} does not match the state's client key")));
+    }
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! The journal of one rotation run: `<assets>/certrotate/<run>/journal.json` (0600, in a 0700
+//! folder) with the phases done, the fingerprints involved and every command and API change,
+//! next to the backups of what the run replaces. Every write is atomic.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::files::{private_dir, write_atomic};
+use super::plan::StepKind;
+use crate::error::{Error, Result};
+
+pub const JOURNAL_FILE: &str = "journal.json";
+const BACKUP_DIR: &str = "backup";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    InProgress,
+    Finished,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseRecord {
+    pub name: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// `running`, `done`, `failed` or `interrupted`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub at: String,
+    pub phase: String,
+    pub kind: StepKind,
+    pub what: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Journal {
+    pub api_version: String,
+    pub kind: String,
+    pub rotation: String,
+    pub run: String,
+    /// `not-expired` or `expired`.
+    pub path: String,
+    pub state: RunState,
+    pub assets_dir: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// SHA-256 of the certificates' DER (lowercase hex): `oldCa`, `newCa`, `oldClient`, …
+    #[serde(default)]
+    pub fingerprints: BTreeMap<String, String>,
+    #[serde(default)]
+    pub phases: Vec<PhaseRecord>,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// A run's folder and its journal, as last saved.
+#[derive(Debug)]
+pub struct RunDir {
+    dir: PathBuf,
+    pub journal: Journal,
+}
+
+pub fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl RunDir {
+    /// The most recent run of `rotation` under `root` (`<assets>/certrotate`), if any.
+    pub fn latest(root: &Path, rotation: &str) -> Result<Option<RunDir>> {
+        let Ok(entries) = std::fs::read_dir(root) else { return Ok(None) };
+        let prefix = format!("{rotation}-");
+        let mut runs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .collect();
+        runs.sort();
+        match runs.pop() {
+            Some(dir) => Self::open(&dir).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn open(dir: &Path) -> Result<RunDir> {
+        let path = dir.join(JOURNAL_FILE);
+        let bad = |reason: String| Error::Journal { path: path.clone(), reason };
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+        let journal = serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "is not a journal this version reads ({e}); move the folder aside to start over"
+            ))
+        })?;
+        Ok(RunDir { dir: dir.to_path_buf(), journal })
+    }
+
+    /// Starts a new run of `rotation` on `path` (`expired` or `not-expired`).
+    pub fn create(root: &Path, assets_dir: &Path, rotation: &str, path: &str) -> Result<RunDir> {
+        let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+        let mut run = format!("{rotation}-{stamp}");
+        let mut n = 1;
+        while root.join(&run).exists() {
+            n += 1;
+            run = format!("{rotation}-{stamp}-{n}");
+        }
+        let dir = root.join(&run);
+        private_dir(&dir.join(BACKUP_DIR))
+            .map_err(|e| Error::Journal { path: dir.clone(), reason: e.to_string() })?;
+        let journal = Journal {
+            api_version: crate::status::JSON_API_VERSION.into(),
+            kind: "RotationJournal".into(),
+            rotation: rotation.into(),
+            run,
+            path: path.into(),
+            state: RunState::InProgress,
+            assets_dir: assets_dir.display().to_string(),
+            started_at: now(),
+            finished_at: None,
+            fingerprints: BTreeMap::new(),
+            phases: Vec::new(),
+            events: Vec::new(),
+        };
+        let run = RunDir { dir, journal };
+        run.save()?;
+        Ok(run)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join(JOURNAL_FILE)
+    }
+
+    pub fn save(&self) -> Result<()> {
+        let path = self.journal_path();
+        let text = serde_json::to_vec_pretty(&self.journal).expect("a journal serializes");
+        write_atomic(&path, &text, 0o600)
+            .map_err(|e| Error::Journal { path, reason: e.to_string() })
+    }
+
+    pub fn backup_path(&self, name: &str) -> PathBuf {
+        self.dir.join(BACKUP_DIR).join(name)
+    }
+
+    /// Keeps `bytes` as backup `name` (0600).
+    pub fn write_backup(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        let path = self.backup_path(name);
+        write_atomic(&path, bytes, 0o600)
+            .map_err(|e| Error::Journal { path: path.clone(), reason: e.to_string() })?;
+        Ok(path)
+    }
+
+    pub fn phase_done(&self, name: &str) -> bool {
+        self.journal.phases.iter().any(|p| p.name == name && p.outcome == "done")
+    }
+
+    pub fn begin_phase(&mut self, name: &str) -> Result<()> {
+        self.journal.phases.push(PhaseRecord {
+            name: name.into(),
+            started_at: now(),
+            finished_at: None,
+            outcome: "running".into(),
+            message: None,
+        });
+        self.save()
+    }
+
+    /// Ends the phase begun last under `name`.
+    pub fn end_phase(&mut self, name: &str, outcome: &str, message: Option<String>) -> Result<()> {
+        if let Some(record) =
+            self.journal.phases.iter_mut().rev().find(|p| p.name == name && p.outcome == "running")
+        {
+            record.finished_at = Some(now());
+            record.outcome = outcome.into();
+            record.message = message;
+        }
+        self.save()
+    }
+
+    /// The phase still marked running (a run that was killed, or is being interrupted).
+    pub fn running_phase(&self) -> Option<String> {
+        self.journal.phases.iter().rev().find(|p| p.outcome == "running").map(|p| p.name.clone())
+    }
+
+    /// Records a step as started; returns its index for [`RunDir::end_event`].
+    pub fn begin_event(&mut self, phase: &str, kind: StepKind, what: &str) -> Result<usize> {
+        self.journal.events.push(Event {
+            at: now(),
+            phase: phase.into(),
+            kind,
+            what: what.into(),
+            outcome: "started".into(),
+        });
+        self.save()?;
+        Ok(self.journal.events.len() - 1)
+    }
+
+    pub fn end_event(&mut self, index: usize, outcome: &str) -> Result<()> {
+        if let Some(event) = self.journal.events.get_mut(index) {
+            event.outcome = outcome.into();
+        }
+        self.save()
+    }
+
+    pub fn finish(&mut self) -> Result<()> {
+        self.journal.state = RunState::Finished;
+        self.journal.finished_at = Some(now());
+        self.save()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_round_trips_and_the_latest_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("certrotate");
+        let mut run = RunDir::create(&root, dir.path(), "aggregation", "not-expired").unwrap();
+        run.begin_phase("backup").unwrap();
+        let e = run.begin_event("backup", StepKind::File, "copy").unwrap();
+        run.end_event(e, "ok").unwrap();
+        run.end_phase("backup", "done", None).unwrap();
+        let again = RunDir::latest(&root, "aggregation").unwrap().unwrap();
+        assert!(again.phase_done("backup"));
+        assert_eq!(again.journal.events[0].outcome, "ok");
+        assert_eq!(again.journal.state, RunState::InProgress);
+        assert!(RunDir::latest(&root, "webhook").unwrap().is_none());
+    }
+}

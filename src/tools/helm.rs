@@ -1,0 +1,231 @@
+//! helm 3 and helm 4, pointed explicitly at the cluster the tool verified (`KUBECONFIG`,
+//! `--kube-context`), never at whatever the caller's environment names.
+//!
+//! Values never go on a command line: they are written to a 0600 file in a private temp dir,
+//! passed with `-f`, and removed afterwards.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{Command, Program, Runner};
+use crate::error::{Error, Result};
+
+/// What helm says when a release is locked by an upgrade, install or rollback that never
+/// finished (helm 3 and 4 word it the same).
+const IN_PROGRESS: &str = "another operation (install/upgrade/rollback) is in progress";
+/// Upgrade attempts before giving up: the seed's "try again", plus one after a rollback.
+const UPGRADE_ATTEMPTS: usize = 3;
+
+pub struct Helm {
+    program: Program,
+    runner: Runner,
+    kubeconfig: String,
+    context: Option<String>,
+}
+
+/// One row of `helm history -o json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Revision {
+    pub revision: u32,
+    pub status: String,
+}
+
+/// A release to upgrade: name, namespace and chart folder.
+#[derive(Debug, Clone)]
+pub struct Release<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub chart: &'a Path,
+}
+
+impl Helm {
+    pub fn new(program: Program, runner: Runner, kubeconfig: &str, context: Option<&str>) -> Self {
+        Self {
+            program,
+            runner,
+            kubeconfig: kubeconfig.to_string(),
+            context: context.map(Into::into),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self
+            .runner
+            .command(&self.program)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args.iter().copied());
+        if let Some(context) = &self.context {
+            cmd = cmd.args(["--kube-context", context.as_str()]);
+        }
+        cmd
+    }
+
+    /// `helm upgrade … --reuse-values -f <values file> --wait --timeout …`, the file given.
+    pub fn upgrade_command(&self, release: &Release, values_file: &str) -> Command {
+        let timeout = format!("{}s", self.runner.wait_timeout().as_secs());
+        let chart = release.chart.display().to_string();
+        self.command(&[
+            "upgrade",
+            "-n",
+            release.namespace,
+            release.name,
+            &chart,
+            "--reuse-values",
+            "-f",
+            values_file,
+            "--wait",
+            "--timeout",
+            &timeout,
+        ])
+    }
+
+    pub fn rollback_command(&self, release: &Release, revision: u32) -> Command {
+        let timeout = format!("{}s", self.runner.wait_timeout().as_secs());
+        let revision = revision.to_string();
+        self.command(&[
+            "rollback",
+            release.name,
+            &revision,
+            "-n",
+            release.namespace,
+            "--wait",
+            "--timeout",
+            &timeout,
+        ])
+    }
+
+    /// The release's revisions, oldest first.
+    pub async fn history(&self, release: &Release<'_>) -> Result<Vec<Revision>> {
+        let cmd = self.command(&[
+            "history",
+            release.name,
+            "-n",
+            release.namespace,
+            "-o",
+            "json",
+            "--max",
+            "20",
+        ]);
+        let outcome = cmd.ok().await?;
+        serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
+            line: cmd.line(),
+            status: format!("printed no history JSON ({e})"),
+            tail: outcome.tail(),
+        })
+    }
+
+    /// The release's user-supplied values (`helm get values -o json`); never streamed, since
+    /// they hold keys.
+    pub async fn values(&self, release: &Release<'_>) -> Result<serde_json::Value> {
+        let cmd = self
+            .command(&["get", "values", release.name, "-n", release.namespace, "-o", "json"])
+            .echo(false);
+        let outcome = cmd.ok().await?;
+        serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
+            line: cmd.line(),
+            status: format!("printed no values JSON ({e})"),
+            tail: String::new(),
+        })
+    }
+
+    /// Upgrades `release` with `values` until `in_place` holds for its values, recovering as
+    /// the manual procedure does: a failed upgrade is tried again; a release left pending by
+    /// an earlier upgrade, install or rollback (helm killed during `--wait`, helm 4 losing the
+    /// API while kube-apiserver restarts) is rolled back to its latest revision first.
+    /// `note` hears every command line run, for the journal and the progress.
+    pub async fn upgrade_with_recovery(
+        &self,
+        release: &Release<'_>,
+        values: &serde_json::Value,
+        in_place: impl Fn(&serde_json::Value) -> bool,
+        note: &(dyn Fn(&str, &str) + Sync),
+    ) -> Result<()> {
+        let file = PrivateValues::write(values)?;
+        let mut last_error = None;
+        for _ in 0..UPGRADE_ATTEMPTS {
+            self.recover_pending(release, note).await?;
+            let cmd = self.upgrade_command(release, &file.path_str());
+            let outcome = cmd.run().await?;
+            if outcome.success() {
+                note(&cmd.line(), "ok");
+                let current = self.values(release).await?;
+                if in_place(&current) {
+                    return Ok(());
+                }
+                last_error = Some(Error::CommandFailed {
+                    line: cmd.line(),
+                    status: "succeeded, but the release's values do not hold the new data".into(),
+                    tail: String::new(),
+                });
+                continue;
+            }
+            let error = cmd.failed(&outcome);
+            note(&cmd.line(), &format!("failed: {}", first_line(&outcome.tail())));
+            last_error = Some(error);
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    /// A release whose latest revision is pending (or a lock reported by helm) is rolled back
+    /// to that revision, as the manual procedure says.
+    async fn recover_pending(
+        &self,
+        release: &Release<'_>,
+        note: &(dyn Fn(&str, &str) + Sync),
+    ) -> Result<()> {
+        let history = self.history(release).await?;
+        let Some(latest) = history.iter().max_by_key(|r| r.revision) else {
+            return Err(Error::CommandFailed {
+                line: format!("helm history {} -n {}", release.name, release.namespace),
+                status: "found no release: is the control plane installed with helm?".into(),
+                tail: String::new(),
+            });
+        };
+        if !latest.status.starts_with("pending") {
+            return Ok(());
+        }
+        let cmd = self.rollback_command(release, latest.revision);
+        let outcome = cmd.run().await?;
+        if !outcome.success() && !outcome.output.contains(IN_PROGRESS) {
+            return Err(cmd.failed(&outcome));
+        }
+        note(
+            &cmd.line(),
+            &format!("release was {} at revision {}", latest.status, latest.revision),
+        );
+        Ok(())
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+}
+
+/// A values file only this user can read, in a private temp dir removed on drop.
+struct PrivateValues {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateValues {
+    fn write(values: &serde_json::Value) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let temp = |e: std::io::Error| Error::TempFile(e.to_string());
+        let dir = tempfile::Builder::new().prefix("certrotate-values-").tempdir().map_err(temp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.path().join("values.json"))
+            .map_err(temp)?;
+        // JSON is YAML: helm reads it as a values file.
+        file.write_all(values.to_string().as_bytes()).map_err(temp)?;
+        file.sync_all().map_err(temp)?;
+        Ok(Self { dir })
+    }
+
+    fn path_str(&self) -> String {
+        self.dir.path().join("values.json").display().to_string()
+    }
+}

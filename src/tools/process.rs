@@ -1,0 +1,375 @@
+//! The one subprocess wrapper (on duct) behind terraform, helm and lokoctl.
+//!
+//! No shell: arguments are a list. Output (stdout and stderr together) is captured, redacted
+//! line by line and, at `-v`, streamed. Each child leads its own process group, so a timeout or
+//! Ctrl-C stops the whole group (lokoctl's own terraform and helm included), and it gets
+//! SIGKILL as its death signal, so a `kill -9` of this tool does not leave a terraform apply or
+//! helm upgrade racing the re-run. Every child carries the rotation run in its environment, so
+//! a re-run can find and stop what an earlier, killed run left behind (grandchildren have no
+//! death signal).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use super::redact::Redactor;
+use crate::error::{Error, Result};
+
+/// The variable every child carries: which rotation run started it.
+pub const RUN_ENV: &str = "KUBECTL_CERTROTATE_RUN";
+/// How many lines of a failed command's output an error shows.
+const ERROR_TAIL_LINES: usize = 25;
+/// How long a stopped child group gets between SIGINT/SIGTERM and SIGKILL: terraform uses it
+/// to finish the resource in hand and write its state.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Process groups running now: Ctrl-C stops them all.
+static RUNNING: Mutex<BTreeMap<i32, String>> = Mutex::new(BTreeMap::new());
+
+/// An external program, found once before anything changes.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub name: &'static str,
+    pub path: PathBuf,
+}
+
+impl Program {
+    /// `flag` (`--helm PATH`), else `$ENV_VAR`, else `name` on `PATH`.
+    pub fn find(
+        name: &'static str,
+        flag: Option<&Path>,
+        env_var: &'static str,
+        flag_name: &'static str,
+    ) -> Result<Self> {
+        let missing = |tried: String| Error::ProgramMissing {
+            program: name,
+            tried,
+            hint: format!("pass {flag_name} PATH or set ${env_var}"),
+        };
+        let given = flag.map(|p| (p.to_path_buf(), flag_name.to_string())).or_else(|| {
+            std::env::var_os(env_var)
+                .filter(|v| !v.is_empty())
+                .map(|v| (v.into(), format!("${env_var}")))
+        });
+        match given {
+            Some((path, source)) => {
+                let found = which::which(&path).map_err(|_| {
+                    missing(format!("{} (from {source}) is not an executable", path.display()))
+                })?;
+                Ok(Self { name, path: found })
+            }
+            None => which::which(name)
+                .map(|path| Self { name, path })
+                .map_err(|_| missing(format!("no {name} on PATH"))),
+        }
+    }
+}
+
+/// One command line to run.
+#[derive(Debug, Clone)]
+pub struct Command {
+    program: Program,
+    args: Vec<String>,
+    dir: Option<PathBuf>,
+    env: Vec<(String, OsString)>,
+    timeout: Duration,
+    echo: bool,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    /// stdout and stderr together, redacted.
+    pub output: String,
+    pub seconds: f64,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The last lines of the output, for an error message.
+    pub fn tail(&self) -> String {
+        let lines: Vec<&str> = self.output.lines().collect();
+        lines[lines.len().saturating_sub(ERROR_TAIL_LINES)..].join("\n")
+    }
+}
+
+impl Command {
+    pub fn new(program: &Program, timeout: Duration) -> Self {
+        Self {
+            program: program.clone(),
+            args: Vec::new(),
+            dir: None,
+            env: Vec::new(),
+            timeout,
+            echo: false,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Stream the (redacted) output to stderr while it runs (`-v`).
+    pub fn echo(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// The command line as an operator would type it (arguments never hold secrets: values
+    /// travel in 0600 files).
+    pub fn line(&self) -> String {
+        std::iter::once(self.program.name.to_string())
+            .chain(self.args.iter().map(|a| shell_quote(a)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs it to the end (or the timeout); a non-zero exit is an `Ok` outcome.
+    pub async fn run(&self) -> Result<Outcome> {
+        let (pgid_tx, pgid_rx) = tokio::sync::oneshot::channel();
+        let spawn = self.clone();
+        let mut task = tokio::task::spawn_blocking(move || spawn.run_blocking(pgid_tx));
+        let Ok(pgid) = pgid_rx.await else {
+            // Spawning failed: the task holds the error.
+            return match task.await {
+                Ok(result) => result,
+                Err(e) => Err(self.spawn_error(std::io::Error::other(e.to_string()))),
+            };
+        };
+        match tokio::time::timeout(self.timeout, &mut task).await {
+            Ok(joined) => joined
+                .unwrap_or_else(|e| Err(self.spawn_error(std::io::Error::other(e.to_string())))),
+            Err(_) => {
+                stop_group(pgid, Signal::SIGTERM).await;
+                let tail = match task.await {
+                    Ok(Ok(outcome)) => outcome.tail(),
+                    _ => String::new(),
+                };
+                Err(Error::CommandTimeout { line: self.line(), secs: self.timeout.as_secs(), tail })
+            }
+        }
+    }
+
+    /// [`Command::run`], requiring exit code 0.
+    pub async fn ok(&self) -> Result<Outcome> {
+        let outcome = self.run().await?;
+        if outcome.success() { Ok(outcome) } else { Err(self.failed(&outcome)) }
+    }
+
+    /// The error for a failed outcome of this command.
+    pub fn failed(&self, outcome: &Outcome) -> Error {
+        let status = match outcome.code {
+            Some(code) => format!("exit code {code}"),
+            None => "killed by a signal".to_string(),
+        };
+        Error::CommandFailed { line: self.line(), status, tail: outcome.tail() }
+    }
+
+    fn spawn_error(&self, e: std::io::Error) -> Error {
+        Error::CommandFailed {
+            line: self.line(),
+            status: format!("could not start: {e}"),
+            tail: String::new(),
+        }
+    }
+
+    fn run_blocking(self, pgid_tx: tokio::sync::oneshot::Sender<i32>) -> Result<Outcome> {
+        let started = Instant::now();
+        let parent = std::process::id();
+        let mut expression = duct::cmd(&self.program.path, &self.args)
+            .stdin_null()
+            .stderr_to_stdout()
+            .unchecked()
+            .before_spawn(move |cmd| {
+                use std::os::unix::process::CommandExt as _;
+                cmd.process_group(0);
+                // SAFETY: the closure runs in the forked child before exec and only makes
+                // async-signal-safe calls (prctl, getppid); it allocates nothing.
+                #[allow(unsafe_code)]
+                unsafe {
+                    cmd.pre_exec(move || die_with_parent(parent));
+                }
+                Ok(())
+            });
+        if let Some(dir) = &self.dir {
+            expression = expression.dir(dir);
+        }
+        for (key, value) in &self.env {
+            expression = expression.env(key, value);
+        }
+        let reader = expression.reader().map_err(|e| self.spawn_error(e))?;
+        let pgid = reader.pids().first().map_or(0, |&p| p as i32);
+        RUNNING.lock().expect("running children").insert(pgid, self.line());
+        let _ = pgid_tx.send(pgid);
+        let mut redactor = Redactor::default();
+        let mut output = String::new();
+        let mut lines = BufReader::new(&reader);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match lines.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&raw);
+                    let shown = redactor.line(text.trim_end_matches(['\n', '\r']));
+                    if self.echo {
+                        eprintln!("    {}: {shown}", self.program.name);
+                    }
+                    output.push_str(&shown);
+                    output.push('\n');
+                }
+            }
+        }
+        let status = reader.try_wait();
+        RUNNING.lock().expect("running children").remove(&pgid);
+        let code = match status {
+            Ok(Some(out)) => out.status.code(),
+            _ => None,
+        };
+        Ok(Outcome { code, output, seconds: started.elapsed().as_secs_f64() })
+    }
+}
+
+/// In the child, before exec: die when this tool dies, and refuse to start if it already has.
+fn die_with_parent(parent: u32) -> std::io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(std::io::Error::other("the parent exited before the child started"));
+    }
+    Ok(())
+}
+
+/// Asks a child group to stop (`first`), then kills it after the grace period.
+async fn stop_group(pgid: i32, first: Signal) {
+    if pgid <= 0 {
+        return;
+    }
+    let group = Pid::from_raw(pgid);
+    let _ = killpg(group, first);
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && killpg(group, None).is_ok() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+}
+
+/// Ctrl-C: stops every running child group (SIGINT first, so terraform saves its state) and
+/// returns their command lines.
+pub async fn stop_all() -> Vec<String> {
+    let running: Vec<(i32, String)> =
+        RUNNING.lock().expect("running children").iter().map(|(p, l)| (*p, l.clone())).collect();
+    futures::future::join_all(running.iter().map(|(pgid, _)| stop_group(*pgid, Signal::SIGINT)))
+        .await;
+    running.into_iter().map(|(_, line)| line).collect()
+}
+
+/// Kills processes that an earlier, killed run of `run` left behind (the grandchildren a
+/// death signal does not reach, such as lokoctl's terraform) and waits until they are gone,
+/// so that what is done is decided only once nothing of that run can still write.
+pub async fn stop_leftovers(run: &str) -> Vec<u32> {
+    let marker = format!("{RUN_ENV}={run}");
+    let leftovers = processes_with_env(&marker);
+    for &pid in &leftovers {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && !processes_with_env(&marker).is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    leftovers
+}
+
+fn processes_with_env(marker: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .collect()
+}
+
+/// Quotes an argument for display the way a shell would need it.
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+[]".contains(c));
+    if plain { arg.to_string() } else { format!("'{}'", arg.replace('\'', r"'\''")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh() -> Program {
+        Program { name: "sh", path: "/bin/sh".into() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn output_is_captured_redacted_and_the_exit_code_kept() {
+        let script = "echo hello; echo '-----BEGIN RSA PRIVATE KEY-----'; echo MIIsecret; \
+                      echo '-----END RSA PRIVATE KEY-----' >&2; exit 3";
+        let cmd = Command::new(&sh(), Duration::from_secs(10)).args(["-c", script]);
+        let out = cmd.run().await.unwrap();
+        assert_eq!(out.code, Some(3));
+        assert!(out.output.starts_with("hello\n"), "{}", out.output);
+        assert!(!out.output.contains("MIIsecret"), "{}", out.output);
+        let err = cmd.ok().await.unwrap_err().to_string();
+        assert!(err.contains("exit code 3") && err.contains("sh -c"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timeout_stops_the_whole_group() {
+        let cmd = Command::new(&sh(), Duration::from_millis(300))
+            .args(["-c", "sleep 30 & echo started; wait"]);
+        let started = Instant::now();
+        let err = cmd.run().await.unwrap_err();
+        assert!(matches!(err, Error::CommandTimeout { .. }), "{err}");
+        // The grandchild `sleep` held the pipe: returning means the group is gone.
+        assert!(started.elapsed() < STOP_GRACE, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_missing_program_names_the_flag() {
+        let err = Program::find("helm", Some(Path::new("/nonexistent/helm")), "HELM", "--helm")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/helm") && err.contains("--helm"), "{err}");
+    }
+
+    #[test]
+    fn command_lines_quote_what_a_shell_would_split() {
+        let cmd = Command::new(&sh(), Duration::from_secs(1))
+            .args(["-target=module.a.local_file.b[0]", "two words"]);
+        assert_eq!(cmd.line(), "sh -target=module.a.local_file.b[0] 'two words'");
+    }
+}

@@ -1,0 +1,277 @@
+//! terraform, run in the asset dir's `terraform/` folder with the caller's environment
+//! (backends, `TF_CLI_CONFIG_FILE`, credentials pass through).
+//!
+//! Only commands and flags that terraform 0.13 (what Lokomotive pins) also has: `taint` (not
+//! `-replace`), `apply -target`, `state pull`, `plan -out` and `show -json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{Command, Program, Runner};
+use crate::error::{Error, Result};
+
+/// The bootkube module's name inside whatever module the platform uses.
+const BOOTKUBE_SUFFIX: &str = ".module.bootkube";
+
+pub struct Terraform {
+    program: Program,
+    dir: PathBuf,
+    runner: Runner,
+}
+
+/// The resources of the state that a rotation reads (from `terraform state pull`).
+#[derive(Debug, Default)]
+pub struct State {
+    pub serial: u64,
+    instances: Vec<Instance>,
+}
+
+/// One resource instance of the state; private keys in it were redacted on the way in.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub address: String,
+    pub tainted: bool,
+    pub attributes: serde_json::Value,
+}
+
+impl State {
+    /// The instance at `address` (a full address, `module.….tls_private_key.x[0]`).
+    pub fn instance(&self, address: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.address == address)
+    }
+
+    /// A string attribute of the instance at `address`.
+    pub fn attribute(&self, address: &str, name: &str) -> Option<&str> {
+        self.instance(address)?.attributes.get(name)?.as_str()
+    }
+
+    /// Every bootkube module the state holds (`module.aws-x.module.bootkube`).
+    pub fn bootkube_modules(&self) -> Vec<String> {
+        let mut modules: Vec<String> = self
+            .instances
+            .iter()
+            .filter_map(|i| {
+                let end = i.address.find(BOOTKUBE_SUFFIX)? + BOOTKUBE_SUFFIX.len();
+                Some(i.address[..end].to_string())
+            })
+            .collect();
+        modules.sort();
+        modules.dedup();
+        modules
+    }
+
+    /// The module to work on: `given` when the state has it, else the only one there is.
+    pub fn choose_module(&self, given: Option<&str>, dir: &Path) -> Result<String> {
+        let found = self.bootkube_modules();
+        let listed = if found.is_empty() { "none".to_string() } else { found.join(", ") };
+        match given {
+            Some(module) if found.iter().any(|m| m == module) => Ok(module.to_string()),
+            Some(module) => Err(Error::Usage(format!(
+                "--module {module} is not in the Terraform state of {}: it holds {listed}",
+                dir.display()
+            ))),
+            None => match found.as_slice() {
+                [only] => Ok(only.clone()),
+                [] => Err(Error::TerraformState {
+                    dir: dir.to_path_buf(),
+                    reason: "holds no module.*.module.bootkube resources: is this the asset \
+                             dir of a Lokomotive cluster that was created?"
+                        .into(),
+                }),
+                _ => Err(Error::Usage(format!(
+                    "the Terraform state of {} holds several bootkube modules ({listed}): pick \
+                     one with --module",
+                    dir.display()
+                ))),
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawState {
+    #[serde(default)]
+    serial: u64,
+    #[serde(default)]
+    resources: Vec<RawResource>,
+}
+
+#[derive(Deserialize)]
+struct RawResource {
+    module: Option<String>,
+    mode: String,
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    #[serde(default)]
+    instances: Vec<RawInstance>,
+}
+
+#[derive(Deserialize)]
+struct RawInstance {
+    index_key: Option<serde_json::Value>,
+    status: Option<String>,
+    #[serde(default)]
+    attributes: serde_json::Value,
+}
+
+fn parse_state(json: &str) -> std::result::Result<State, String> {
+    let raw: RawState = serde_json::from_str(json).map_err(|e| format!("not a state ({e})"))?;
+    let mut instances = Vec::new();
+    for r in raw.resources.into_iter().filter(|r| r.mode == "managed") {
+        let base = match &r.module {
+            Some(module) => format!("{module}.{}.{}", r.kind, r.name),
+            None => format!("{}.{}", r.kind, r.name),
+        };
+        for i in r.instances {
+            let address = match &i.index_key {
+                Some(serde_json::Value::Number(n)) => format!("{base}[{n}]"),
+                Some(serde_json::Value::String(s)) => format!("{base}[{s:?}]"),
+                _ => base.clone(),
+            };
+            let tainted = i.status.as_deref() == Some("tainted");
+            instances.push(Instance { address, tainted, attributes: i.attributes });
+        }
+    }
+    Ok(State { serial: raw.serial, instances })
+}
+
+impl Terraform {
+    pub fn new(program: Program, terraform_dir: PathBuf, runner: Runner) -> Self {
+        Self { program, dir: terraform_dir, runner }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        self.runner
+            .command(&self.program)
+            .dir(&self.dir)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_INPUT", "0")
+            .args(args.iter().copied())
+    }
+
+    pub fn taint_command(&self, address: &str) -> Command {
+        self.command(&["taint", "-no-color", address])
+    }
+
+    pub fn apply_command(&self, targets: &[String]) -> Command {
+        let mut cmd = self.command(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+        for target in targets {
+            cmd = cmd.arg(format!("-target={target}"));
+        }
+        cmd
+    }
+
+    /// Runs a command that changes the state; a lock held by someone else is its own error.
+    pub async fn change(&self, cmd: Command) -> Result<()> {
+        let outcome = cmd.run().await?;
+        if outcome.success() {
+            return Ok(());
+        }
+        if outcome.output.contains("Error acquiring the state lock") {
+            return Err(self.locked(&outcome.output));
+        }
+        Err(cmd.failed(&outcome))
+    }
+
+    fn locked(&self, output: &str) -> Error {
+        let info: Vec<&str> = output
+            .lines()
+            .map(str::trim)
+            .filter(|l| {
+                ["ID:", "Path:", "Operation:", "Who:", "Created:"].iter().any(|k| l.starts_with(k))
+            })
+            .collect();
+        Error::TerraformLocked { dir: self.dir.clone(), holder: info.join("; ") }
+    }
+
+    /// The state as `terraform state pull` gives it (the configured backend's, local or not).
+    pub async fn state(&self) -> Result<State> {
+        let cmd = self.command(&["state", "pull"]).echo(false);
+        let outcome = cmd.run().await?;
+        if !outcome.success() {
+            return Err(cmd.failed(&outcome));
+        }
+        parse_state(&outcome.output)
+            .map_err(|reason| Error::TerraformState { dir: self.dir.clone(), reason })
+    }
+
+    /// Addresses a plain `terraform apply` would change now (`plan -out`, then `show -json`;
+    /// the plan file holds secrets, so it lives in a private temp dir that is removed).
+    pub async fn pending_changes(&self) -> Result<Vec<String>> {
+        let private = tempfile::Builder::new()
+            .prefix("certrotate-plan-")
+            .tempdir()
+            .map_err(|e| Error::TempFile(e.to_string()))?;
+        let plan = private.path().join("plan");
+        let plan_arg = format!("-out={}", plan.display());
+        let cmd = self.command(&["plan", "-input=false", "-no-color", &plan_arg]);
+        let outcome = cmd.run().await?;
+        if !outcome.success() {
+            return Err(cmd.failed(&outcome));
+        }
+        let plan_path = plan.display().to_string();
+        let show = self.command(&["show", "-json", &plan_path]).echo(false);
+        let shown = show.run().await?;
+        if !shown.success() {
+            return Err(show.failed(&shown));
+        }
+        #[derive(Deserialize)]
+        struct Plan {
+            #[serde(default)]
+            resource_changes: Vec<Change>,
+        }
+        #[derive(Deserialize)]
+        struct Change {
+            address: String,
+            change: Actions,
+        }
+        #[derive(Deserialize)]
+        struct Actions {
+            actions: Vec<String>,
+        }
+        let plan: Plan =
+            serde_json::from_str(&shown.output).map_err(|e| Error::TerraformState {
+                dir: self.dir.clone(),
+                reason: format!("unreadable plan ({e})"),
+            })?;
+        Ok(plan
+            .resource_changes
+            .into_iter()
+            .filter(|c| c.change.actions.iter().any(|a| a != "no-op" && a != "read"))
+            .map(|c| c.address)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = r#"{"version":4,"serial":7,"resources":[
+      {"module":"module.aws-x.module.bootkube","mode":"managed","type":"tls_private_key","name":"aggregation-ca","instances":[{"index_key":0,"status":"tainted","attributes":{"algorithm":"RSA"}}]},
+      {"module":"module.aws-x.module.bootkube","mode":"managed","type":"tls_self_signed_cert","name":"kube-ca","instances":[{"attributes":{"cert_pem":"PEM"}}]},
+      {"module":"module.aws-x.module.bootkube","mode":"data","type":"template_file","name":"t","instances":[{"attributes":{}}]}
+    ]}"#;
+
+    #[test]
+    fn addresses_taint_and_modules_come_from_the_state() {
+        let state = parse_state(STATE).unwrap();
+        assert_eq!(state.serial, 7);
+        let key = state.instance("module.aws-x.module.bootkube.tls_private_key.aggregation-ca[0]");
+        assert!(key.unwrap().tainted);
+        let pem = state
+            .attribute("module.aws-x.module.bootkube.tls_self_signed_cert.kube-ca", "cert_pem");
+        assert_eq!(pem, Some("PEM"));
+        assert_eq!(state.bootkube_modules(), ["module.aws-x.module.bootkube"]);
+        let dir = Path::new("/a/terraform");
+        assert_eq!(state.choose_module(None, dir).unwrap(), "module.aws-x.module.bootkube");
+        let wrong = state.choose_module(Some("module.y.module.bootkube"), dir).unwrap_err();
+        assert!(wrong.to_string().contains("module.aws-x.module.bootkube"), "{wrong}");
+    }
+}
