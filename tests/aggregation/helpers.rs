@@ -91,7 +91,11 @@ pub fn result_of(summary: &Value, phase: &str) -> String {
         .to_string()
 }
 
-/// `--dry-run -o json`: `kind: AggregationPlan`, each step a command/api/check with a text.
+/// Step and event kinds. The spec names command, api and check; the tool adds `file` for the
+/// backup's local copies (neither of the three), which these tests accept.
+pub const KINDS: [&str; 4] = ["command", "api", "check", "file"];
+
+/// `--dry-run -o json`: `kind: AggregationPlan`, each step of a known kind with a text.
 pub fn plan(out: &Output) -> Value {
     assert_eq!(out.code(), Some(0), "a dry run exits 0: {out}");
     let doc = json_out(out);
@@ -101,7 +105,7 @@ pub fn plan(out: &Output) -> Value {
         assert!(!steps.is_empty(), "a phase of the plan without steps: {phase:#}");
         for step in steps {
             let kind = step["kind"].as_str().unwrap_or_default();
-            assert!(["command", "api", "check"].contains(&kind), "step kind {kind:?}: {step:#}");
+            assert!(KINDS.contains(&kind), "step kind {kind:?}: {step:#}");
             assert!(
                 !step["description"].as_str().unwrap_or_default().trim().is_empty(),
                 "a step without description: {step:#}"
@@ -135,6 +139,15 @@ pub fn plan_text(plan: &Value, phase: &str) -> String {
         .map(|s| s["description"].as_str().unwrap_or_default().to_string())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The plan's notes on what it could not resolve (`unresolved`, an addition of the tool to
+/// the spec's plan document), one per line.
+pub fn unresolved_notes(plan: &Value) -> String {
+    plan["unresolved"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
 }
 
 /// Does `hay` say that something could not be resolved (the wording is the tool's)?
@@ -539,24 +552,30 @@ pub fn wait_configmap(env: &TestEnv, want: &[&str], timeout: Duration) -> Vec<St
 }
 
 /// The template annotation `kubectl.kubernetes.io/restartedAt` of a kube-system Deployment.
+/// (Retried for a minute: the API drops while kube-apiserver restarts.)
 pub fn restarted_at(env: &TestEnv, deployment: &str) -> String {
-    env.kubectl()
-        .args(["-n", "kube-system", "get", "deployment", deployment, "-o"])
-        .arg(
-            r#"jsonpath={.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}"#,
-        )
-        .ok()
-        .stdout
-        .trim()
-        .to_string()
+    wait_for(&format!("restartedAt of deployment {deployment}"), Duration::from_secs(60), || {
+        let out = env
+            .kubectl()
+            .args(["-n", "kube-system", "get", "deployment", deployment, "-o"])
+            .arg(
+                r#"jsonpath={.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}"#,
+            )
+            .run();
+        if out.success() { Ok(out.stdout.trim().to_string()) } else { Err(out.to_string()) }
+    })
 }
 
 /// `(revision, status, description)` of each revision of a release (helm 3 reads either).
+/// (Retried for a minute: the API drops while kube-apiserver restarts.)
 pub fn helm_history(env: &TestEnv, release: &str, namespace: &str) -> Vec<(u64, String, String)> {
-    let out = env
-        .helm(crate::support::Helm::V3)
-        .args(["history", release, "--namespace", namespace, "-o", "json"])
-        .ok();
+    let out = wait_for(&format!("helm history {release}"), Duration::from_secs(60), || {
+        let out = env
+            .helm(crate::support::Helm::V3)
+            .args(["history", release, "--namespace", namespace, "-o", "json"])
+            .run();
+        if out.success() { Ok(out) } else { Err(out.to_string()) }
+    });
     let entries: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
     entries
         .iter()
