@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_saphyr::Spanned;
+
 use crate::error::{Error, Result};
+use crate::secret_text;
 
 /// Where a credential is stored inside `cluster-assets/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,31 +299,72 @@ impl AssetDir {
     }
 }
 
+/// `--assets-dir` values, globs expanded; `$ASSET_DIR` or the current folder when none given.
+/// The one asset dir a command that changes a cluster works on (`command` names it in the
+/// error when several are given).
+pub fn single_asset_dir(given: &[String], command: &str) -> Result<PathBuf> {
+    let mut dirs = resolve_asset_dirs(given)?;
+    if dirs.len() != 1 {
+        return Err(Error::Usage(format!("{command} works on one asset dir at a time")));
+    }
+    Ok(dirs.remove(0))
+}
+
+pub fn resolve_asset_dirs(given: &[String]) -> Result<Vec<PathBuf>> {
+    if given.is_empty() {
+        let dir = std::env::var_os("ASSET_DIR").map(PathBuf::from).unwrap_or_else(|| ".".into());
+        return Ok(vec![dir]);
+    }
+    let mut dirs = Vec::new();
+    for pattern in given {
+        if !pattern.contains(['*', '?', '[']) {
+            dirs.push(PathBuf::from(pattern));
+            continue;
+        }
+        let paths = glob::glob(pattern)
+            .map_err(|e| Error::BadGlob { pattern: pattern.clone(), reason: e.to_string() })?;
+        let mut matched: Vec<PathBuf> =
+            paths.filter_map(std::result::Result::ok).filter(|p| p.is_dir()).collect();
+        if matched.is_empty() {
+            return Err(Error::NoAssetDirMatches { pattern: pattern.clone() });
+        }
+        matched.sort();
+        dirs.extend(matched);
+    }
+    Ok(dirs)
+}
+
 #[derive(serde::Deserialize)]
 struct LokomotiveValues {
     webhook: Option<WebhookValues>,
 }
 
+/// Each value with where it stands, so that a broken one is named by line and column.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WebhookValues {
-    serving_cert: Option<String>,
-    serving_key: Option<String>,
+    serving_cert: Option<Spanned<String>>,
+    serving_key: Option<Spanned<String>>,
 }
 
 /// Decodes `webhook.servingCert` and `webhook.servingKey` (base64 PEM) from the text of
-/// `lokomotive.yaml`; the error says which value is missing or broken.
+/// `lokomotive.yaml`; the error says which value is missing or broken, and where, but never
+/// quotes the file: it holds the webhook's private key.
 pub fn parse_webhook_values(yaml: &str) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
     use base64::Engine as _;
     let values: LokomotiveValues =
-        serde_saphyr::from_str(yaml).map_err(|e| format!("not valid YAML ({e})"))?;
+        serde_saphyr::from_str(yaml).map_err(|e| secret_text::yaml_error(&e))?;
     let webhook = values.webhook.ok_or("has no webhook: section")?;
-    let decode = |name: &str, value: Option<String>| {
-        let value = value.filter(|v| !v.trim().is_empty());
+    let decode = |name: &str, value: Option<Spanned<String>>| {
+        let value = value.filter(|v| !v.value.trim().is_empty());
         let value = value.ok_or_else(|| format!("has no webhook.{name} value"))?;
-        base64::engine::general_purpose::STANDARD
-            .decode(value.trim())
-            .map_err(|e| format!("webhook.{name} is not valid base64 ({e})"))
+        base64::engine::general_purpose::STANDARD.decode(value.value.trim()).map_err(|e| {
+            format!(
+                "webhook.{name} at {} is not valid base64: {}",
+                secret_text::position(&value.referenced),
+                secret_text::base64_error(&e)
+            )
+        })
     };
     let cert = decode("servingCert", webhook.serving_cert)?;
     let key = decode("servingKey", webhook.serving_key)?;

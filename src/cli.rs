@@ -142,6 +142,9 @@ pub enum Command {
     /// Rotate the aggregation (front-proxy) CA and client certificate, phase by phase, keeping
     /// the old CA trusted until the cleanup; re-run the same command after any interruption.
     Aggregation(AggregationArgs),
+    /// Rotate the admission webhook server's serving certificate (inside lokomotive.yaml),
+    /// restart the webhook server and prove the API server trusts the new certificate.
+    Webhook(WebhookArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completion(CompletionArgs),
     /// Print the version and the git commit it was built from.
@@ -217,6 +220,47 @@ pub struct AggregationArgs {
     pub new_run: bool,
 }
 
+/// A phase of the webhook certificate rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WebhookPhaseArg {
+    /// Every phase not yet done, in order.
+    All,
+    /// Keep lokomotive.yaml (and, when expired, the webhook configuration) in the journal.
+    Backup,
+    /// Expired path only: delete MutatingWebhookConfiguration admission-webhook-server.
+    Unhook,
+    /// terraform taint the certificate, lokoctl cluster apply.
+    Certificate,
+    /// Restart Deployment admission-webhook-server (it reads its certificate only at start).
+    Restart,
+    /// Secret, caBundle, SANs, and a real admission call.
+    Verify,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Phases, not yet expired: backup, certificate, restart, verify. Already \
+                  expired: backup, unhook, certificate, restart, verify. A rotation stopped after \
+                  unhook is completed by running the same command again, or undone with \
+                  --restore-webhook. Exit codes: 0 done, 1 error, 2 usage, 130 interrupted.")]
+pub struct WebhookArgs {
+    /// Which phase to run; a single phase needs its predecessors done.
+    #[arg(long, value_enum, default_value_t = WebhookPhaseArg::All)]
+    pub phase: WebhookPhaseArg,
+
+    /// Take the already-expired path even if the certificate has not expired yet.
+    #[arg(long)]
+    pub expired: bool,
+
+    /// Start a new rotation after the last one finished (never while one is in progress).
+    #[arg(long)]
+    pub new_run: bool,
+
+    /// Undo an abandoned expired-path rotation: create the webhook configuration again from
+    /// the manifest kept in the journal (nothing else changes).
+    #[arg(long, conflicts_with_all = ["phase", "new_run"])]
+    pub restore_webhook: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct CompletionArgs {
     /// The shell to generate the completion script for.
@@ -258,6 +302,8 @@ mod tests {
             "kubectl-certrotate aggregation --phase bundle --helm /x/helm --module m -y",
             "kubectl-certrotate aggregation --phase all --cleanup --dry-run -o json",
             "kubectl-certrotate --config-dir c aggregation --expired --new-run",
+            "kubectl-certrotate webhook --phase restart -y",
+            "kubectl-certrotate webhook --restore-webhook",
         ] {
             if let Err(err) = Cli::try_parse_from(line.split_whitespace()) {
                 panic!("{line:?} should parse: {err}");

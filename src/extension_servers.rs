@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde::Serialize;
 
-use crate::assets::AssetDir;
+use crate::assets::{AssetDir, single_asset_dir};
 use crate::cli::{ExtensionServersArgs, GlobalOpts, OutputFormat};
 use crate::error::{Error, Result, exit};
 use crate::k8s::Connection;
@@ -54,10 +54,7 @@ struct CaCheck {
 }
 
 pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8> {
-    let dirs = crate::status::resolve_asset_dirs(&global.assets_dirs)?;
-    let [dir] = dirs.as_slice() else {
-        return Err(Error::Usage("extension-servers works on one asset dir at a time".into()));
-    };
+    let dir = &single_asset_dir(&global.assets_dirs, "extension-servers")?;
     // Listing works with any kubeconfig; changing the cluster needs the asset dir to prove
     // it is the right cluster.
     let assets = AssetDir::open(dir);
@@ -72,7 +69,7 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
     }
     let discovery = discovery::discover(&conn.client).await?;
     let mut report = Report {
-        api_version: crate::status::JSON_API_VERSION,
+        api_version: output::JSON_API_VERSION,
         kind: "ExtensionServers",
         servers: discovery.servers.clone(),
         restarts: None,

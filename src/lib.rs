@@ -13,9 +13,11 @@ pub mod k8s;
 pub mod output;
 pub mod pki;
 pub mod rotation;
+pub mod secret_text;
 pub mod status;
 pub mod tools;
 pub mod version;
+pub mod webhook;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -50,6 +52,7 @@ fn run(cli: Cli) -> Result<u8> {
             runtime()?.block_on(extension_servers::run(&cli.global, args))
         }
         Command::Aggregation(args) => runtime()?.block_on(aggregation::run(&cli.global, args)),
+        Command::Webhook(args) => runtime()?.block_on(webhook::run(&cli.global, args)),
         Command::Completion(args) => {
             let shell = match args.shell {
                 CompletionShell::Bash => clap_complete::Shell::Bash,

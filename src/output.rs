@@ -8,6 +8,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+/// Version of every JSON document the commands print; bumped only on incompatible changes
+/// (docs/status-json.md, docs/extension-servers-json.md).
+pub const JSON_API_VERSION: &str = "certrotate.lokomotive.io/v1";
+
 /// A table with left-aligned columns separated by three spaces, like kubectl's.
 pub struct Table {
     headers: Vec<String>,

@@ -6,11 +6,13 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::json;
 
-use super::{Ctx, Phase};
+use super::Phase;
 use crate::error::{Error, Result};
 use crate::k8s::objects;
 use crate::k8s::rollout;
 use crate::pki::{self, CertInfo};
+use crate::rotation::context::Ctx;
+use crate::rotation::engine::Planned;
 use crate::rotation::plan::{Step, StepKind};
 use crate::tools::helm::Release;
 
@@ -82,17 +84,13 @@ pub enum Check {
     OnlyNewCaTrusted,
 }
 
-pub struct PlannedStep {
-    pub step: Step,
-    pub action: Action,
-}
-
-fn planned(kind: StepKind, description: String, action: Action) -> PlannedStep {
-    PlannedStep { step: Step::new(kind, description), action }
+fn planned(kind: StepKind, description: String, action: Action) -> Planned<Action> {
+    Planned { step: Step::new(kind, description), action }
 }
 
 /// The steps of `phase`, described for this asset dir (what cannot be resolved is named).
-pub fn steps(ctx: &Ctx, phase: Phase, expired: bool) -> Vec<PlannedStep> {
+pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
+    let expired = ctx.expired;
     use Action as A;
     use StepKind as K;
     let ca_targets = if expired { vec![CA_CERT_RESOURCE] } else { CA_FILES.to_vec() };
@@ -123,7 +121,7 @@ pub fn steps(ctx: &Ctx, phase: Phase, expired: bool) -> Vec<PlannedStep> {
             ),
         ],
         Phase::Bundle => vec![
-            planned(K::Command, ctx.upgrade_line("apiserver.aggregationCaCert = base64(old CA + new CA)"), A::HelmUpgrade(ChartValue::CaBundle)),
+            planned(K::Command, upgrade_line(ctx, "apiserver.aggregationCaCert = base64(old CA + new CA)"), A::HelmUpgrade(ChartValue::CaBundle)),
             planned(K::Api, format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"), A::WaitKubeApiserver),
             planned(
                 K::Check,
@@ -143,7 +141,7 @@ pub fn steps(ctx: &Ctx, phase: Phase, expired: bool) -> Vec<PlannedStep> {
                 A::TaintClientCert,
             ),
             planned(K::Command, ctx.apply_line(&[CLIENT_FILE]), A::Apply(vec![CLIENT_FILE])),
-            planned(K::Command, ctx.upgrade_line(&format!("apiserver.aggregationClientCert = base64({CLIENT_CERT})")), A::HelmUpgrade(ChartValue::ClientCert)),
+            planned(K::Command, upgrade_line(ctx, &format!("apiserver.aggregationClientCert = base64({CLIENT_CERT})")), A::HelmUpgrade(ChartValue::ClientCert)),
             planned(K::Api, format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"), A::WaitKubeApiserver),
             planned(
                 K::Check,
@@ -152,7 +150,7 @@ pub fn steps(ctx: &Ctx, phase: Phase, expired: bool) -> Vec<PlannedStep> {
             ),
         ],
         Phase::Apply => {
-            let mut steps = vec![planned(K::Command, ctx.lokoctl_line(), A::Lokoctl)];
+            let mut steps = vec![planned(K::Command, ctx.lokoctl_line(true), A::Lokoctl)];
             if expired {
                 steps.push(planned(
                     K::Check,
@@ -184,13 +182,13 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
         Phase::Backup => Ok(None),
         Phase::Ca => {
             let state = ctx.terraform()?.state().await?;
-            let new = ctx.state_ca(&state)?;
-            let old = ctx.old_ca()?;
+            let new = state_ca(ctx, &state)?;
+            let old = old_ca(ctx)?;
             let key_tainted = state.instance(&ctx.addr(CA_KEY_RESOURCE)).is_some_and(|i| i.tainted);
             if new.sha256 == old.sha256 || key_tainted {
                 return Ok(None);
             }
-            if ctx.expired() {
+            if ctx.expired {
                 return Ok(Some("the state already holds a new CA".into()));
             }
             let file = ctx.file_cert(CA_CERT)?;
@@ -198,21 +196,21 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
                 .then(|| "the state and the files already hold a new CA".into()))
         }
         Phase::Bundle => {
-            let (old, new) = (ctx.old_ca()?, ctx.new_ca()?);
+            let (old, new) = (old_ca(ctx)?, new_ca(ctx)?);
             Ok(bundle_served(ctx, &old, &new)
                 .await?
                 .is_ok()
                 .then(|| "the cluster already trusts both CAs".into()))
         }
         Phase::Client => {
-            let new = ctx.new_ca()?;
+            let new = new_ca(ctx)?;
             let served = client_served(ctx, &new).await?;
             Ok(served
                 .is_ok()
                 .then(|| "the cluster already serves a client certificate of the new CA".into()))
         }
         Phase::Cleanup => {
-            let new = ctx.new_ca()?;
+            let new = new_ca(ctx)?;
             let trusted = trusted_cas(ctx).await?;
             Ok((trusted.len() == 1 && trusted[0].sha256 == new.sha256)
                 .then(|| format!("{AUTH_CONFIGMAP} already trusts only the new CA")))
@@ -239,7 +237,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
             }
             let state_key =
                 key.attributes.get("public_key_pem").and_then(|v| v.as_str()).unwrap_or_default();
-            let old = ctx.old_ca()?;
+            let old = old_ca(ctx)?;
             let same_key =
                 pki::public_key_half(state_key.as_bytes()).ok() == pki::certificate_half(&old);
             if !same_key {
@@ -263,7 +261,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
                 instance.attributes.get("cert_pem").and_then(|v| v.as_str()).unwrap_or_default();
             let cert =
                 pki::parse_one_cert(pem.as_bytes()).map_err(|p| state_problem(ctx, &address, p))?;
-            if pki::issued_by(&cert, &ctx.new_ca()?) {
+            if pki::issued_by(&cert, &new_ca(ctx)?) {
                 return Ok(
                     "skipped: the state's client certificate is already signed by the new CA"
                         .into(),
@@ -282,12 +280,12 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         Action::HelmUpgrade(value) => helm_upgrade(ctx, *value).await,
         Action::WaitKubeApiserver => {
             let conn = ctx.conn()?;
-            let report = ctx.reporter(phase);
+            let report = ctx.reporter();
             let workload = rollout::wait_kube_apiserver(&conn.client, ctx.timeout, &report).await?;
             Ok(format!("{workload} rolled out"))
         }
         Action::RestartExtensionServers => {
-            let new = ctx.new_ca()?;
+            let new = new_ca(ctx)?;
             let conn = ctx.conn()?;
             let done =
                 crate::extension_servers::restart_for_rotation(conn, ctx.timeout, &new).await?;
@@ -305,7 +303,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
             Ok(format!("restarted {} workload(s), APIServices Available{loaded}", done.restarted))
         }
         Action::Lokoctl => {
-            ctx.lokoctl()?.apply().await?;
+            ctx.lokoctl()?.apply(true).await?;
             Ok("applied".into())
         }
         Action::DeleteAuthConfigMap => {
@@ -315,7 +313,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         }
         Action::RestartKubeApiserver => {
             let conn = ctx.conn()?;
-            let report = ctx.reporter(phase);
+            let report = ctx.reporter();
             let workload =
                 rollout::restart_kube_apiserver(&conn.client, ctx.timeout, &report).await?;
             Ok(format!("{workload} restarted"))
@@ -324,9 +322,49 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
     }
 }
 
+/// The CA the run started from (its backup).
+fn old_ca(ctx: &Ctx) -> Result<CertInfo> {
+    ctx.backup_cert(backup_name(CA_CERT))
+}
+
+/// The CA the `ca` phase made; on the expired path the files hold it only after `apply`.
+fn new_ca(ctx: &Ctx) -> Result<CertInfo> {
+    let cert = ctx.file_cert(CA_CERT)?;
+    if !ctx.expired && cert.sha256 == old_ca(ctx)?.sha256 {
+        return Err(Error::Precondition {
+            phase: "ca",
+            reason: format!(
+                "{} still holds the old CA: run --phase ca",
+                ctx.asset(CA_CERT).display()
+            ),
+        });
+    }
+    Ok(cert)
+}
+
+fn state_ca(ctx: &Ctx, state: &crate::tools::terraform::State) -> Result<CertInfo> {
+    let address = ctx.addr(CA_CERT_RESOURCE);
+    let unusable =
+        |reason: String| Error::TerraformState { dir: ctx.terraform_dir.clone(), reason };
+    let pem = state.attribute(&address, "cert_pem").ok_or_else(|| {
+        unusable(format!("has no {address}: is aggregation enabled, and --module right?"))
+    })?;
+    pki::parse_one_cert(pem.as_bytes())
+        .map_err(|p| unusable(format!("holds an unusable certificate at {address} ({})", p.0)))
+}
+
+fn upgrade_line(ctx: &Ctx, value: &str) -> String {
+    format!(
+        "{} upgrade -n {NAMESPACE} {RELEASE} {} --reuse-values -f <0600 values file: {value}> --wait --timeout {}s (a release left pending is rolled back to its latest revision first; a failed upgrade is retried)",
+        ctx.helm_name,
+        ctx.asset("charts/kube-system/kube-apiserver").display(),
+        ctx.timeout.as_secs()
+    )
+}
+
 fn state_problem(ctx: &Ctx, address: &str, p: pki::PemProblem) -> Error {
     Error::TerraformState {
-        dir: ctx.terraform_dir(),
+        dir: ctx.terraform_dir.clone(),
         reason: format!("holds an unusable certificate at {address} ({})", p.0),
     }
 }
@@ -348,10 +386,8 @@ fn backup(ctx: &mut Ctx) -> Result<String> {
         let bytes = ctx.read_asset(file)?;
         ctx.run_mut().write_backup(backup_name(file), &bytes)?;
     }
-    let journal = &mut ctx.run_mut().journal;
-    journal.fingerprints.insert("oldCa".into(), ca.sha256);
-    journal.fingerprints.insert("oldClient".into(), client.sha256);
-    ctx.run_mut().save()?;
+    ctx.fingerprint("oldCa", &ca.sha256)?;
+    ctx.fingerprint("oldClient", &client.sha256)?;
     Ok("backed up".into())
 }
 
@@ -362,7 +398,7 @@ pub fn backup_name(file: &str) -> &str {
 async fn helm_upgrade(ctx: &mut Ctx, value: ChartValue) -> Result<String> {
     let (key, data) = match value {
         ChartValue::CaBundle => {
-            let old = ctx.read_backup(CA_CERT)?;
+            let old = ctx.read_backup(backup_name(CA_CERT))?;
             let new = ctx.read_asset(CA_CERT)?;
             let mut bundle = old;
             if !bundle.ends_with(b"\n") {
@@ -470,7 +506,7 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
     match check {
         Check::BackupReadsBack => {
             for file in [CA_CERT, CA_KEY, CLIENT_CERT, CLIENT_KEY] {
-                if ctx.read_backup(file)? != ctx.read_asset(file)? {
+                if ctx.read_backup(backup_name(file))? != ctx.read_asset(file)? {
                     return Err(fail(format!("the backup of {file} differs from the original")));
                 }
             }
@@ -478,8 +514,8 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
         }
         Check::NewCa { files } => {
             let state = ctx.terraform()?.state().await?;
-            let new = ctx.state_ca(&state)?;
-            let old = ctx.old_ca()?;
+            let new = state_ca(ctx, &state)?;
+            let old = old_ca(ctx)?;
             if new.sha256 == old.sha256 {
                 return Err(fail("the state still holds the backed-up CA".into()));
             }
@@ -492,12 +528,11 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
                     return Err(fail(format!("{CA_KEY} does not match the new CA")));
                 }
             }
-            ctx.run_mut().journal.fingerprints.insert("newCa".into(), new.sha256.clone());
-            ctx.run_mut().save()?;
+            ctx.fingerprint("newCa", &new.sha256)?;
             Ok(format!("new CA {}", new.sha256))
         }
         Check::BundleServed => {
-            let (old, new) = (ctx.old_ca()?, ctx.new_ca()?);
+            let (old, new) = (old_ca(ctx)?, new_ca(ctx)?);
             until(ctx, phase, "the cluster trusting both CAs", async || {
                 bundle_served(ctx, &old, &new).await
             })
@@ -505,7 +540,7 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
             Ok("secret and configmap trust old and new CA".into())
         }
         Check::ClientServed => {
-            let new = ctx.new_ca()?;
+            let new = new_ca(ctx)?;
             until(ctx, phase, "the new client certificate served", async || {
                 client_served(ctx, &new).await
             })
@@ -516,15 +551,13 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
                 .await
                 .map_err(|why| Error::Verification { phase: phase.name(), reason: why })?;
             let client = ctx.file_cert(CLIENT_CERT)?;
-            ctx.run_mut().journal.fingerprints.insert("newClient".into(), client.sha256);
-            ctx.run_mut().save()?;
+            ctx.fingerprint("newClient", &client.sha256)?;
             Ok("new client certificate served".into())
         }
         Check::NewCaServed => {
             files_equal_state(ctx, phase).await?;
             let new = ctx.file_cert(CA_CERT)?;
-            ctx.run_mut().journal.fingerprints.insert("newCa".into(), new.sha256.clone());
-            ctx.run_mut().save()?;
+            ctx.fingerprint("newCa", &new.sha256)?;
             until(ctx, phase, "the cluster trusting the new CA", async || {
                 let secret = objects::secret_certificates(
                     &ctx.conn()?.client,
@@ -563,7 +596,7 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
             Ok("no aggregation change pending; files equal the state".into())
         }
         Check::OnlyNewCaTrusted => {
-            let new = ctx.new_ca()?;
+            let new = new_ca(ctx)?;
             until(ctx, phase, "configmap trusting only the new CA", async || {
                 let trusted = trusted_cas(ctx).await?;
                 Ok(match trusted.as_slice() {
@@ -582,7 +615,7 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
 async fn files_equal_state(ctx: &Ctx, phase: Phase) -> Result<()> {
     let fail = |reason: String| Error::Verification { phase: phase.name(), reason };
     let state = ctx.terraform()?.state().await?;
-    let ca = ctx.state_ca(&state)?;
+    let ca = state_ca(ctx, &state)?;
     let file = ctx.file_cert(CA_CERT)?;
     if file.sha256 != ca.sha256 {
         return Err(fail(format!("{CA_CERT} differs from the state's CA")));

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError};
 use kube::{Client, Config};
 
 use crate::assets::AssetDir;
 use crate::cli::KubeOpts;
 use crate::error::{Error, Result};
+use crate::secret_text;
 
 /// How long a read-only command waits for an API answer when `--request-timeout` is not set:
 /// an unreachable cluster must not stall a status report.
@@ -63,7 +64,7 @@ impl Connection {
         };
         let mut config =
             Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| {
-                Error::Kubeconfig { path: PathBuf::from(&label), reason: e.to_string() }
+                Error::Kubeconfig { path: PathBuf::from(&label), reason: kubeconfig_problem(&e) }
             })?;
         let timeout = match &opts.request_timeout {
             Some(t) if t.duration.is_zero() => Duration::MAX,
@@ -80,7 +81,16 @@ impl Connection {
         }
         let root_certs = config.root_cert.clone().unwrap_or_default();
         let insecure = config.accept_invalid_certs;
-        let client = Client::try_from(config).map_err(|e| Error::kube("build a client", e))?;
+        let client = Client::try_from(config).map_err(|e| {
+            // Key data is decoded only here, so a broken client-key-data surfaces now.
+            match kubeconfig_cause(&e) {
+                Some(cause) => Error::Kubeconfig {
+                    path: PathBuf::from(&label),
+                    reason: kubeconfig_problem(cause),
+                },
+                None => Error::kube("build a client", e),
+            }
+        })?;
         Ok(Self { client, server, kubeconfig: label, source, root_certs, insecure, timeout })
     }
 
@@ -149,7 +159,7 @@ fn load_kubeconfig(
         let label = path.display().to_string();
         Kubeconfig::read_from(&path)
             .map(|k| (k, source, label))
-            .map_err(|e| Error::Kubeconfig { path, reason: e.to_string() })
+            .map_err(|e| Error::Kubeconfig { path, reason: kubeconfig_problem(&e) })
     };
     if let Some(path) = &opts.kubeconfig {
         return read(path.clone(), KubeconfigSource::Flag);
@@ -159,7 +169,7 @@ fn load_kubeconfig(
         return match Kubeconfig::from_env() {
             Ok(Some(k)) => Ok((k, KubeconfigSource::EnvVar, label)),
             Ok(None) => Err(Error::NoKubeconfig),
-            Err(e) => Err(Error::Kubeconfig { path: label.into(), reason: e.to_string() }),
+            Err(e) => Err(Error::Kubeconfig { path: label.into(), reason: kubeconfig_problem(&e) }),
         };
     }
     if let Some(path) = assets.and_then(AssetDir::kubeconfig) {
@@ -174,4 +184,30 @@ fn load_kubeconfig(
         return Err(Error::NoKubeconfig);
     }
     read(path, KubeconfigSource::Home)
+}
+
+/// The kubeconfig problem behind a client that could not be built, if that is the cause.
+fn kubeconfig_cause(err: &kube::Error) -> Option<&KubeconfigError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(found) = e.downcast_ref::<KubeconfigError>() {
+            return Some(found);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// What is wrong with a kubeconfig, without quoting it: it may hold `client-key-data`, and
+/// kube's own messages carry the YAML parser's snippet or the offending base64 byte.
+fn kubeconfig_problem(err: &KubeconfigError) -> String {
+    let fix = "fix that line, or pass another kubeconfig with --kubeconfig";
+    match err {
+        KubeconfigError::Parse(yaml) => format!("{}; {fix}", secret_text::yaml_error(yaml)),
+        KubeconfigError::LoadClientKey(LoadDataError::DecodeBase64(_)) => format!(
+            "its client-key-data is not valid base64 (the value is not shown: it is a private \
+             key); {fix}"
+        ),
+        other => other.to_string(),
+    }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use futures::future::try_join_all;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
+    APIService, APIServiceCondition,
+};
 use kube::api::{Api, ListParams, LogParams, ObjectList, WatchParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
@@ -159,11 +161,7 @@ pub async fn discover(client: &Client) -> Result<Discovery> {
         ..Default::default()
     };
     for (api_service, namespace, name) in backed {
-        let condition = api_service
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Available"));
+        let condition = available_condition(&api_service);
         let mut server = ExtensionServer {
             api_service: api_service.name_any(),
             service: format!("{namespace}/{name}"),
@@ -312,14 +310,16 @@ impl Availability {
     }
 }
 
+/// The `Available` condition of an APIService, which the aggregator keeps current.
+pub fn available_condition(svc: &APIService) -> Option<&APIServiceCondition> {
+    let conditions = svc.status.as_ref()?.conditions.as_ref()?;
+    conditions.iter().find(|c| c.type_ == "Available")
+}
+
 fn record_available(svc: &APIService, available: &mut BTreeMap<String, String>) {
     let name = svc.name_any();
     if let Some(slot) = available.get_mut(&name) {
-        let condition = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Available"));
+        let condition = available_condition(svc);
         *slot = condition.map_or("Unknown".into(), |c| c.status.clone());
     }
 }

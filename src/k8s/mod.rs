@@ -9,5 +9,6 @@ mod watch;
 
 pub use connection::{Connection, KubeconfigSource};
 pub use snapshot::{
-    APISERVER_SECRET, AUTH_CONFIGMAP, ClusterSnapshot, WEBHOOK_CONFIG, WEBHOOK_SECRET, snapshot,
+    APISERVER_SECRET, AUTH_CONFIGMAP, ApiServiceState, ClusterSnapshot, WEBHOOK_CONFIG,
+    WEBHOOK_SECRET, snapshot,
 };

@@ -79,3 +79,127 @@ pub async fn configmap_certificates(
         .map(Some)
         .map_err(|p| Error::ClusterObject { object: what, reason: format!("{key}: {}", p.0) })
 }
+
+/// MutatingWebhookConfiguration `name` as a manifest that can be created again (server-set
+/// fields dropped); `None` when it does not exist.
+pub async fn mutating_webhook_manifest(
+    client: &Client,
+    name: &str,
+) -> Result<Option<serde_json::Value>> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let what = format!("read mutatingwebhookconfiguration {name}");
+    let Some(config) = api.get_opt(name).await.map_err(|e| Error::kube(what, e))? else {
+        return Ok(None);
+    };
+    let mut manifest = serde_json::to_value(&config).expect("an object serializes");
+    manifest["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+    manifest["kind"] = "MutatingWebhookConfiguration".into();
+    if let Some(meta) = manifest["metadata"].as_object_mut() {
+        for server_set in [
+            "managedFields",
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "selfLink",
+        ] {
+            meta.remove(server_set);
+        }
+    }
+    Ok(Some(manifest))
+}
+
+/// Creates a MutatingWebhookConfiguration from a manifest unless one of that name exists.
+pub async fn restore_mutating_webhook(
+    client: &Client,
+    manifest: &serde_json::Value,
+) -> Result<bool> {
+    let config: MutatingWebhookConfiguration =
+        serde_json::from_value(manifest.clone()).map_err(|e| Error::ClusterObject {
+            object: "the kept mutatingwebhookconfiguration manifest".into(),
+            reason: format!("is not one ({e})"),
+        })?;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    match api.create(&kube::api::PostParams::default(), &config).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube("create mutatingwebhookconfiguration", e)),
+    }
+}
+
+/// The `caBundle` of each webhook of MutatingWebhookConfiguration `name` (decoded PEM).
+pub async fn mutating_webhook_ca_bundles(
+    client: &Client,
+    name: &str,
+) -> Result<Option<Vec<Vec<u8>>>> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let what = format!("read mutatingwebhookconfiguration {name}");
+    let config = api.get_opt(name).await.map_err(|e| Error::kube(what, e))?;
+    Ok(config.map(|c| {
+        c.webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| w.client_config.ca_bundle.map(|b| b.0).unwrap_or_default())
+            .collect()
+    }))
+}
+
+/// A real admission call: a throw-away namespace whose `default` ServiceAccount the
+/// controller manager creates, which Lokomotive's webhook mutates (no token automount).
+/// Returns whether it was mutated; the namespace is deleted again either way.
+pub async fn default_service_account_mutated(
+    client: &Client,
+    timeout: std::time::Duration,
+) -> Result<bool> {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let probe: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"generateName": "certrotate-webhook-check-", "labels": {"app.kubernetes.io/managed-by": "kubectl-certrotate"}}
+    }))
+    .expect("a namespace");
+    let created = namespaces
+        .create(&kube::api::PostParams::default(), &probe)
+        .await
+        .map_err(|e| Error::kube("create a namespace to check the webhook", e))?;
+    let name = kube::ResourceExt::name_any(&created);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+    let seen = tokio::time::timeout(timeout, async {
+        loop {
+            match accounts.get_opt("default").await {
+                Ok(Some(account)) => {
+                    return Ok(account.automount_service_account_token == Some(false));
+                }
+                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+                Err(e) => {
+                    return Err(Error::kube(format!("read serviceaccount {name}/default"), e));
+                }
+            }
+        }
+    })
+    .await;
+    let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+    match seen {
+        Ok(result) => result,
+        Err(_) => Err(Error::KubeTimeout {
+            action: format!("see serviceaccount default created in namespace {name}"),
+            secs: timeout.as_secs(),
+        }),
+    }
+}
+
+/// The raw bytes under `key` of Secret `namespace/name`.
+pub async fn secret_bytes(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Vec<u8>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let what = format!("secret {namespace}/{name}");
+    let secret = api.get(name).await.map_err(|e| Error::kube(format!("read {what}"), e))?;
+    secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .map(|b| b.0)
+        .ok_or_else(|| Error::ClusterObject { object: what, reason: format!("has no {key}") })
+}

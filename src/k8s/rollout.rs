@@ -392,6 +392,22 @@ pub async fn restart_and_wait<K: Workload>(
     wait(api, patched, timeout, progress).await
 }
 
+/// `kubectl rollout restart deployment/<name> -n <namespace>`, then `kubectl rollout status`.
+pub async fn restart_deployment(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let current = api
+        .get(name)
+        .await
+        .map_err(|e| Error::kube(format!("read deployment {name} in {namespace}"), e))?;
+    restart_and_wait(&api, &current, timeout, progress).await
+}
+
 /// Restarts the control plane's kube-apiserver (a Deployment when the chart runs one replica,
 /// a DaemonSet otherwise) and waits for it; the API drops while it restarts, and the wait
 /// rides through that.

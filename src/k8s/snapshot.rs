@@ -7,19 +7,31 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, ListParams};
 
-use super::Connection;
+use super::connection::Connection;
+use super::discovery::available_condition;
 use crate::error::Result;
-use crate::status::ApiServiceRow;
 
 pub const AUTH_CONFIGMAP: &str = "configmap/kube-system/extension-apiserver-authentication";
 pub const APISERVER_SECRET: &str = "secret/kube-system/kube-apiserver";
 pub const WEBHOOK_SECRET: &str = "secret/lokomotive-system/admission-webhook-server";
 pub const WEBHOOK_CONFIG: &str = "mutatingwebhookconfiguration/admission-webhook-server";
 
+/// An APIService backed by a Service, and its `Available` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiServiceState {
+    pub name: String,
+    /// `namespace/name` of the backing Service.
+    pub service: String,
+    /// The condition's status (`True`, `False`), `Unknown` when it has none.
+    pub available: String,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
 /// The certificate-bearing objects and APIServices `status` reports, read in one go.
 pub struct ClusterSnapshot {
     values: BTreeMap<(String, String), std::result::Result<Vec<u8>, String>>,
-    pub api_services: Vec<ApiServiceRow>,
+    pub api_services: Vec<ApiServiceState>,
 }
 
 impl ClusterSnapshot {
@@ -113,12 +125,8 @@ pub async fn snapshot(conn: &Connection) -> Result<ClusterSnapshot> {
         .into_iter()
         .filter_map(|svc| {
             let service = svc.spec.as_ref()?.service.as_ref()?;
-            let condition = svc
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|c| c.iter().find(|c| c.type_ == "Available"));
-            Some(ApiServiceRow {
+            let condition = available_condition(&svc);
+            Some(ApiServiceState {
                 name: svc.metadata.name.clone().unwrap_or_default(),
                 service: format!(
                     "{}/{}",

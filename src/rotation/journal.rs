@@ -122,7 +122,7 @@ impl RunDir {
         private_dir(&dir.join(BACKUP_DIR))
             .map_err(|e| Error::Journal { path: dir.clone(), reason: e.to_string() })?;
         let journal = Journal {
-            api_version: crate::status::JSON_API_VERSION.into(),
+            api_version: crate::output::JSON_API_VERSION.into(),
             kind: "RotationJournal".into(),
             rotation: rotation.into(),
             run,

@@ -1,6 +1,8 @@
 //! What every rotation shares: the journal and backups of a run, the lock that keeps one
 //! rotation at a time per asset dir, atomic private files, and the plan of each phase.
 
+pub mod context;
+pub mod engine;
 pub mod files;
 pub mod journal;
 pub mod lock;

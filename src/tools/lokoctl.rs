@@ -23,18 +23,20 @@ impl Lokoctl {
     }
 
     /// `--confirm`: on an existing cluster lokoctl otherwise asks on stdin and, with no
-    /// answer, cancels silently with exit code 0. The health check is skipped because a
-    /// rotation in progress is exactly when it fails.
-    pub fn apply_command(&self) -> Command {
-        self.runner
+    /// answer, cancels silently with exit code 0. The health check is skipped where the
+    /// rotation in progress (or an expired certificate) is exactly what makes it fail.
+    pub fn apply_command(&self, skip_health_check: bool) -> Command {
+        let cmd = self
+            .runner
             .command(&self.program)
             .dir(&self.config_dir)
             .env("KUBECONFIG", &self.kubeconfig)
-            .args(["cluster", "apply", "--confirm", "--skip-pre-update-health-check"])
+            .args(["cluster", "apply", "--confirm"]);
+        if skip_health_check { cmd.arg("--skip-pre-update-health-check") } else { cmd }
     }
 
-    pub async fn apply(&self) -> Result<()> {
-        let cmd = self.apply_command();
+    pub async fn apply(&self, skip_health_check: bool) -> Result<()> {
+        let cmd = self.apply_command(skip_health_check);
         let outcome = cmd.ok().await?;
         if outcome.output.to_lowercase().contains("cancelled") {
             return Err(Error::CommandFailed {

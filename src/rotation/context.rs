@@ -1,0 +1,136 @@
+//! What every phase of every rotation works with: the asset dir, the verified cluster, the
+//! external programs, the run's journal, and the bounds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::journal::RunDir;
+use crate::assets::AssetDir;
+use crate::error::{Error, Result};
+use crate::k8s::Connection;
+use crate::output::Progress;
+use crate::pki::{self, CertInfo};
+use crate::tools::helm::Helm;
+use crate::tools::lokoctl::Lokoctl;
+use crate::tools::terraform::Terraform;
+
+/// Shown in place of the module address when a dry run could not read the state.
+const UNRESOLVED_MODULE: &str = "module.<unresolved>.module.bootkube";
+
+pub struct Ctx {
+    pub assets: AssetDir,
+    pub module: Option<String>,
+    pub conn: Option<Connection>,
+    pub terraform: Option<Terraform>,
+    pub helm: Option<Helm>,
+    pub lokoctl: Option<Lokoctl>,
+    pub run: Option<RunDir>,
+    pub expired: bool,
+    pub timeout: Duration,
+    pub progress: Option<Progress>,
+    pub progress_index: usize,
+    pub terraform_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub helm_name: String,
+}
+
+impl Ctx {
+    pub fn asset(&self, relative: &str) -> PathBuf {
+        self.assets.asset(relative)
+    }
+
+    /// `<module>.<resource>`.
+    pub fn addr(&self, resource: &str) -> String {
+        format!("{}.{resource}", self.module.as_deref().unwrap_or(UNRESOLVED_MODULE))
+    }
+
+    pub fn read_asset(&self, relative: &str) -> Result<Vec<u8>> {
+        let path = self.asset(relative);
+        std::fs::read(&path).map_err(|e| Error::BadInputFile { path, reason: e.to_string() })
+    }
+
+    pub fn file_cert(&self, relative: &str) -> Result<CertInfo> {
+        let bytes = self.read_asset(relative)?;
+        pki::parse_one_cert(&bytes)
+            .map_err(|p| Error::BadInputFile { path: self.asset(relative), reason: p.0 })
+    }
+
+    /// Whether the key file `key` holds the private half of `cert`.
+    pub fn key_matches(&self, key: &str, cert: &CertInfo) -> bool {
+        let half = self.read_asset(key).ok().and_then(|pem| pki::private_key_half(&pem).ok());
+        half.is_some() && half == pki::certificate_half(cert)
+    }
+
+    /// The bytes of backup `name` of this run.
+    pub fn read_backup(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.run()?.backup_path(name);
+        std::fs::read(&path)
+            .map_err(|e| Error::Journal { path, reason: format!("backup unreadable: {e}") })
+    }
+
+    /// The certificate kept as backup `name`.
+    pub fn backup_cert(&self, name: &str) -> Result<CertInfo> {
+        let bytes = self.read_backup(name)?;
+        let path = self.run()?.backup_path(name);
+        pki::parse_one_cert(&bytes).map_err(|p| Error::Journal { path, reason: p.0 })
+    }
+
+    pub fn run(&self) -> Result<&RunDir> {
+        self.run.as_ref().ok_or_else(|| Error::Usage("no rotation run in progress".into()))
+    }
+
+    pub fn run_mut(&mut self) -> &mut RunDir {
+        self.run.as_mut().expect("a real run has its journal")
+    }
+
+    /// Records a fingerprint in the journal and saves it.
+    pub fn fingerprint(&mut self, name: &str, sha256: &str) -> Result<()> {
+        let run = self.run_mut();
+        run.journal.fingerprints.insert(name.into(), sha256.into());
+        run.save()
+    }
+
+    pub fn conn(&self) -> Result<&Connection> {
+        self.conn.as_ref().ok_or_else(|| Error::Usage("the cluster is not reachable".into()))
+    }
+
+    pub fn terraform(&self) -> Result<&Terraform> {
+        self.terraform.as_ref().ok_or_else(|| Error::Usage("terraform is not set up".into()))
+    }
+
+    pub fn helm(&self) -> Result<&Helm> {
+        self.helm.as_ref().ok_or_else(|| Error::Usage("helm is not set up".into()))
+    }
+
+    pub fn lokoctl(&self) -> Result<&Lokoctl> {
+        self.lokoctl.as_ref().ok_or_else(|| Error::Usage("lokoctl is not set up".into()))
+    }
+
+    /// Progress messages of the phase running now.
+    pub fn reporter(&self) -> impl Fn(&str) + Sync + '_ {
+        move |message: &str| {
+            if let Some(progress) = &self.progress {
+                progress.update(self.progress_index, message);
+            }
+        }
+    }
+
+    pub fn taint_line(&self, resource: &str) -> String {
+        format!("terraform taint {} (in {})", self.addr(resource), self.terraform_dir.display())
+    }
+
+    pub fn apply_line(&self, targets: &[&str]) -> String {
+        let targets: Vec<String> =
+            targets.iter().map(|t| format!("-target={}", self.addr(t))).collect();
+        format!(
+            "terraform apply -auto-approve -input=false {} (in {})",
+            targets.join(" "),
+            self.terraform_dir.display()
+        )
+    }
+
+    pub fn lokoctl_line(&self, skip_health_check: bool) -> String {
+        let skip = if skip_health_check { " --skip-pre-update-health-check" } else { "" };
+        format!("lokoctl cluster apply --confirm{skip} (in {})", self.config_dir.display())
+    }
+}

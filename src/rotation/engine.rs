@@ -1,0 +1,600 @@
+//! How every rotation runs: pick the run (resume the one in progress, never a finished one),
+//! the phases asked for, check the cluster and find every program before anything changes,
+//! then run phase by phase with the journal, stop cleanly on Ctrl-C, and report.
+//!
+//! A rotation procedure (aggregation, webhook) says only what its phases are and what each
+//! step does ([`Procedure`]).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::context::Ctx;
+use super::journal::{RunDir, RunState};
+use super::lock::RotationLock;
+use super::plan::{self, PhasePlan, Step};
+use super::runs_root;
+use crate::assets::AssetDir;
+use crate::cli::{GlobalOpts, OutputFormat};
+use crate::error::{Error, Result, exit};
+use crate::k8s::Connection;
+use crate::output::{self, Progress, Table};
+use crate::tools::helm::Helm;
+use crate::tools::lokoctl::Lokoctl;
+use crate::tools::terraform::Terraform;
+use crate::tools::{Program, Runner, process};
+
+pub const NOT_EXPIRED: &str = "not-expired";
+pub const EXPIRED: &str = "expired";
+
+/// The external programs a phase runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    pub terraform: bool,
+    pub helm: bool,
+    pub lokoctl: bool,
+}
+
+/// A step of a phase: how it is described, and what it does when run.
+pub struct Planned<A> {
+    pub step: Step,
+    pub action: A,
+}
+
+/// One rotation procedure: its phases and their steps.
+pub trait Procedure {
+    type Phase: Copy + Eq + std::fmt::Debug + 'static;
+    type Action;
+
+    /// The run folder prefix and the name in messages (`aggregation`).
+    const NAME: &'static str;
+    /// The JSON `kind` of the report (`AggregationRotation`) and of the plan.
+    const REPORT_KIND: &'static str;
+    const PLAN_KIND: &'static str;
+
+    /// The phases of a path, in order.
+    fn path(expired: bool) -> &'static [Self::Phase];
+    /// A phase run only when asked for (the aggregation cleanup).
+    fn finale() -> Option<Self::Phase>;
+    fn phase_name(phase: Self::Phase) -> &'static str;
+    fn needs(phase: Self::Phase) -> Needs;
+    /// Whether the certificate has expired already (picks the path of a new run).
+    fn has_expired(assets: &AssetDir) -> Result<bool>;
+    /// What must hold before anything at all is done (the asset dir has what is rotated).
+    fn check_assets(assets: &AssetDir) -> Result<()>;
+
+    fn steps(ctx: &Ctx, phase: Self::Phase) -> Vec<Planned<Self::Action>>;
+    /// Whether the real state shows the phase done already (a run killed before it could
+    /// record it); `Some(why)` if so.
+    fn found_done(ctx: &Ctx, phase: Self::Phase) -> impl Future<Output = Result<Option<String>>>;
+    fn execute(
+        ctx: &mut Ctx,
+        phase: Self::Phase,
+        action: &Self::Action,
+    ) -> impl Future<Output = Result<String>>;
+}
+
+/// What the operator asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<Phase> {
+    /// One phase, or `None` for every phase not yet done.
+    pub phase: Option<Phase>,
+    /// Also run the finale.
+    pub finale: bool,
+    pub expired: bool,
+    pub new_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PhaseReport {
+    name: &'static str,
+    result: &'static str,
+    seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    run: String,
+    journal: String,
+    path: &'static str,
+    phases: &'a [PhaseReport],
+    fingerprints: std::collections::BTreeMap<String, String>,
+    next: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanReport<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    path: &'static str,
+    phases: &'a [PhasePlan],
+    unresolved: &'a [String],
+}
+
+fn path_name(expired: bool) -> &'static str {
+    if expired { EXPIRED } else { NOT_EXPIRED }
+}
+
+/// Runs procedure `P` as asked.
+pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) -> Result<u8> {
+    let dir = &crate::assets::single_asset_dir(&global.assets_dirs, P::NAME)?;
+    let assets = AssetDir::open(dir)?;
+    P::check_assets(&assets)?;
+    let root = runs_root(&assets);
+    // A dry run changes nothing, not even the lock file.
+    let _lock = if global.dry_run { None } else { Some(RotationLock::acquire(&root)?) };
+    let latest = RunDir::latest(&root, P::NAME)?;
+    if let Some(run) = latest.as_ref().filter(|r| r.journal.state == RunState::InProgress)
+        && !global.dry_run
+    {
+        // Nothing of a killed run may still write while this one decides what is done.
+        process::stop_leftovers(&run.journal.run).await;
+    }
+    let (run, expired) = choose_run::<P>(&assets, latest, &request)?;
+    let wanted = wanted_phases::<P>(run.as_ref(), expired, &request)?;
+    let todo: Vec<P::Phase> = wanted
+        .iter()
+        .copied()
+        .filter(|&p| !run.as_ref().is_some_and(|r| r.phase_done(P::phase_name(p))))
+        .collect();
+    let mut unresolved = Vec::new();
+    let conn = connect(global, &assets, &mut unresolved).await?;
+    let runner_name = run.as_ref().map_or_else(|| P::NAME.to_string(), |r| r.journal.run.clone());
+    let runner = Runner::new(&runner_name, global.verbose, global.timeout.duration);
+    let config_dir = config_dir(global, &assets);
+    let mut ctx = Ctx {
+        module: global.tools.module.clone(),
+        conn,
+        terraform: None,
+        helm: None,
+        lokoctl: None,
+        run,
+        expired,
+        timeout: global.timeout.duration,
+        progress: None,
+        progress_index: 0,
+        terraform_dir: assets.root().join("terraform"),
+        config_dir,
+        helm_name: "helm".into(),
+        assets,
+    };
+    // A dry run describes every phase asked for; a real run needs what its phases to run need.
+    let described: &[P::Phase] = if global.dry_run { &wanted } else { &todo };
+    find_programs::<P>(global, &mut ctx, described, &runner, &mut unresolved)?;
+    resolve_module(&mut ctx, global.dry_run, &mut unresolved).await?;
+    if global.dry_run {
+        return print_plan::<P>(&ctx, &wanted, global.output, &unresolved);
+    }
+    if todo.is_empty() {
+        let note = if ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::Finished) {
+            "nothing to do: this rotation finished (start another with --new-run)"
+        } else {
+            "nothing to do: every phase asked for is done"
+        };
+        return report::<P>(&ctx, &[], global.output, note);
+    }
+    let names: Vec<&str> = todo.iter().map(|&p| P::phase_name(p)).collect();
+    output::confirm(
+        global.yes,
+        &format!(
+            "rotate the {} certificates of {} ({}): phases {}?",
+            P::NAME,
+            ctx.assets.root().display(),
+            ctx.conn.as_ref().map_or("", |c| c.server.as_str()),
+            names.join(", ")
+        ),
+    )?;
+    if ctx.run.is_none() {
+        let run = RunDir::create(&root, ctx.assets.root(), P::NAME, path_name(expired))?;
+        eprintln!(
+            "rotation run {} started (journal {})",
+            run.journal.run,
+            run.journal_path().display()
+        );
+        ctx.run = Some(run);
+    }
+    if let Some(stale) = ctx.run_mut().running_phase() {
+        ctx.run_mut().end_phase(
+            &stale,
+            "interrupted",
+            Some("the run stopped during this phase".into()),
+        )?;
+    }
+    ctx.progress = Some(Progress::new(names.iter().map(|n| format!("{}/{n}", P::NAME)).collect()));
+    let mut results = Vec::new();
+    let outcome = {
+        let work = run_phases::<P>(&mut ctx, &todo, &mut results);
+        tokio::pin!(work);
+        tokio::select! {
+            done = &mut work => Some(done),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    };
+    match outcome {
+        Some(Ok(())) => {
+            let last = *P::path(expired).last().expect("a path has phases");
+            let run = ctx.run()?;
+            if run.phase_done(P::phase_name(last)) && run.journal.state == RunState::InProgress {
+                ctx.run_mut().finish()?;
+            }
+            report::<P>(&ctx, &results, global.output, "")
+        }
+        Some(Err(e)) => {
+            let _ = report::<P>(&ctx, &results, global.output, "");
+            Err(e)
+        }
+        None => {
+            let stopped = process::stop_all().await;
+            let phase = ctx.run()?.running_phase().unwrap_or_default();
+            if !phase.is_empty() {
+                ctx.run_mut().end_phase(
+                    &phase,
+                    "interrupted",
+                    Some("interrupted (Ctrl-C)".into()),
+                )?;
+            }
+            let name = P::path(expired)
+                .iter()
+                .chain(P::finale().iter())
+                .map(|&p| P::phase_name(p))
+                .find(|n| *n == phase);
+            results.push(PhaseReport {
+                name: name.unwrap_or("-"),
+                result: "interrupted",
+                seconds: 0.0,
+                message: None,
+            });
+            let _ = report::<P>(&ctx, &results, global.output, "");
+            Err(Error::Interrupted { phase, stopped })
+        }
+    }
+}
+
+/// The cluster, proven to be the asset dir's before anything changes; a dry run goes on
+/// without it and says so.
+async fn connect(
+    global: &GlobalOpts,
+    assets: &AssetDir,
+    unresolved: &mut Vec<String>,
+) -> Result<Option<Connection>> {
+    let opened = Connection::open(&global.kube, Some(assets), false, global.verbose).await;
+    let checked = opened
+        .and_then(|conn| conn.verify_identity(assets).map(|()| conn).map_err(Error::WrongCluster));
+    match checked {
+        Ok(conn) => Ok(Some(conn)),
+        Err(e) if global.dry_run => {
+            unresolved.push(format!("the cluster: {e}"));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn config_dir(global: &GlobalOpts, assets: &AssetDir) -> PathBuf {
+    global
+        .tools
+        .config_dir
+        .clone()
+        .or_else(|| std::env::var_os("CONFIG_DIR").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| assets.root().parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Finds every program the phases need, before anything changes.
+fn find_programs<P: Procedure>(
+    global: &GlobalOpts,
+    ctx: &mut Ctx,
+    phases: &[P::Phase],
+    runner: &Runner,
+    unresolved: &mut Vec<String>,
+) -> Result<()> {
+    let needs = |f: fn(Needs) -> bool| phases.iter().any(|&p| f(P::needs(p)));
+    let mut find =
+        |needed: bool, name, flag: &Option<PathBuf>, var, flag_name| -> Result<Option<Program>> {
+            if !needed {
+                return Ok(None);
+            }
+            match Program::find(name, flag.as_deref(), var, flag_name) {
+                Ok(program) => Ok(Some(program)),
+                Err(e) if global.dry_run => {
+                    unresolved.push(e.to_string());
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        };
+    let tools = &global.tools;
+    let terraform =
+        find(needs(|n| n.terraform), "terraform", &tools.terraform, "TERRAFORM", "--terraform")?;
+    let helm = find(needs(|n| n.helm), "helm", &tools.helm, "HELM", "--helm")?;
+    let lokoctl = find(needs(|n| n.lokoctl), "lokoctl", &tools.lokoctl, "LOKOCTL", "--lokoctl")?;
+    let kubeconfig = ctx.conn.as_ref().map(|c| c.kubeconfig.clone()).unwrap_or_default();
+    ctx.terraform = terraform.map(|p| Terraform::new(p, ctx.terraform_dir.clone(), runner.clone()));
+    if let Some(p) = helm {
+        ctx.helm_name = p.path.display().to_string();
+        ctx.helm = Some(Helm::new(p, runner.clone(), &kubeconfig, global.kube.context.as_deref()));
+    }
+    ctx.lokoctl = lokoctl.map(|p| Lokoctl::new(p, runner.clone(), &ctx.config_dir, &kubeconfig));
+    Ok(())
+}
+
+/// The bootkube module: `--module` when the state has it, else the only one there.
+async fn resolve_module(ctx: &mut Ctx, dry_run: bool, unresolved: &mut Vec<String>) -> Result<()> {
+    let Some(terraform) = &ctx.terraform else {
+        if ctx.module.is_none() && dry_run {
+            unresolved.push("the bootkube module address (pass --module)".into());
+        }
+        return Ok(());
+    };
+    let chosen = match terraform.state().await {
+        Ok(state) => state.choose_module(ctx.module.as_deref(), terraform.dir()),
+        Err(e) => Err(e),
+    };
+    match chosen {
+        Ok(module) => ctx.module = Some(module),
+        Err(e) if dry_run => unresolved.push(e.to_string()),
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// The run to work on and its path: the one in progress; the latest finished one unless
+/// `--new-run` (a finished run is never resumed: its phases report done, the finale may
+/// follow); a new one when there is none.
+fn choose_run<P: Procedure>(
+    assets: &AssetDir,
+    latest: Option<RunDir>,
+    request: &Request<P::Phase>,
+) -> Result<(Option<RunDir>, bool)> {
+    match latest {
+        Some(run) if run.journal.state == RunState::InProgress && request.new_run => {
+            Err(Error::Usage(format!(
+                "rotation {} is still in progress: finish it (run the same command without --new-run); --new-run starts a rotation only after the last one finished",
+                run.journal.run
+            )))
+        }
+        Some(run) if run.journal.state == RunState::InProgress || !request.new_run => {
+            let expired = run.journal.path == EXPIRED;
+            Ok((Some(run), expired))
+        }
+        _ => {
+            let first = P::path(request.expired)[0];
+            if let Some(phase) = request.phase.filter(|&p| p != first) {
+                return Err(Error::Precondition {
+                    phase: P::phase_name(phase),
+                    reason: format!(
+                        "no {} rotation is in progress for this asset dir: start one with --phase {} (or --phase all)",
+                        P::NAME,
+                        P::phase_name(first)
+                    ),
+                });
+            }
+            Ok((None, request.expired || P::has_expired(assets)?))
+        }
+    }
+}
+
+/// The phases this invocation covers, in order; a single phase needs its predecessors done.
+fn wanted_phases<P: Procedure>(
+    run: Option<&RunDir>,
+    expired: bool,
+    request: &Request<P::Phase>,
+) -> Result<Vec<P::Phase>> {
+    let order = P::path(expired);
+    let done = |p: &P::Phase| run.is_some_and(|r| r.phase_done(P::phase_name(*p)));
+    let names = || order.iter().map(|&p| P::phase_name(p)).collect::<Vec<_>>().join(", ");
+    let finale_asked = request.finale || (request.phase.is_some() && request.phase == P::finale());
+    let mut wanted = match request.phase {
+        None => order.to_vec(),
+        Some(phase) if Some(phase) == P::finale() => {
+            if let Some(missing) = order.iter().find(|p| !done(p)) {
+                return Err(Error::Precondition {
+                    phase: P::phase_name(phase),
+                    reason: format!(
+                        "phase {} is not done yet: this may only run once the rotation is complete (--phase all)",
+                        P::phase_name(*missing)
+                    ),
+                });
+            }
+            Vec::new()
+        }
+        Some(phase) => {
+            let Some(at) = order.iter().position(|&p| p == phase) else {
+                return Err(Error::Usage(format!(
+                    "phase {} is not part of the {} path ({})",
+                    P::phase_name(phase),
+                    path_name(expired),
+                    names()
+                )));
+            };
+            if let Some(missing) = order[..at].iter().find(|p| !done(p)) {
+                let missing = P::phase_name(*missing);
+                return Err(Error::Precondition {
+                    phase: P::phase_name(phase),
+                    reason: format!(
+                        "phase {missing} is not done yet: run --phase {missing} first (or --phase all)"
+                    ),
+                });
+            }
+            vec![phase]
+        }
+    };
+    if let Some(finale) = P::finale().filter(|_| finale_asked) {
+        wanted.push(finale);
+    }
+    Ok(wanted)
+}
+
+async fn run_phases<P: Procedure>(
+    ctx: &mut Ctx,
+    todo: &[P::Phase],
+    results: &mut Vec<PhaseReport>,
+) -> Result<()> {
+    for (i, &phase) in todo.iter().enumerate() {
+        ctx.progress_index = i;
+        let started = Instant::now();
+        let outcome = run_phase::<P>(ctx, phase).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let progress = ctx.progress.as_ref().expect("progress is set before phases run");
+        let name = P::phase_name(phase);
+        match outcome {
+            Ok((result, message)) => {
+                progress.finish(i, true, &message);
+                results.push(PhaseReport { name, result, seconds, message: Some(message) });
+            }
+            Err(e) => {
+                progress.finish(i, false, &e.to_string());
+                results.push(PhaseReport {
+                    name,
+                    result: "failed",
+                    seconds,
+                    message: Some(e.to_string()),
+                });
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one phase: detects from the real state that it is done already, else runs its steps,
+/// each recorded in the journal before and after.
+async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(&'static str, String)> {
+    let name = P::phase_name(phase);
+    ctx.run_mut().begin_phase(name)?;
+    if let Some(why) = P::found_done(ctx, phase).await.unwrap_or(None) {
+        ctx.run_mut().end_phase(name, "done", Some(format!("found done: {why}")))?;
+        return Ok(("already-done", why));
+    }
+    let steps = P::steps(ctx, phase);
+    let mut last = String::new();
+    for (n, planned) in steps.iter().enumerate() {
+        ctx.reporter()(&format!("step {}/{}: {}", n + 1, steps.len(), planned.step.description));
+        let index =
+            ctx.run_mut().begin_event(name, planned.step.kind, &planned.step.description)?;
+        match P::execute(ctx, phase, &planned.action).await {
+            Ok(outcome) => {
+                ctx.run_mut().end_event(index, &outcome)?;
+                last = outcome;
+            }
+            Err(e) => {
+                ctx.run_mut().end_event(index, &format!("failed: {e}"))?;
+                ctx.run_mut().end_phase(name, "failed", Some(e.to_string()))?;
+                return Err(e);
+            }
+        }
+    }
+    ctx.run_mut().end_phase(name, "done", None)?;
+    Ok(("done", last))
+}
+
+fn print_plan<P: Procedure>(
+    ctx: &Ctx,
+    wanted: &[P::Phase],
+    format: OutputFormat,
+    unresolved: &[String],
+) -> Result<u8> {
+    let phases: Vec<PhasePlan> = wanted
+        .iter()
+        .map(|&phase| PhasePlan {
+            name: P::phase_name(phase),
+            already_done: ctx.run.as_ref().is_some_and(|r| r.phase_done(P::phase_name(phase))),
+            steps: P::steps(ctx, phase).into_iter().map(|p| p.step).collect(),
+        })
+        .collect();
+    let doc = PlanReport {
+        api_version: crate::output::JSON_API_VERSION,
+        kind: P::PLAN_KIND,
+        path: path_name(ctx.expired),
+        phases: &phases,
+        unresolved,
+    };
+    write(format, &doc, |out| plan::render(out, &phases, unresolved))
+}
+
+fn next_step<P: Procedure>(ctx: &Ctx) -> String {
+    let Some(run) = &ctx.run else { return String::new() };
+    let pending = P::path(ctx.expired).iter().find(|&&p| !run.phase_done(P::phase_name(p)));
+    match (pending, P::finale()) {
+        (Some(&p), _) => {
+            format!("kubectl certrotate {} --phase {} (or --phase all)", P::NAME, P::phase_name(p))
+        }
+        (None, Some(finale)) if !ctx.expired && !run.phase_done(P::phase_name(finale)) => {
+            format!("optionally: kubectl certrotate {} --phase {}", P::NAME, P::phase_name(finale))
+        }
+        _ => "nothing: the rotation is complete".into(),
+    }
+}
+
+fn report<P: Procedure>(
+    ctx: &Ctx,
+    phases: &[PhaseReport],
+    format: OutputFormat,
+    note: &str,
+) -> Result<u8> {
+    let run = ctx.run.as_ref();
+    let doc = Report {
+        api_version: crate::output::JSON_API_VERSION,
+        kind: P::REPORT_KIND,
+        run: run.map(|r| r.journal.run.clone()).unwrap_or_default(),
+        journal: run.map(|r| r.journal_path().display().to_string()).unwrap_or_default(),
+        path: path_name(ctx.expired),
+        phases,
+        fingerprints: run.map(|r| r.journal.fingerprints.clone()).unwrap_or_default(),
+        next: next_step::<P>(ctx),
+    };
+    write(format, &doc, |out| render(out, &doc, note))?;
+    Ok(exit::OK)
+}
+
+/// Writes `doc` as JSON, or as `table` renders it, to stdout.
+fn write(
+    format: OutputFormat,
+    doc: &impl Serialize,
+    table: impl FnOnce(&mut std::io::StdoutLock) -> std::io::Result<()>,
+) -> Result<u8> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let written = match format {
+        OutputFormat::Json => output::write_json(&mut out, doc),
+        OutputFormat::Table => table(&mut out).map_err(Error::Output),
+    };
+    output::ignore_broken_pipe(written)?;
+    Ok(exit::OK)
+}
+
+fn render(out: &mut impl Write, doc: &Report, note: &str) -> std::io::Result<()> {
+    if !note.is_empty() {
+        writeln!(out, "{note}")?;
+    }
+    if !doc.run.is_empty() {
+        writeln!(out, "rotation {} ({} path), journal {}", doc.run, doc.path, doc.journal)?;
+    }
+    if !doc.phases.is_empty() {
+        let mut table = Table::new(&["PHASE", "RESULT", "SECONDS", "DETAIL"]);
+        for p in doc.phases {
+            table.row(vec![
+                p.name.into(),
+                p.result.into(),
+                format!("{:.1}", p.seconds),
+                p.message.clone().unwrap_or_default(),
+            ]);
+        }
+        table.write(out)?;
+    }
+    for (name, value) in &doc.fingerprints {
+        writeln!(out, "{name}: sha256 {value}")?;
+    }
+    if !doc.next.is_empty() {
+        writeln!(out, "next: {}", doc.next)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! `kubectl certrotate webhook`: the admission webhook server's serving certificate, which
+//! Terraform signs with the kube CA and writes (base64) into `lokomotive.yaml`, the
+//! `lokomotive` chart deploys as Secret `admission-webhook-server`, and the webhook
+//! configuration trusts by its `caBundle` (the certificate itself).
+//!
+//! Not expired: backup, certificate, restart, verify. Expired: backup, unhook (delete the
+//! webhook configuration, so Helm can upgrade), certificate, restart, verify.
+
+pub mod phases;
+
+use crate::assets::AssetDir;
+use crate::cli::{GlobalOpts, WebhookArgs, WebhookPhaseArg};
+use crate::error::{Error, Result, exit};
+use crate::k8s::{Connection, objects};
+use crate::rotation::context::Ctx;
+use crate::rotation::engine::{self, Needs, Planned, Procedure, Request};
+use crate::rotation::journal::RunDir;
+use crate::rotation::runs_root;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Backup,
+    Unhook,
+    Certificate,
+    Restart,
+    Verify,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Unhook => "unhook",
+            Self::Certificate => "certificate",
+            Self::Restart => "restart",
+            Self::Verify => "verify",
+        }
+    }
+
+    fn of(arg: WebhookPhaseArg) -> Option<Self> {
+        Some(match arg {
+            WebhookPhaseArg::All => return None,
+            WebhookPhaseArg::Backup => Self::Backup,
+            WebhookPhaseArg::Unhook => Self::Unhook,
+            WebhookPhaseArg::Certificate => Self::Certificate,
+            WebhookPhaseArg::Restart => Self::Restart,
+            WebhookPhaseArg::Verify => Self::Verify,
+        })
+    }
+}
+
+pub struct Webhook;
+
+impl Procedure for Webhook {
+    type Phase = Phase;
+    type Action = phases::Action;
+
+    const NAME: &'static str = "webhook";
+    const REPORT_KIND: &'static str = "WebhookRotation";
+    const PLAN_KIND: &'static str = "WebhookPlan";
+
+    fn path(expired: bool) -> &'static [Phase] {
+        if expired {
+            &[Phase::Backup, Phase::Unhook, Phase::Certificate, Phase::Restart, Phase::Verify]
+        } else {
+            &[Phase::Backup, Phase::Certificate, Phase::Restart, Phase::Verify]
+        }
+    }
+
+    fn finale() -> Option<Phase> {
+        None
+    }
+
+    fn phase_name(phase: Phase) -> &'static str {
+        phase.name()
+    }
+
+    fn needs(phase: Phase) -> Needs {
+        let certificate = phase == Phase::Certificate;
+        Needs { terraform: certificate, helm: false, lokoctl: certificate }
+    }
+
+    fn has_expired(assets: &AssetDir) -> Result<bool> {
+        let path = assets.asset(crate::assets::LOKOMOTIVE_VALUES);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::BadInputFile { path: path.clone(), reason: e.to_string() })?;
+        let (cert, _) = crate::assets::parse_webhook_values(&text)
+            .map_err(|reason| Error::BadInputFile { path: path.clone(), reason })?;
+        let cert = crate::pki::parse_one_cert(&cert).map_err(|p| Error::BadInputFile {
+            path,
+            reason: format!("webhook.servingCert: {}", p.0),
+        })?;
+        Ok(cert.not_after <= jiff::Timestamp::now().as_second())
+    }
+
+    fn check_assets(assets: &AssetDir) -> Result<()> {
+        Self::has_expired(assets).map(drop)
+    }
+
+    fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<phases::Action>> {
+        phases::steps(ctx, phase)
+    }
+
+    async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
+        phases::found_done(ctx, phase).await
+    }
+
+    async fn execute(ctx: &mut Ctx, phase: Phase, action: &phases::Action) -> Result<String> {
+        phases::execute(ctx, phase, *action).await
+    }
+}
+
+pub async fn run(global: &GlobalOpts, args: &WebhookArgs) -> Result<u8> {
+    if args.restore_webhook {
+        return restore(global).await;
+    }
+    let request = Request {
+        phase: Phase::of(args.phase),
+        finale: false,
+        expired: args.expired,
+        new_run: args.new_run,
+    };
+    engine::run::<Webhook>(global, request).await
+}
+
+/// `--restore-webhook`: the webhook configuration kept by the latest run, created again.
+async fn restore(global: &GlobalOpts) -> Result<u8> {
+    let dir = &crate::assets::single_asset_dir(&global.assets_dirs, "webhook")?;
+    let assets = AssetDir::open(dir)?;
+    let run = RunDir::latest(&runs_root(&assets), Webhook::NAME)?.ok_or_else(|| {
+        Error::Usage(
+            "no webhook rotation was run on this asset dir: there is nothing to restore".into(),
+        )
+    })?;
+    let path = run.backup_path(phases::MANIFEST_BACKUP);
+    let text = std::fs::read(&path).map_err(|e| Error::Journal {
+        path: path.clone(),
+        reason: format!("holds no webhook configuration ({e}): only the expired path deletes it"),
+    })?;
+    let manifest: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| Error::Journal { path: path.clone(), reason: e.to_string() })?;
+    let conn = Connection::open(&global.kube, Some(&assets), false, global.verbose).await?;
+    conn.verify_identity(&assets).map_err(Error::WrongCluster)?;
+    if global.dry_run {
+        println!(
+            "plan (dry run, nothing is changed):\n   1. api   CREATE mutatingwebhookconfiguration {} from {} unless it exists",
+            phases::CONFIGURATION,
+            path.display()
+        );
+        return Ok(exit::OK);
+    }
+    crate::output::confirm(
+        global.yes,
+        &format!(
+            "create mutatingwebhookconfiguration {} again from {}?",
+            phases::CONFIGURATION,
+            path.display()
+        ),
+    )?;
+    if objects::restore_mutating_webhook(&conn.client, &manifest).await? {
+        println!(
+            "mutatingwebhookconfiguration {} created again from {}",
+            phases::CONFIGURATION,
+            path.display()
+        );
+    } else {
+        println!(
+            "mutatingwebhookconfiguration {} exists already: nothing to restore",
+            phases::CONFIGURATION
+        );
+    }
+    Ok(exit::OK)
+}
