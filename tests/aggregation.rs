@@ -297,8 +297,14 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
     env.step("no private key material anywhere");
     let mut keys = keys_before;
     keys.extend(asset_keys(&env));
-    let backup_key = run_dir(&env).join("backup/aggregation-ca.key");
-    keys.push(("the backup of the CA key".into(), read(&backup_key)));
+    // The run's backup folder holds keys by design (the CA's and the client's): they are
+    // needles, not haystacks.
+    let backup = run_dir(&env).join("backup");
+    for (rel, _) in file_tree(&backup, &|_: &Path| false) {
+        if rel.ends_with(".key") {
+            keys.push((format!("the backup {rel}"), read(&backup.join(&rel))));
+        }
+    }
     let mut needles = Needles::new();
     for (label, pem) in &keys {
         needles.add_key(label, pem);
@@ -310,8 +316,9 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
         (terraform.log.display().to_string(), terraform.log_text()),
         (lokoctl.log.display().to_string(), lokoctl.log_text()),
     ];
-    let backup_key_path = backup_key.clone();
-    for (path, text) in texts_under(&certrotate_dir(&env), &move |p: &Path| p == backup_key_path) {
+    let is_backup_key =
+        move |p: &Path| p.starts_with(&backup) && p.extension().is_some_and(|e| e == "key");
+    for (path, text) in texts_under(&certrotate_dir(&env), &is_backup_key) {
         hay.push((path.display().to_string(), text));
     }
     let mut leaks = Vec::new();
@@ -743,6 +750,13 @@ fn kill9_during_the_ca_apply_then_a_rerun_completes_with_one_new_ca() {
         vec![orig.ca_fp.clone(), new],
         "exactly one new CA generation: the re-run did not make a second one"
     );
+    let ca = outcomes(&journal(&env), "ca");
+    assert_eq!(
+        ca.first().map(String::as_str),
+        Some("interrupted"),
+        "the journal keeps where the killed run stopped: {ca:?}"
+    );
+    assert_eq!(ca.last().map(String::as_str), Some("done"), "{ca:?}");
     let taints = terraform.calls_with("taint");
     env.step(&format!("terraform taint calls in all: {}", taints.len()));
 }
@@ -810,6 +824,13 @@ fn kill9_during_the_bundle_helm_wait_then_a_rerun_rolls_back_and_completes() {
     );
     assert_eq!(history.last().unwrap().1, "deployed", "{history:?}");
     let new = check_rotated(&env, &orig, &module, false);
+    let bundle = outcomes(&journal(&env), "bundle");
+    assert_eq!(
+        bundle.first().map(String::as_str),
+        Some("interrupted"),
+        "the journal keeps where the killed run stopped: {bundle:?}"
+    );
+    env.step(&format!("bundle outcomes {bundle:?}; helm history {history:?}"));
     assert_eq!(watch.generations(), vec![orig.ca_fp.clone(), new], "exactly one new CA");
 }
 

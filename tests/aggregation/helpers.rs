@@ -196,12 +196,26 @@ pub fn journal(env: &TestEnv) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
-/// The journal's record of `phase` (Null when it has none).
+/// The journal's latest record of `phase` (Null when it has none). The journal appends one
+/// record per attempt: a phase interrupted and then completed by a re-run appears twice.
 pub fn journal_phase(journal: &Value, phase: &str) -> Value {
     journal["phases"]
         .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == phase).cloned())
+        .and_then(|ps| ps.iter().rev().find(|p| p["name"] == phase).cloned())
         .unwrap_or(Value::Null)
+}
+
+/// Every outcome the journal recorded for `phase`, in order.
+pub fn outcomes(journal: &Value, phase: &str) -> Vec<String> {
+    journal["phases"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p["name"] == phase)
+                .map(|p| p["outcome"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn outcome(journal: &Value, phase: &str) -> String {
