@@ -268,12 +268,13 @@ HASH=$(cd "$TESTENV" && find src Cargo.toml Cargo.lock -type f -print0 | LC_ALL=
 	xargs -0 sha256sum | sha256sum | cut -c1-16)
 STAMP=$BIN/.source-hash
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] &&
-	[ -x "$BIN/ext-apiserver" ] && [ -x "$TLS_BIN" ] && [ -x "$LOCAL_BIN" ]; then
+	[ -x "$BIN/ext-apiserver" ] && [ -x "$BIN/admission-webhook" ] && [ -x "$TLS_BIN" ] && [ -x "$LOCAL_BIN" ]; then
 	done_step "cached (sources $HASH)"
 else
 	log "cargo build --release (testenv sources $HASH)"
 	cargo build --quiet --release --locked --manifest-path "$TESTENV/Cargo.toml" --target-dir "$TARGET"
 	install_atomic "$TARGET/release/ext-apiserver" "$BIN/ext-apiserver"
+	install_atomic "$TARGET/release/admission-webhook" "$BIN/admission-webhook"
 	install_atomic "$TARGET/release/terraform-provider-tls" "$TLS_BIN"
 	install_atomic "$TARGET/release/terraform-provider-local" "$LOCAL_BIN"
 	printf '%s\n' "$HASH" >"$STAMP"
@@ -312,6 +313,7 @@ ENV_FILE=$CACHE/testenv.env
 		CERTROTATE_TERRAFORM "$TERRAFORM" \
 		CERTROTATE_TF_CLI_CONFIG "$TFRC" \
 		CERTROTATE_EXT_APISERVER "$BIN/ext-apiserver" \
+		CERTROTATE_ADMISSION_WEBHOOK "$BIN/admission-webhook" \
 		CERTROTATE_LOKOCTL_DOUBLE "$TESTENV/lokoctl" \
 		CERTROTATE_TESTENV_DIR "$TESTENV" \
 		CERTROTATE_KUBECTL "$KUBECTL"

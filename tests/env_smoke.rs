@@ -6,13 +6,17 @@
 
 mod support;
 
+use std::any::Any;
+use std::net::{Ipv4Addr, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
+use support::process::DEATH_LOG_LINES;
 use support::{
     AssetOptions, Assets, EnvOptions, ExtApiServer, Helm, KubeletConfig, TestEnv,
     file_fingerprints, free_port, wait_for,
@@ -455,4 +459,134 @@ fn apiservice_unavailable_after_ca_change_until_its_server_restarts() {
     env.step(&format!("{name} Available again: {why}"));
     assert_eq!(loaded(&logs()), 2, "the new pod loaded old and new CA:\n{}", logs());
     env.kubectl().args(["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]).ok();
+}
+
+/// `automountServiceAccountToken` of a ServiceAccount once it exists (`""` when unset).
+fn automount(env: &TestEnv, namespace: &str, name: &str) -> String {
+    wait_for(&format!("ServiceAccount {namespace}/{name}"), Duration::from_secs(30), || {
+        let out = env
+            .kubectl()
+            .args(["get", "serviceaccount", name, "-n", namespace])
+            .arg("-o=jsonpath={.automountServiceAccountToken}")
+            .run();
+        if out.success() { Ok(out.stdout.trim().to_string()) } else { Err(out.to_string()) }
+    })
+}
+
+/// Lokomotive's admission webhook, a real `admission-webhook` process behind its Service's
+/// ClusterIP (TLS verified by the chart's caBundle), patches the `default` ServiceAccount of
+/// every new namespace, and kube-apiserver survives it: built with Go 1.19 and Kubernetes 1.20's
+/// reflect2 1.0.1 it died on the first JSON patch. Without a Ready webhook pod the ClusterIP
+/// refuses connections and `failurePolicy: Ignore` lets the ServiceAccount through unpatched.
+#[test]
+fn mutating_webhook_patches_service_accounts_and_the_apiserver_survives() {
+    const WEBHOOK_NS: &str = "lokomotive-system";
+    let env = TestEnv::start("webhook");
+    env.step("helm install lokomotive (helm 3, --wait)");
+    env.install_lokomotive_chart();
+    let pod = kubectl_jsonpath(
+        &env,
+        &["get", "pods", "-n", WEBHOOK_NS, "-l", "k8s-app=admission-webhook-server"],
+        "{.items[0].metadata.name}",
+    );
+    let cluster_ip: Ipv4Addr = kubectl_jsonpath(
+        &env,
+        &["get", "service", "admission-webhook-server", "-n", WEBHOOK_NS],
+        "{.spec.clusterIP}",
+    )
+    .parse()
+    .expect("an IPv4 ClusterIP");
+    assert!(cluster_ip.is_loopback(), "the service range is on loopback: {cluster_ip}");
+    TcpStream::connect((cluster_ip, 443)).expect("the ClusterIP port forwards to the Ready pod");
+    let apiserver_pid = env.component_pid("kube-apiserver").expect("kube-apiserver runs");
+    let restarts = env.apiserver.restarts();
+
+    env.step("five namespaces in a row: each default ServiceAccount patched by the webhook");
+    for i in 0..5 {
+        let ns = format!("patched-{i}");
+        env.kubectl().args(["create", "namespace", &ns]).ok();
+        assert_eq!(automount(&env, &ns, "default"), "false", "{ns}/default was not patched");
+        let readyz = env.kubectl().args(["get", "--raw", "/readyz"]).ok();
+        assert_eq!(readyz.stdout.trim(), "ok", "kube-apiserver ready after patch {i}");
+    }
+    assert_eq!(env.component_pid("kube-apiserver"), Some(apiserver_pid), "same process");
+    assert_eq!(env.apiserver.restarts(), restarts, "no restart meanwhile");
+    env.kubectl().args(["create", "serviceaccount", "other", "-n", "patched-0"]).ok();
+    assert_eq!(automount(&env, "patched-0", "other"), "", "only `default` is patched");
+    let logs = env.kubectl().args(["logs", "-n", WEBHOOK_NS, &pod]).ok().stdout;
+    for i in 0..5 {
+        let line = format!("CREATE ServiceAccount patched-{i}/default: patched");
+        assert!(logs.contains(&line), "the webhook served {line:?}:\n{logs}");
+    }
+    assert!(logs.contains("CREATE ServiceAccount patched-0/other: allowed unchanged"), "{logs}");
+
+    env.step("no Ready webhook pod: connection refused, failurePolicy Ignore");
+    env.kubectl()
+        .args(["scale", "deploy/admission-webhook-server", "-n", WEBHOOK_NS])
+        .arg("--replicas=0")
+        .ok();
+    wait_for("the webhook pod to go", Duration::from_secs(60), || {
+        let out = env.kubectl().args(["get", "pod", &pod, "-n", WEBHOOK_NS]).run();
+        if out.success() { Err(out.stdout) } else { Ok(()) }
+    });
+    let refused =
+        TcpStream::connect((cluster_ip, 443)).expect_err("nothing listens without a Ready pod");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+    env.kubectl().args(["create", "namespace", "unpatched"]).ok();
+    assert_eq!(automount(&env, "unpatched", "default"), "", "no webhook, no patch");
+    assert_eq!(env.component_pid("kube-apiserver"), Some(apiserver_pid));
+    assert!(env.dead_components().is_empty(), "{:?}", env.dead_components());
+}
+
+fn panic_text(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => payload.downcast_ref::<&str>().map(|s| s.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A component that exits on its own (kube-controller-manager, SIGKILLed by pid) fails the
+/// test at once with its name, exit status and last log lines: a rollout wait that could only
+/// time out (its pods are held not Ready) gives up instead of waiting out its 180 s. The
+/// teardown reports the death too, and still leaves no process behind.
+#[test]
+fn a_component_that_dies_fails_the_test_at_once_with_its_log() {
+    let env = TestEnv::start("death");
+    env.kubelet.set_never_ready(Some(Arc::new(|pod: &Pod| label_is(pod, "app", "web"))));
+    env.kubectl().args(["create", "deployment", "web", "--image=web:1"]).ok();
+    let pid = env.component_pid("kube-controller-manager").expect("kube-controller-manager runs");
+    env.step(&format!("kill -KILL {pid} (kube-controller-manager)"));
+    // Not through `Cmd`: it fails as soon as the death is noticed, which is what is tested.
+    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -KILL {pid}");
+    let killed = Instant::now();
+    let waited = catch_unwind(AssertUnwindSafe(|| env.wait_rollout("default", "deploy/web")));
+    let failed_after = killed.elapsed();
+    let failure = panic_text(waited.expect_err("the rollout wait must fail on the death"));
+    let deaths = env.dead_components();
+    assert_eq!(deaths.len(), 1, "{deaths:?}");
+    let death = &deaths[0];
+    env.step(&format!(
+        "noticed after {:?}, the wait failed after {failed_after:?}",
+        death.noticed.saturating_duration_since(killed)
+    ));
+    assert!(failed_after < Duration::from_secs(5), "failed only after {failed_after:?}");
+    assert_eq!((death.component.as_str(), death.pid), ("kube-controller-manager", pid));
+    assert_eq!(death.status, "signal: 9 (SIGKILL)");
+    let log = read(&death.log);
+    let log = String::from_utf8_lossy(&log);
+    assert_eq!(death.log_tail.lines().count(), DEATH_LOG_LINES, "{}", death.log_tail);
+    assert!(log.trim_end().ends_with(death.log_tail.trim_end()), "the tail of its log");
+    assert!(
+        failure.contains(&format!(
+            "kube-controller-manager (pid {pid}) exited on its own (signal: 9 (SIGKILL))"
+        )) && failure.contains(&death.log_tail),
+        "the failure names it, its status and its log tail: {failure}"
+    );
+
+    env.step("teardown with the death still recorded");
+    let teardown = catch_unwind(AssertUnwindSafe(move || drop(env)));
+    let report = panic_text(teardown.expect_err("the teardown must fail on the death"));
+    assert!(report.contains(&format!("kube-controller-manager (pid {pid})")), "{report}");
+    assert!(!report.contains("left behind"), "{report}");
 }

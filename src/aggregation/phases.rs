@@ -196,6 +196,10 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
                 .then(|| "the state and the files already hold a new CA".into()))
         }
         Phase::Bundle => {
+            // A release left pending (helm killed during --wait) goes through the recovery.
+            if !release_deployed(ctx).await? {
+                return Ok(None);
+            }
             let (old, new) = (old_ca(ctx)?, new_ca(ctx)?);
             Ok(bundle_served(ctx, &old, &new)
                 .await?
@@ -203,6 +207,9 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
                 .then(|| "the cluster already trusts both CAs".into()))
         }
         Phase::Client => {
+            if !release_deployed(ctx).await? {
+                return Ok(None);
+            }
             let new = new_ca(ctx)?;
             let served = client_served(ctx, &new).await?;
             Ok(served
@@ -217,6 +224,14 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
         }
         Phase::Restart | Phase::Apply => Ok(None),
     }
+}
+
+/// Whether the kube-apiserver release's latest revision is deployed (not left pending).
+async fn release_deployed(ctx: &Ctx) -> Result<bool> {
+    let chart = ctx.asset("charts/kube-system/kube-apiserver");
+    let release = Release { name: RELEASE, namespace: NAMESPACE, chart: &chart };
+    let history = ctx.helm()?.history(&release).await?;
+    Ok(history.iter().max_by_key(|r| r.revision).is_some_and(|r| r.status == "deployed"))
 }
 
 /// Runs one step; returns what to record of it.

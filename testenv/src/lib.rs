@@ -1,6 +1,8 @@
 //! Shared helpers of the test-environment binaries: the clock (with the
 //! `CERTROTATE_FAKE_NOW` test knob), the time formats Terraform and Go print,
-//! and small digest helpers.
+//! small digest helpers, and what the test servers share ([`serve`]).
+
+pub mod serve;
 
 use anyhow::{Context, Result};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};

@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::process::signal_group;
+use super::process::{deaths_here, signal_group};
 
 /// Unless a caller says otherwise, no command of a test may take longer than this.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -180,12 +180,17 @@ impl Spawned {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits for the end, killing the command (and panicking) after its timeout.
+    /// Waits for the end, killing the command (and panicking) after its timeout, or as soon
+    /// as a component of the test's environment died (the command would only wait for it).
     pub fn wait(mut self) -> Output {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for a command") {
                 return self.collect(status);
+            }
+            if let Some(report) = deaths_here() {
+                let out = self.kill();
+                panic!("stopped the command: {report}\n{out}");
             }
             if Instant::now() >= deadline {
                 let timeout = self.timeout;

@@ -266,18 +266,13 @@ impl ControlPlane {
                 .arg(format!("--kube-api-burst={}", qps * 2)),
             None => kcm,
         };
-        let kcm_id = sup.spawn(&kcm).expect("starting kube-controller-manager");
+        // Should it exit, the wait below fails with its death (the supervisor watches it).
+        sup.spawn(&kcm).expect("starting kube-controller-manager");
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         wait_for_async(
             "kube-controller-manager to create ServiceAccount default/default",
             Duration::from_secs(90),
             || async {
-                if let Some(status) = sup.exit_status(kcm_id) {
-                    panic!(
-                        "kube-controller-manager exited ({status}); its log: {}",
-                        kcm_log.display()
-                    );
-                }
                 match accounts.get_opt("default").await {
                     Ok(Some(_)) => Ok(()),
                     Ok(None) => Err("not there yet".to_string()),
@@ -315,13 +310,15 @@ fn start_etcd(sup: &Arc<Supervisor>, work: &Path, logs: &Path) -> u16 {
             .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
             .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"))
             .stop_last();
-        let id = sup.spawn(&spec).expect("starting etcd");
+        // Watched only once it serves: an exit before that (a port taken) is retried here.
+        let id = sup.spawn_unwatched(&spec).expect("starting etcd");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if sup.exit_status(id).is_some() {
                 break;
             }
             if TcpStream::connect(("127.0.0.1", client_port)).is_ok() {
+                sup.watch(id);
                 return client_port;
             }
             std::thread::sleep(Duration::from_millis(100));

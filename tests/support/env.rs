@@ -21,8 +21,13 @@ use super::cmd::Cmd;
 use super::control_plane::{ApiServer, ControlPlane};
 use super::kubelet::{Kubelet, KubeletConfig, PodRuntime};
 use super::pki::{fingerprints, self_signed_serving, write_private};
-use super::process::{EventLog, Supervisor};
-use super::sync::{ApiServerPods, EXT_APISERVER_LABEL, ExtServers, GROUP_VERSION_ANNOTATION};
+use super::pods::{
+    AdmissionWebhookProgram, EXT_APISERVER_LABEL, ExtApiServerProgram, GROUP_VERSION_ANNOTATION,
+    PodsContext, ProcessPods,
+};
+use super::process::{Death, EventLog, Supervisor, death_report};
+use super::service::ServiceProxies;
+use super::sync::ApiServerPods;
 use super::tools::Tools;
 use super::wait::wait_for;
 
@@ -107,7 +112,7 @@ pub struct TestEnv {
     root: PathBuf,
     log_dump: LogDump,
     events: Arc<EventLog>,
-    ext: Arc<ExtServers>,
+    proxies: Arc<ServiceProxies>,
     secret_watch: AbortHandle,
     sup: Arc<Supervisor>,
     rt: Option<tokio::runtime::Runtime>,
@@ -141,6 +146,8 @@ impl TestEnv {
         let assets = Assets::make(&root.join("config"), free_port(), &options.assets);
         events.line(format!("assets: made in {:?}", started.elapsed()));
         let sup = Supervisor::new();
+        // The test runs on this thread: its waits and commands fail as soon as one dies.
+        sup.fail_fast_here();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .thread_name("certrotate-test-env")
@@ -149,7 +156,8 @@ impl TestEnv {
             .expect("building the environment's runtime");
 
         let serving = self_signed_serving(&work, "simulated-serving");
-        let (control_plane, kubelet, ext, secret_watch) = rt.block_on(async {
+        let proxies = ServiceProxies::new(Arc::clone(&events));
+        let (control_plane, kubelet, secret_watch) = rt.block_on(async {
             let cp = ControlPlane::start(
                 &sup,
                 &assets,
@@ -166,16 +174,19 @@ impl TestEnv {
                 &logs.join("kube-apiserver.log"),
             );
             let secret_watch = apiserver_pods.watch_secret();
-            let ext = ExtServers::new(
-                &sup,
-                cp.client.clone(),
-                Arc::clone(&events),
-                &work,
-                &logs,
-                serving.clone(),
-            );
-            let runtimes: Vec<Arc<dyn PodRuntime>> =
-                vec![apiserver_pods, Arc::clone(&ext) as Arc<dyn PodRuntime>];
+            let ctx = PodsContext {
+                sup: Arc::clone(&sup),
+                client: cp.client.clone(),
+                proxies: Arc::clone(&proxies),
+                events: Arc::clone(&events),
+                work: work.clone(),
+                logs: logs.clone(),
+            };
+            let runtimes: Vec<Arc<dyn PodRuntime>> = vec![
+                apiserver_pods,
+                ProcessPods::new(ExtApiServerProgram::new(&ctx, serving.clone()), &ctx),
+                ProcessPods::new(AdmissionWebhookProgram::new(&ctx), &ctx),
+            ];
             let kubelet = Kubelet::start(
                 cp.client.clone(),
                 &options.kubelet,
@@ -184,7 +195,7 @@ impl TestEnv {
                 &serving,
             )
             .await;
-            (cp, kubelet, ext, secret_watch)
+            (cp, kubelet, secret_watch)
         });
         let env = TestEnv {
             name: name.to_string(),
@@ -197,7 +208,7 @@ impl TestEnv {
             root,
             log_dump,
             events,
-            ext,
+            proxies,
             secret_watch,
             sup,
             rt: Some(rt),
@@ -207,9 +218,30 @@ impl TestEnv {
         env
     }
 
-    /// Runs a future on the environment's runtime (tests are plain `#[test]` functions).
+    /// Runs a future on the environment's runtime (tests are plain `#[test]` functions);
+    /// panics as soon as a component dies meanwhile, since the future may be waiting for it.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.rt.as_ref().expect("runtime alive").block_on(future)
+        let mut deaths = self.sup.death_count();
+        self.rt.as_ref().expect("runtime alive").block_on(async {
+            tokio::select! {
+                biased;
+                out = future => out,
+                _ = deaths.wait_for(|n| *n > 0) => {
+                    panic!("{}", death_report(&self.sup.deaths()).unwrap_or_default())
+                }
+            }
+        })
+    }
+
+    /// The components that exited on their own so far (none while all is well).
+    pub fn dead_components(&self) -> Vec<Death> {
+        self.sup.deaths()
+    }
+
+    /// The pid of a running component, e.g. `kube-controller-manager`, or
+    /// `admission-webhook lokomotive-system/<pod>`.
+    pub fn component_pid(&self, name: &str) -> Option<u32> {
+        self.sup.pid_of(name)
     }
 
     /// Logs a step to stderr and the harness log, with the time since the environment began.
@@ -292,19 +324,25 @@ impl TestEnv {
     /// `helm install kube-apiserver` from the asset dir's chart and terraform-rendered values,
     /// as lokoctl does at cluster creation, with `--wait`.
     pub fn install_kube_apiserver_chart(&self, helm: Helm) {
+        self.install_asset_chart(helm, "kube-system", "kube-apiserver");
+    }
+
+    /// `helm install lokomotive` (namespace `lokomotive-system`, created) from the asset dir,
+    /// with `--wait`: the admission webhook's Secret, Service, Deployment (whose pod runs a real
+    /// `admission-webhook`) and MutatingWebhookConfiguration. Always helm 3, as lokoctl: helm 4
+    /// installs server-side, which this apiserver refuses for the chart's Service ports without
+    /// `protocol` (upgrades work with either).
+    pub fn install_lokomotive_chart(&self) {
+        self.install_asset_chart(Helm::V3, "lokomotive-system", "lokomotive");
+    }
+
+    fn install_asset_chart(&self, helm: Helm, namespace: &str, chart: &str) {
         self.helm(helm)
-            .args([
-                "install",
-                "kube-apiserver",
-                "--namespace",
-                "kube-system",
-                "--wait",
-                "--timeout",
-                "3m",
-            ])
-            .arg(self.assets.chart("kube-system", "kube-apiserver"))
+            .args(["install", chart, "--namespace", namespace, "--create-namespace"])
+            .args(["--wait", "--timeout", "3m"])
+            .arg(self.assets.chart(namespace, chart))
             .arg("-f")
-            .arg(self.assets.chart_values("kube-system", "kube-apiserver"))
+            .arg(self.assets.chart_values(namespace, chart))
             .ok();
     }
 
@@ -316,7 +354,7 @@ impl TestEnv {
         let selector = BTreeMap::from([("app".to_string(), spec.name.clone())]);
         let (ns, name) = (spec.namespace.as_str(), spec.name.as_str());
         self.block_on(async {
-            let proxy = self.ext.service_proxy(ns, &selector).await;
+            let proxy = self.proxies.open_local(ns, &selector).await;
             let port = proxy.port();
             let deployment: Deployment = serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
@@ -456,9 +494,10 @@ impl Drop for TestEnv {
             self.log_dump.print();
         }
         self.kubelet.shutdown();
-        self.ext.shutdown();
+        self.proxies.shutdown();
         self.secret_watch.abort();
         let left = self.sup.shutdown();
+        let deaths = death_report(&self.sup.deaths());
         if let Some(rt) = self.rt.take() {
             // Blocking shutdown lets a task finish what it is doing before the temp dir goes;
             // inside an async context only the background form is allowed.
@@ -479,8 +518,11 @@ impl Drop for TestEnv {
             self.started.elapsed().as_secs_f64(),
             teardown.elapsed()
         );
-        if !left.is_empty() {
-            let message = format!("processes left behind: {}", left.join("; "));
+        let left =
+            (!left.is_empty()).then(|| format!("processes left behind: {}", left.join("; ")));
+        let problems: Vec<String> = deaths.into_iter().chain(left).collect();
+        if !problems.is_empty() {
+            let message = problems.join("\n");
             if failing {
                 eprintln!("[{}] {message}", self.name);
             } else {

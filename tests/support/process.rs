@@ -11,15 +11,22 @@
 //!   would kill the component when that thread ends;
 //! - each process leads its own process group (`process_group(0)`), so stopping signals the
 //!   whole group and the leftover check can find anything it forked.
+//!
+//! A watcher thread notices a component that exits while nobody asked it to stop (a crash, a
+//! `kill -9`): it records a [`Death`] with the component's exit status and last log lines, and
+//! the waits, commands and `block_on` of the test fail with it at once instead of timing out
+//! later on "connection refused"; the environment's teardown fails the test if any remains.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,6 +34,10 @@ use std::os::unix::process::CommandExt;
 
 /// How long a stopped component gets between SIGTERM and SIGKILL, unless its spec says.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the watcher looks for components that exited on their own.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// Lines of a dead component's log that its [`Death`] carries.
+pub const DEATH_LOG_LINES: usize = 40;
 
 /// What to run. Arguments name files, never secrets: they are visible in `ps` and logged.
 #[derive(Debug, Clone)]
@@ -82,8 +93,12 @@ pub struct ProcId(u64);
 
 struct Running {
     child: Child,
+    name: String,
+    log: PathBuf,
     stop_last: bool,
     grace: Duration,
+    /// An exit of its own is a [`Death`] (see [`Supervisor::spawn_unwatched`]).
+    watched: bool,
 }
 
 #[derive(Default)]
@@ -97,13 +112,88 @@ struct Inner {
     groups: Vec<(String, u32)>,
 }
 
+/// A component that exited while nobody had asked it to stop.
+#[derive(Debug, Clone)]
+pub struct Death {
+    /// The [`ProcSpec`] name, e.g. `kube-controller-manager`.
+    pub component: String,
+    pub pid: u32,
+    /// As Rust prints an exit status, e.g. `signal: 9 (SIGKILL)` or `exit status: 1`.
+    pub status: String,
+    pub log: PathBuf,
+    /// The last [`DEATH_LOG_LINES`] lines of its log when the exit was noticed.
+    pub log_tail: String,
+    /// When the watcher noticed.
+    pub noticed: Instant,
+}
+
+impl fmt::Display for Death {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (pid {}) exited on its own ({}); the last {DEATH_LOG_LINES} lines of {}:\n{}",
+            self.component,
+            self.pid,
+            self.status,
+            self.log.display(),
+            self.log_tail
+        )
+    }
+}
+
+/// The deaths one supervisor recorded, and a counter async code can wait on.
+struct Deaths {
+    list: Mutex<Vec<Death>>,
+    count: tokio::sync::watch::Sender<usize>,
+}
+
+impl Deaths {
+    fn record(&self, death: Death) {
+        let mut list = self.list.lock().unwrap();
+        list.push(death);
+        self.count.send_replace(list.len());
+    }
+
+    fn list(&self) -> Vec<Death> {
+        self.list.lock().unwrap().clone()
+    }
+}
+
+/// The panic message for recorded deaths; `None` without any.
+pub fn death_report(deaths: &[Death]) -> Option<String> {
+    if deaths.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = deaths.iter().map(Death::to_string).collect();
+    Some(format!("a component of the test environment died: {}", each.join("\n\n")))
+}
+
+thread_local! {
+    /// The deaths of the environments started on this thread: its waits and commands fail
+    /// fast on them.
+    static WATCHED_HERE: RefCell<Vec<Weak<Deaths>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The report of every death of the environments started on this thread (see
+/// [`Supervisor::fail_fast_here`]); `None` while all is well.
+pub fn deaths_here() -> Option<String> {
+    let deaths: Vec<Death> = WATCHED_HERE.with(|watched| {
+        let mut watched = watched.borrow_mut();
+        watched.retain(|d| d.strong_count() > 0);
+        watched.iter().filter_map(Weak::upgrade).flat_map(|d| d.list()).collect()
+    });
+    death_report(&deaths)
+}
+
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Owns every component process of one test environment.
 pub struct Supervisor {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     stopped: Condvar,
     spawner: Mutex<Option<(mpsc::Sender<SpawnRequest>, JoinHandle<()>)>>,
+    deaths: Arc<Deaths>,
+    watcher: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
 impl Supervisor {
@@ -117,16 +207,76 @@ impl Supervisor {
                 }
             })
             .expect("starting the spawner thread");
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let deaths = Arc::new(Deaths {
+            list: Mutex::new(Vec::new()),
+            count: tokio::sync::watch::Sender::new(0),
+        });
+        // The watcher holds the state, not the supervisor, so that the supervisor's drop
+        // (which joins it) never runs on the watcher thread.
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (watched, recorder) = (Arc::clone(&inner), Arc::clone(&deaths));
+        let watcher = std::thread::Builder::new()
+            .name("certrotate-test-watcher".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(WATCH_EVERY) {
+                    notice_deaths(&watched, &recorder);
+                }
+            })
+            .expect("starting the watcher thread");
         Arc::new(Supervisor {
-            inner: Mutex::new(Inner::default()),
+            inner,
             stopped: Condvar::new(),
             spawner: Mutex::new(Some((tx, thread))),
+            deaths,
+            watcher: Mutex::new(Some((stop_tx, watcher))),
         })
     }
 
-    /// Starts `spec`. Fails once [`Supervisor::shutdown`] has begun, so that a sync task racing
-    /// with teardown cannot leave a process behind.
+    /// Makes the waits (`wait_for`, `wait_for_async`) and commands (`Cmd`) run on the calling
+    /// thread fail as soon as a component of this supervisor dies.
+    pub fn fail_fast_here(&self) {
+        let deaths = Arc::downgrade(&self.deaths);
+        WATCHED_HERE.with(|watched| watched.borrow_mut().push(deaths));
+    }
+
+    /// Every death recorded so far.
+    pub fn deaths(&self) -> Vec<Death> {
+        self.deaths.list()
+    }
+
+    /// Counts recorded deaths; changes when one is recorded (for `select!`).
+    pub fn death_count(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.deaths.count.subscribe()
+    }
+
+    /// The pid of the running process named `name` (a [`ProcSpec`] name).
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        let inner = self.inner.lock().unwrap();
+        inner.running.values().find(|r| r.name == name).map(|r| r.child.id())
+    }
+
+    /// Starts `spec`; from then on an exit the test did not ask for is a [`Death`]. Fails once
+    /// [`Supervisor::shutdown`] has begun, so that a sync task racing with teardown cannot
+    /// leave a process behind.
     pub fn spawn(&self, spec: &ProcSpec) -> std::io::Result<ProcId> {
+        self.spawn_watched(spec, true)
+    }
+
+    /// [`Supervisor::spawn`] for a start the caller checks and may retry (etcd whose port was
+    /// taken meanwhile): its exit is no [`Death`] until [`Supervisor::watch`].
+    pub fn spawn_unwatched(&self, spec: &ProcSpec) -> std::io::Result<ProcId> {
+        self.spawn_watched(spec, false)
+    }
+
+    /// The process is up: an exit of its own is a [`Death`] from now on.
+    pub fn watch(&self, id: ProcId) {
+        if let Some(r) = self.inner.lock().unwrap().running.get_mut(&id) {
+            r.watched = true;
+        }
+    }
+
+    fn spawn_watched(&self, spec: &ProcSpec, watched: bool) -> std::io::Result<ProcId> {
         let mut log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
         writeln!(
             log,
@@ -163,7 +313,17 @@ impl Supervisor {
         inner.next += 1;
         let id = ProcId(inner.next);
         inner.groups.push((spec.name.clone(), child.id()));
-        inner.running.insert(id, Running { child, stop_last: spec.stop_last, grace: spec.grace });
+        inner.running.insert(
+            id,
+            Running {
+                child,
+                name: spec.name.clone(),
+                log: spec.log.clone(),
+                stop_last: spec.stop_last,
+                grace: spec.grace,
+                watched,
+            },
+        );
         Ok(id)
     }
 
@@ -200,6 +360,12 @@ impl Supervisor {
     /// process), refuses later spawns, ends the spawner thread, and returns a description of
     /// every process still alive in any group this supervisor created: empty when clean.
     pub fn shutdown(&self) -> Vec<String> {
+        // What died just before teardown is a death too, not a process teardown stops.
+        if let Some((stop, watcher)) = self.watcher.lock().unwrap().take() {
+            drop(stop);
+            let _ = watcher.join();
+            notice_deaths(&self.inner, &self.deaths);
+        }
         let (running, groups) = {
             let mut inner = self.inner.lock().unwrap();
             inner.closed = true;
@@ -232,10 +398,41 @@ impl Drop for Supervisor {
     }
 }
 
+/// Records every watched process that has exited (once: it is no longer watched then).
+fn notice_deaths(inner: &Mutex<Inner>, deaths: &Deaths) {
+    let exited: Vec<(String, u32, String, PathBuf)> = {
+        let mut inner = inner.lock().unwrap();
+        inner
+            .running
+            .values_mut()
+            .filter(|r| r.watched)
+            .filter_map(|r| {
+                let status = match r.child.try_wait() {
+                    Ok(None) => return None,
+                    Ok(Some(status)) => status.to_string(),
+                    Err(e) => format!("unknown ({e})"),
+                };
+                r.watched = false;
+                Some((r.name.clone(), r.child.id(), status, r.log.clone()))
+            })
+            .collect()
+    };
+    for (component, pid, status, log) in exited {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let log_tail = lines[lines.len().saturating_sub(DEATH_LOG_LINES)..].join("\n");
+        deaths.record(Death { component, pid, status, log, log_tail, noticed: Instant::now() });
+    }
+}
+
 fn stop_all(mut procs: Vec<Running>) {
     let start = Instant::now();
-    for p in &procs {
-        signal_group(p.child.id(), "TERM");
+    // A process already reaped (the watcher reaps what dies) may have lent its pid to another
+    // one: only signal those still alive or unreaped.
+    for p in &mut procs {
+        if matches!(p.child.try_wait(), Ok(None)) {
+            signal_group(p.child.id(), "TERM");
+        }
     }
     while !procs.is_empty() {
         procs.retain_mut(|p| {

@@ -16,6 +16,8 @@ pub struct Tools {
     /// The terraform CLI config that serves hashicorp/tls and hashicorp/local offline.
     pub tf_cli_config: PathBuf,
     pub ext_apiserver: PathBuf,
+    /// The stand-in for Lokomotive's admission webhook server.
+    pub admission_webhook: PathBuf,
     /// `testenv/lokoctl`: a test double of `lokoctl cluster apply`, not the real lokoctl.
     pub lokoctl_double: PathBuf,
     /// The `testenv/` folder: `make-assets.sh`, the fixture charts and terraform module.
@@ -37,6 +39,7 @@ impl Tools {
             terraform: var("CERTROTATE_TERRAFORM"),
             tf_cli_config: var("CERTROTATE_TF_CLI_CONFIG"),
             ext_apiserver: var("CERTROTATE_EXT_APISERVER"),
+            admission_webhook: var("CERTROTATE_ADMISSION_WEBHOOK"),
             lokoctl_double: var("CERTROTATE_LOKOCTL_DOUBLE"),
             testenv_dir: var("CERTROTATE_TESTENV_DIR"),
             kubectl: var("CERTROTATE_KUBECTL"),

@@ -11,17 +11,15 @@
 //!          --requestheader-client-ca F --group-version metrics.k8s.io/v1beta1
 //!          [--allowed-names kube-apiserver[,other]]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use openssl::nid::Nid;
-use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod, SslStream, SslVerifyMode};
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream, SslVerifyMode};
 use openssl::x509::{X509, X509Ref, X509VerifyResult};
 use serde_json::json;
-use testenv::{asn1_to_time, go_time, klog_header};
+use testenv::serve::{exit_on_signal, flags, log, serve_http, serve_tls};
+use testenv::{asn1_to_time, go_time};
 
 const CA_PROVIDER: &str =
     "client-ca::kube-system::extension-apiserver-authentication::requestheader-client-ca-file";
@@ -37,26 +35,17 @@ struct Config {
 }
 
 fn parse_args() -> Result<Config> {
-    let mut args = std::env::args().skip(1);
     let (mut listen, mut cert, mut key, mut ca, mut gv, mut allowed) =
         (None, None, None, None, None, Vec::new());
-    while let Some(flag) = args.next() {
-        // Accept both "--flag value" and "--flag=value".
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (flag.clone(), None),
-        };
-        let mut value = || {
-            inline.clone().or_else(|| args.next()).with_context(|| format!("{name} needs a value"))
-        };
+    for (name, value) in flags()? {
         match name.as_str() {
-            "--listen" => listen = Some(value()?),
-            "--tls-cert" => cert = Some(value()?),
-            "--tls-key" => key = Some(value()?),
-            "--requestheader-client-ca" => ca = Some(value()?),
-            "--group-version" => gv = Some(value()?),
+            "--listen" => listen = Some(value),
+            "--tls-cert" => cert = Some(value),
+            "--tls-key" => key = Some(value),
+            "--requestheader-client-ca" => ca = Some(value),
+            "--group-version" => gv = Some(value),
             "--allowed-names" => {
-                allowed.extend(value()?.split(',').filter(|s| !s.is_empty()).map(String::from))
+                allowed.extend(value.split(',').filter(|s| !s.is_empty()).map(String::from))
             }
             other => bail!("unknown argument {other}"),
         }
@@ -73,10 +62,6 @@ fn parse_args() -> Result<Config> {
         version: version.to_string(),
         allowed_names: allowed,
     })
-}
-
-fn log(severity: char, file_line: &str, msg: &str) {
-    eprintln!("{}{msg}", klog_header(severity, file_line));
 }
 
 fn common_name(name: &openssl::x509::X509NameRef) -> String {
@@ -164,7 +149,6 @@ fn go_x509_error(r: X509VerifyResult) -> String {
 }
 
 struct Server {
-    acceptor: SslAcceptor,
     group: String,
     version: String,
     allowed_names: Vec<String>,
@@ -207,86 +191,19 @@ fn main() -> Result<()> {
     // Go server with RequestClientCert does. No CA names are sent, so Go
     // clients always present their certificate.
     b.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
-    let server = Arc::new(Server {
-        acceptor: b.build(),
-        group: cfg.group,
-        version: cfg.version,
-        allowed_names: cfg.allowed_names,
-    });
+    let server =
+        Server { group: cfg.group, version: cfg.version, allowed_names: cfg.allowed_names };
 
-    // SIGTERM/SIGINT: stop at once with status 0, as a pod's process would.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            log('I', "secure_serving.go:241", &format!("Stopped listening (signal {sig})"));
-            std::process::exit(0);
-        }
-    });
-
+    exit_on_signal()?;
     let listener =
         TcpListener::bind(&cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
-    log('I', "secure_serving.go:197", &format!("Serving securely on {}", listener.local_addr()?));
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let server = Arc::clone(&server);
-        std::thread::spawn(move || {
-            let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            if let Err(e) = server.handle(conn) {
-                log('I', "log.go:184", &format!("http: connection from {peer}: {e:#}"));
-            }
-        });
-    }
-    Ok(())
+    serve_tls(listener, b.build(), move |stream| {
+        let auth = server.authenticate(&stream);
+        serve_http(stream, |request| server.route(&request.method, &request.path, &auth))
+    })
 }
 
 impl Server {
-    fn handle(&self, tcp: TcpStream) -> Result<()> {
-        tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
-        let ssl = Ssl::new(self.acceptor.context())?;
-        let mut stream = SslStream::new(ssl, tcp)?;
-        stream.accept().map_err(|e| anyhow::anyhow!("TLS handshake error: {e}"))?;
-        let auth = self.authenticate(&stream);
-        let mut reader = BufReader::new(stream);
-        // HTTP/1.1 with keep-alive: Go's transport reuses connections.
-        loop {
-            // An idle keep-alive connection that times out or is dropped by
-            // the client is a normal end, not worth a log line.
-            let Ok(Some((method, path, body_len, close))) = read_request(&mut reader) else {
-                return Ok(());
-            };
-            // Drain a request body so the next request parses.
-            std::io::copy(&mut (&mut reader).take(body_len as u64), &mut std::io::sink())?;
-            let (status, body) = self.route(&method, &path, &auth);
-            let reason = match status {
-                200 => "OK",
-                401 => "Unauthorized",
-                404 => "Not Found",
-                _ => "Method Not Allowed",
-            };
-            let ctype = if body.starts_with('{') {
-                "application/json"
-            } else {
-                "text/plain; charset=utf-8"
-            };
-            let head = format!(
-                "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}\r\n",
-                body.len(),
-                if close { "Connection: close\r\n" } else { "" }
-            );
-            let s = reader.get_mut();
-            s.write_all(head.as_bytes())?;
-            s.write_all(body.as_bytes())?;
-            s.flush()?;
-            if close {
-                let _ = s.shutdown();
-                return Ok(());
-            }
-        }
-    }
-
     fn authenticate(&self, stream: &SslStream<TcpStream>) -> Auth {
         let ssl = stream.ssl();
         let Some(cert) = ssl.peer_certificate() else {
@@ -304,7 +221,6 @@ impl Server {
     }
 
     fn route(&self, method: &str, path: &str, auth: &Auth) -> (u16, String) {
-        let path = path.split('?').next().unwrap_or(path);
         // Probes come without a client certificate, as from a kubelet.
         if matches!(path, "/healthz" | "/readyz" | "/livez") {
             return (200, "ok".into());
@@ -356,33 +272,4 @@ impl Server {
         };
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
     }
-}
-
-/// Read one request head; None at a clean end of the connection.
-/// Returns (method, path, content length, whether to close after replying).
-fn read_request<R: BufRead>(r: &mut R) -> Result<Option<(String, String, usize, bool)>> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let path = parts.next().unwrap_or("/").to_string();
-    let http10 = parts.next() == Some("HTTP/1.0");
-    let (mut len, mut close) = (0usize, http10);
-    for _ in 0..200 {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            return Ok(Some((method, path, len, close)));
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            if k == "content-length" {
-                len = v.parse().unwrap_or(0);
-            } else if k == "connection" {
-                close = v.eq_ignore_ascii_case("close");
-            }
-        }
-    }
-    bail!("too many header lines")
 }
