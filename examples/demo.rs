@@ -50,5 +50,9 @@ fn main() {
     );
     let raw = env.kubectl().args(["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]).run();
     println!("{}{}", raw.stdout.trim(), raw.stderr.trim());
+
+    env.step("the admission webhook certificate rotation: plan, then the real run (it ends with a real admission call)");
+    show(&env, &["webhook", "--dry-run"]);
+    show(&env, &["webhook", "-y"]);
     show(&env, &["status"]);
 }
