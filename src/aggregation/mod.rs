@@ -116,6 +116,21 @@ impl Procedure for Aggregation {
     async fn execute(ctx: &mut Ctx, phase: Phase, action: &phases::Action) -> Result<String> {
         phases::execute(ctx, phase, action).await
     }
+
+    async fn resolve(ctx: &mut Ctx, unresolved: &mut Vec<String>) {
+        let what = "which extension API servers the restarts cover";
+        let Some(conn) = &ctx.conn else {
+            unresolved.push(format!("{what} (the cluster is not reachable)"));
+            return;
+        };
+        match crate::k8s::discovery::discover(&conn.client).await {
+            Ok(found) => {
+                ctx.extension_servers =
+                    Some(found.workloads().iter().map(|w| w.to_string()).collect());
+            }
+            Err(e) => unresolved.push(format!("{what}: {e}")),
+        }
+    }
 }
 
 pub async fn run(global: &GlobalOpts, args: &AggregationArgs) -> Result<u8> {

@@ -98,15 +98,24 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
         Phase::Backup => vec![
             planned(
                 K::File,
-                format!("copy {CA_CERT}, {CA_KEY}, {CLIENT_CERT} and {CLIENT_KEY} into the run's backup folder (0600)"),
+                format!(
+                    "copy {CA_CERT}, {CA_KEY}, {CLIENT_CERT} and {CLIENT_KEY} into the run's backup folder (0600)"
+                ),
                 A::Backup,
             ),
-            planned(K::Check, "the copies read back equal to the originals".into(), A::Verify(Check::BackupReadsBack)),
+            planned(
+                K::Check,
+                "the copies read back equal to the originals".into(),
+                A::Verify(Check::BackupReadsBack),
+            ),
         ],
         Phase::Ca => vec![
             planned(
                 K::Command,
-                format!("{} (skipped when the state already holds a new or tainted CA key)", ctx.taint_line(CA_KEY_RESOURCE)),
+                format!(
+                    "{} (skipped when the state already holds a new or tainted CA key)",
+                    ctx.taint_line(CA_KEY_RESOURCE)
+                ),
                 A::TaintCaKey,
             ),
             planned(K::Command, ctx.apply_line(&ca_targets), A::Apply(ca_targets.clone())),
@@ -115,37 +124,68 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
                 if expired {
                     "the state holds a new CA certificate, not the backed-up one".into()
                 } else {
-                    format!("{CA_CERT} and {CA_KEY} hold a new CA, equal to the state, key matching")
+                    format!(
+                        "{CA_CERT} and {CA_KEY} hold a new CA, equal to the state, key matching"
+                    )
                 },
                 A::Verify(Check::NewCa { files: !expired }),
             ),
         ],
         Phase::Bundle => vec![
-            planned(K::Command, upgrade_line(ctx, "apiserver.aggregationCaCert = base64(old CA + new CA)"), A::HelmUpgrade(ChartValue::CaBundle)),
-            planned(K::Api, format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"), A::WaitKubeApiserver),
+            planned(
+                K::Command,
+                upgrade_line(ctx, "apiserver.aggregationCaCert = base64(old CA + new CA)"),
+                A::HelmUpgrade(ChartValue::CaBundle),
+            ),
+            planned(
+                K::Api,
+                format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"),
+                A::WaitKubeApiserver,
+            ),
             planned(
                 K::Check,
-                format!("secret {NAMESPACE}/{SECRET} and configmap {NAMESPACE}/{AUTH_CONFIGMAP} ({AUTH_KEY}) trust the old and the new CA"),
+                format!(
+                    "secret {NAMESPACE}/{SECRET} and configmap {NAMESPACE}/{AUTH_CONFIGMAP} ({AUTH_KEY}) trust the old and the new CA"
+                ),
                 A::Verify(Check::BundleServed),
             ),
         ],
         Phase::Restart => vec![planned(
             K::Api,
-            "restart every extension API server (kubectl rollout restart), wait as kubectl rollout status, then for their APIServices to be Available; read which CA each pod loaded".into(),
+            format!(
+                "restart every extension API server ({}) as kubectl rollout restart, wait as kubectl rollout status, then for their APIServices to be Available and answer through the aggregator; read which CA each pod loaded",
+                servers(ctx)
+            ),
             A::RestartExtensionServers,
         )],
         Phase::Client => vec![
             planned(
                 K::Command,
-                format!("{} (skipped when the state's certificate is already signed by the new CA)", ctx.taint_line(CLIENT_CERT_RESOURCE)),
+                format!(
+                    "{} (skipped when the state's certificate is already signed by the new CA)",
+                    ctx.taint_line(CLIENT_CERT_RESOURCE)
+                ),
                 A::TaintClientCert,
             ),
             planned(K::Command, ctx.apply_line(&[CLIENT_FILE]), A::Apply(vec![CLIENT_FILE])),
-            planned(K::Command, upgrade_line(ctx, &format!("apiserver.aggregationClientCert = base64({CLIENT_CERT})")), A::HelmUpgrade(ChartValue::ClientCert)),
-            planned(K::Api, format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"), A::WaitKubeApiserver),
+            planned(
+                K::Command,
+                upgrade_line(
+                    ctx,
+                    &format!("apiserver.aggregationClientCert = base64({CLIENT_CERT})"),
+                ),
+                A::HelmUpgrade(ChartValue::ClientCert),
+            ),
+            planned(
+                K::Api,
+                format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"),
+                A::WaitKubeApiserver,
+            ),
             planned(
                 K::Check,
-                format!("secret {NAMESPACE}/{SECRET} serves the new client certificate, signed by the new CA; APIServices Available"),
+                format!(
+                    "secret {NAMESPACE}/{SECRET} serves the new client certificate, signed by the new CA; APIServices Available"
+                ),
                 A::Verify(Check::ClientServed),
             ),
         ],
@@ -167,10 +207,33 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             steps
         }
         Phase::Cleanup => vec![
-            planned(K::Api, format!("DELETE configmap {NAMESPACE}/{AUTH_CONFIGMAP} (kube-apiserver only ever adds CAs to it)"), A::DeleteAuthConfigMap),
-            planned(K::Api, format!("restart kube-apiserver in {NAMESPACE} (kubectl rollout restart) and wait for it, riding through the API outage"), A::RestartKubeApiserver),
-            planned(K::Check, format!("configmap {AUTH_CONFIGMAP} is back and trusts only the new CA"), A::Verify(Check::OnlyNewCaTrusted)),
-            planned(K::Api, "restart every extension API server again, wait for their APIServices to be Available".into(), A::RestartExtensionServers),
+            planned(
+                K::Api,
+                format!(
+                    "DELETE configmap {NAMESPACE}/{AUTH_CONFIGMAP} (kube-apiserver only ever adds CAs to it)"
+                ),
+                A::DeleteAuthConfigMap,
+            ),
+            planned(
+                K::Api,
+                format!(
+                    "restart kube-apiserver in {NAMESPACE} (kubectl rollout restart) and wait for it, riding through the API outage"
+                ),
+                A::RestartKubeApiserver,
+            ),
+            planned(
+                K::Check,
+                format!("configmap {AUTH_CONFIGMAP} is back and trusts only the new CA"),
+                A::Verify(Check::OnlyNewCaTrusted),
+            ),
+            planned(
+                K::Api,
+                format!(
+                    "restart every extension API server again ({}), wait for their APIServices to be Available",
+                    servers(ctx)
+                ),
+                A::RestartExtensionServers,
+            ),
         ],
     }
 }
@@ -334,6 +397,15 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
             Ok(format!("{workload} restarted"))
         }
         Action::Verify(check) => verify(ctx, phase, *check).await,
+    }
+}
+
+/// The extension servers' workloads, as the plan names them.
+fn servers(ctx: &Ctx) -> String {
+    match &ctx.extension_servers {
+        Some(found) if found.is_empty() => "none found now".into(),
+        Some(found) => found.join(", "),
+        None => "not resolved".into(),
     }
 }
 

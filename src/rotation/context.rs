@@ -32,6 +32,9 @@ pub struct Ctx {
     pub terraform_dir: PathBuf,
     pub config_dir: PathBuf,
     pub helm_name: String,
+    /// The workloads behind the extension API servers, once read from the cluster: the
+    /// restart steps name them.
+    pub extension_servers: Option<Vec<String>>,
 }
 
 impl Ctx {

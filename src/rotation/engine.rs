@@ -5,7 +5,7 @@
 //! A rotation procedure (aggregation, webhook) says only what its phases are and what each
 //! step does ([`Procedure`]).
 
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -74,6 +74,9 @@ pub trait Procedure {
         phase: Self::Phase,
         action: &Self::Action,
     ) -> impl Future<Output = Result<String>>;
+    /// Reads from the cluster what the plan names (the extension servers a restart covers);
+    /// what it cannot read goes to `unresolved`. It also proves a dry run's cluster answers.
+    fn resolve(ctx: &mut Ctx, unresolved: &mut Vec<String>) -> impl Future<Output = ()>;
 }
 
 /// What the operator asked for.
@@ -165,22 +168,40 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         terraform_dir: assets.root().join("terraform"),
         config_dir,
         helm_name: "helm".into(),
+        extension_servers: None,
         assets,
     };
     // A dry run describes every phase asked for; a real run needs what its phases to run need.
     let described: &[P::Phase] = if global.dry_run { &wanted } else { &todo };
     find_programs::<P>(global, &mut ctx, described, &runner, &mut unresolved)?;
     resolve_module(&mut ctx, global.dry_run, &mut unresolved).await?;
+    P::resolve(&mut ctx, &mut unresolved).await;
     if global.dry_run {
         return print_plan::<P>(&ctx, &wanted, global.output, &unresolved);
     }
+    // Phases the journal has done are reported as such, so every invocation accounts for
+    // every phase it was asked for.
+    let mut results: Vec<PhaseReport> = wanted
+        .iter()
+        .filter(|p| !todo.contains(p))
+        .map(|&p| PhaseReport {
+            name: P::phase_name(p),
+            result: "already-done",
+            seconds: 0.0,
+            message: Some("done by an earlier invocation (journal)".into()),
+        })
+        .collect();
     if todo.is_empty() {
         let note = if ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::Finished) {
             "nothing to do: this rotation finished (start another with --new-run)"
         } else {
             "nothing to do: every phase asked for is done"
         };
-        return report::<P>(&ctx, &[], global.output, note);
+        return report::<P>(&ctx, &results, global.output, note);
+    }
+    if !global.yes && std::io::stdin().is_terminal() {
+        // The operator decides on the plan itself, not on a list of phase names.
+        let _ = plan::render(&mut std::io::stderr(), &plans::<P>(&ctx, &todo), &unresolved);
     }
     let names: Vec<&str> = todo.iter().map(|&p| P::phase_name(p)).collect();
     output::confirm(
@@ -210,7 +231,6 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         )?;
     }
     ctx.progress = Some(Progress::new(names.iter().map(|n| format!("{}/{n}", P::NAME)).collect()));
-    let mut results = Vec::new();
     let outcome = {
         let work = run_phases::<P>(&mut ctx, &todo, &mut results);
         tokio::pin!(work);
@@ -496,20 +516,25 @@ async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(&'st
     Ok(("done", last))
 }
 
-fn print_plan<P: Procedure>(
-    ctx: &Ctx,
-    wanted: &[P::Phase],
-    format: OutputFormat,
-    unresolved: &[String],
-) -> Result<u8> {
-    let phases: Vec<PhasePlan> = wanted
+/// The plan of `phases` as the dry run prints it.
+fn plans<P: Procedure>(ctx: &Ctx, phases: &[P::Phase]) -> Vec<PhasePlan> {
+    phases
         .iter()
         .map(|&phase| PhasePlan {
             name: P::phase_name(phase),
             already_done: ctx.run.as_ref().is_some_and(|r| r.phase_done(P::phase_name(phase))),
             steps: P::steps(ctx, phase).into_iter().map(|p| p.step).collect(),
         })
-        .collect();
+        .collect()
+}
+
+fn print_plan<P: Procedure>(
+    ctx: &Ctx,
+    wanted: &[P::Phase],
+    format: OutputFormat,
+    unresolved: &[String],
+) -> Result<u8> {
+    let phases = plans::<P>(ctx, wanted);
     let doc = PlanReport {
         api_version: crate::output::JSON_API_VERSION,
         kind: P::PLAN_KIND,

@@ -150,6 +150,8 @@ impl Helm {
             let outcome = cmd.run().await?;
             if outcome.success() {
                 note(&cmd.line(), "ok");
+                // Read through the recovery's wait: the API may still be coming back.
+                self.history_once_reachable(release).await?;
                 let current = self.values(release).await?;
                 if in_place(&current) {
                     return Ok(());
@@ -168,6 +170,27 @@ impl Helm {
         Err(last_error.expect("at least one attempt"))
     }
 
+    /// [`Helm::history`], waiting (within `--timeout`) while the API is unreachable: an
+    /// upgrade that failed because kube-apiserver restarted under it is recovered once the API
+    /// is back, not given up on.
+    async fn history_once_reachable(&self, release: &Release<'_>) -> Result<Vec<Revision>> {
+        let polled =
+            crate::duration::poll(self.runner.wait_limit(), API_RETRY, async || {
+                match self.history(release).await {
+                    Err(e) if is_unreachable(&e) => Err(e.to_string()),
+                    other => Ok(other),
+                }
+            })
+            .await;
+        polled.unwrap_or_else(|last| {
+            Err(Error::CommandFailed {
+                line: format!("helm history {} -n {}", release.name, release.namespace),
+                status: "the cluster stayed unreachable until --timeout".into(),
+                tail: last,
+            })
+        })
+    }
+
     /// A release whose latest revision is pending (or a lock reported by helm) is rolled back
     /// to that revision, as the manual procedure says.
     async fn recover_pending(
@@ -175,7 +198,7 @@ impl Helm {
         release: &Release<'_>,
         note: &(dyn Fn(&str, &str) + Sync),
     ) -> Result<()> {
-        let history = self.history(release).await?;
+        let history = self.history_once_reachable(release).await?;
         let Some(latest) = history.iter().max_by_key(|r| r.revision) else {
             return Err(Error::CommandFailed {
                 line: format!("helm history {} -n {}", release.name, release.namespace),
@@ -197,6 +220,17 @@ impl Helm {
         );
         Ok(())
     }
+}
+
+/// How long to wait between looks at an API that is down (kube-apiserver restarting).
+const API_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// helm's words for an API server it could not reach.
+fn is_unreachable(e: &Error) -> bool {
+    let text = e.to_string();
+    ["cluster unreachable", "connection refused", "EOF", "i/o timeout", "TLS handshake timeout"]
+        .iter()
+        .any(|m| text.contains(m))
 }
 
 fn first_line(text: &str) -> &str {

@@ -28,6 +28,11 @@ impl Runner {
         Self { run: run.to_string(), echo: verbose > 0, timeout }
     }
 
+    /// `--timeout` (zero: no limit).
+    pub fn wait_limit(&self) -> Duration {
+        self.timeout
+    }
+
     /// `--timeout` as helm's `--timeout` value; helm has no "no limit", so `0` becomes a
     /// century.
     pub fn helm_timeout(&self) -> String {

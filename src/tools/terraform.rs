@@ -67,10 +67,12 @@ impl State {
         let listed = if found.is_empty() { "none".to_string() } else { found.join(", ") };
         match given {
             Some(module) if found.iter().any(|m| m == module) => Ok(module.to_string()),
-            Some(module) => Err(Error::Usage(format!(
-                "--module {module} is not in the Terraform state of {}: it holds {listed}",
-                dir.display()
-            ))),
+            Some(module) => Err(Error::TerraformState {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "has no module {module} (from --module): it holds {listed}; pass one of those"
+                ),
+            }),
             None => match found.as_slice() {
                 [only] => Ok(only.clone()),
                 [] => Err(Error::TerraformState {
@@ -79,11 +81,12 @@ impl State {
                              dir of a Lokomotive cluster that was created?"
                         .into(),
                 }),
-                _ => Err(Error::Usage(format!(
-                    "the Terraform state of {} holds several bootkube modules ({listed}): pick \
-                     one with --module",
-                    dir.display()
-                ))),
+                _ => Err(Error::TerraformState {
+                    dir: dir.to_path_buf(),
+                    reason: format!(
+                        "holds several bootkube modules ({listed}): pick one with --module"
+                    ),
+                }),
             },
         }
     }

@@ -108,6 +108,19 @@ impl Procedure for Webhook {
     async fn execute(ctx: &mut Ctx, phase: Phase, action: &phases::Action) -> Result<String> {
         phases::execute(ctx, phase, *action).await
     }
+
+    async fn resolve(ctx: &mut Ctx, unresolved: &mut Vec<String>) {
+        let what = format!("mutatingwebhookconfiguration {}", phases::CONFIGURATION);
+        let Some(conn) = &ctx.conn else {
+            unresolved.push(format!("{what} (the cluster is not reachable)"));
+            return;
+        };
+        match objects::mutating_webhook_ca_bundles(&conn.client, phases::CONFIGURATION).await {
+            Ok(Some(_)) => {}
+            Ok(None) => unresolved.push(format!("{what}: it does not exist now")),
+            Err(e) => unresolved.push(format!("{what}: {e}")),
+        }
+    }
 }
 
 pub async fn run(global: &GlobalOpts, args: &WebhookArgs) -> Result<u8> {
