@@ -263,7 +263,7 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
     let values_log = env.dir().join("helm-values-files.log");
     let tools = Tools::get();
     let helm = Wrapper::new(&env, "helm", Helm::V4.path(), &log_values_files(&values_log));
-    let terraform = Wrapper::new(&env, "terraform", &tools.terraform, "");
+    let terraform = Wrapper::new(&env, "terraform", &tools.terraform, &terraform_013_plan_diff());
     let lokoctl = Wrapper::new(&env, "lokoctl", &tools.lokoctl_double, "");
     // $KUBECONFIG leads nowhere; only --kubeconfig names this cluster, so helm and lokoctl
     // work only if the plugin hands them the kubeconfig it resolved and verified.
@@ -351,6 +351,12 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
         }
     }
     assert!(leaks.is_empty(), "private key material leaked:\n  {}", leaks.join("\n  "));
+    // The wrapper printed every key as terraform 0.13 does; at -vvv the plugin streams child
+    // output, so the keys went through the redaction (and were shown as redacted).
+    assert!(
+        outs.iter().any(|o| o.stderr.contains("[REDACTED PRIVATE KEY]")),
+        "the 0.13-style plan diff was streamed redacted"
+    );
 
     env.step("no key or certificate on any command line; values in 0600 files, removed");
     let mut cert_needles = Needles::new();

@@ -798,6 +798,22 @@ impl Wrapper {
     }
 }
 
+/// Shell: on `apply`, print every key file of the asset dir the way terraform 0.13 (what
+/// Lokomotive pins) prints a `local_file`'s old content in its plan diff, before running the
+/// real terraform (1.11 here, which hides it): the plugin must redact what a child prints.
+pub fn terraform_013_plan_diff() -> String {
+    "case \" $* \" in *\" apply \"*)\n\
+       for k in ../cluster-assets/tls/*.key ../cluster-assets/tls/etcd/*.key; do\n\
+         [ -f \"$k\" ] || continue\n\
+         echo \"  # local_file.$(basename \"$k\") must be replaced\"\n\
+         echo '      - content              = <<~EOT'\n\
+         sed 's/^/          /' \"$k\"\n\
+         echo '        EOT -> null'\n\
+       done;;\n\
+     esac"
+        .to_string()
+}
+
 /// Shell: on the first call whose arguments hold `word`, write `<pid> <ppid>` to `marker` and
 /// wait (at most 180 s) until `release` exists. Later calls pass straight through.
 pub fn hold_once(word: &str, marker: &Path, release: &Path) -> String {
