@@ -7,6 +7,7 @@ use base64::Engine as _;
 use serde_json::json;
 
 use super::Phase;
+use crate::assets::{self, TerraformResources};
 use crate::error::{Error, Result};
 use crate::k8s::objects;
 use crate::k8s::rollout;
@@ -20,20 +21,45 @@ pub const CA_CERT: &str = "tls/aggregation-ca.crt";
 pub const CA_KEY: &str = "tls/aggregation-ca.key";
 pub const CLIENT_CERT: &str = "tls/aggregation-client.crt";
 pub const CLIENT_KEY: &str = "tls/aggregation-client.key";
-const CA_KEY_RESOURCE: &str = "tls_private_key.aggregation-ca[0]";
-const CA_CERT_RESOURCE: &str = "tls_self_signed_cert.aggregation-ca[0]";
-const CA_FILES: [&str; 2] =
-    ["local_file.aggregation-ca-crt[0]", "local_file.aggregation-ca-key[0]"];
-const CLIENT_CERT_RESOURCE: &str = "tls_locally_signed_cert.aggregation-client[0]";
-const CLIENT_FILE: &str = "local_file.aggregation-client-crt[0]";
-const CLIENT_KEY_RESOURCE: &str = "tls_private_key.aggregation-client[0]";
 const RELEASE: &str = "kube-apiserver";
+/// The chart lokoctl unpacked into the asset dir, inside `cluster-assets/`.
+const CHART: &str = "charts/kube-system/kube-apiserver";
 const NAMESPACE: &str = "kube-system";
 const SECRET: &str = "kube-apiserver";
 const AUTH_CONFIGMAP: &str = "extension-apiserver-authentication";
 const AUTH_KEY: &str = "requestheader-client-ca-file";
 /// How often a wait for kube-apiserver to republish its ConfigMap looks again.
 const POLL: Duration = Duration::from_secs(1);
+
+/// The Terraform resources of the aggregation CA and client certificate, from the asset dir
+/// model (whose addresses a test checks against real state).
+fn resources(credential: &str) -> &'static TerraformResources {
+    &assets::credential(credential)
+        .expect("the asset dir model has the aggregation credentials")
+        .terraform
+}
+
+fn ca_key() -> &'static str {
+    resources("aggregation-ca").key
+}
+
+fn ca_cert() -> &'static str {
+    resources("aggregation-ca").cert.expect("the aggregation CA has a certificate")
+}
+
+fn client_key() -> &'static str {
+    resources("aggregation-client").key
+}
+
+fn client_cert() -> &'static str {
+    resources("aggregation-client").cert.expect("the aggregation client has a certificate")
+}
+
+/// The `local_file` that writes the client certificate (not its key).
+fn client_cert_file() -> &'static str {
+    let files = resources("aggregation-client").files;
+    files.iter().find(|f| f.contains("-crt")).expect("the client certificate has a local_file")
+}
 
 /// What one step does when it runs.
 #[derive(Debug, Clone)]
@@ -93,7 +119,8 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
     let expired = ctx.expired;
     use Action as A;
     use StepKind as K;
-    let ca_targets = if expired { vec![CA_CERT_RESOURCE] } else { CA_FILES.to_vec() };
+    let ca_targets =
+        if expired { vec![ca_cert()] } else { resources("aggregation-ca").files.to_vec() };
     match phase {
         Phase::Backup => vec![
             planned(
@@ -114,7 +141,7 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
                 K::Command,
                 format!(
                     "{} (skipped when the state already holds a new or tainted CA key)",
-                    ctx.taint_line(CA_KEY_RESOURCE)
+                    ctx.taint_line(ca_key())
                 ),
                 A::TaintCaKey,
             ),
@@ -163,11 +190,15 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
                 K::Command,
                 format!(
                     "{} (skipped when the state's certificate is already signed by the new CA)",
-                    ctx.taint_line(CLIENT_CERT_RESOURCE)
+                    ctx.taint_line(client_cert())
                 ),
                 A::TaintClientCert,
             ),
-            planned(K::Command, ctx.apply_line(&[CLIENT_FILE]), A::Apply(vec![CLIENT_FILE])),
+            planned(
+                K::Command,
+                ctx.apply_line(&[client_cert_file()]),
+                A::Apply(vec![client_cert_file()]),
+            ),
             planned(
                 K::Command,
                 upgrade_line(
@@ -247,7 +278,7 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
             let state = ctx.terraform()?.state().await?;
             let new = state_ca(ctx, &state)?;
             let old = old_ca(ctx)?;
-            let key_tainted = state.instance(&ctx.addr(CA_KEY_RESOURCE)).is_some_and(|i| i.tainted);
+            let key_tainted = state.instance(&ctx.addr(ca_key())).is_some_and(|i| i.tainted);
             if new.sha256 == old.sha256 || key_tainted {
                 return Ok(None);
             }
@@ -291,7 +322,7 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
 
 /// Whether the kube-apiserver release's latest revision is deployed (not left pending).
 async fn release_deployed(ctx: &Ctx) -> Result<bool> {
-    let chart = ctx.asset("charts/kube-system/kube-apiserver");
+    let chart = ctx.asset(CHART);
     let release = Release { name: RELEASE, namespace: NAMESPACE, chart: &chart };
     let history = ctx.helm()?.history(&release).await?;
     Ok(history.iter().max_by_key(|r| r.revision).is_some_and(|r| r.status == "deployed"))
@@ -303,7 +334,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         Action::Backup => backup(ctx),
         Action::TaintCaKey => {
             let state = ctx.terraform()?.state().await?;
-            let address = ctx.addr(CA_KEY_RESOURCE);
+            let address = ctx.addr(ca_key());
             let key = state.instance(&address).ok_or_else(|| Error::Precondition {
                 phase: phase.name(),
                 reason: format!(
@@ -327,7 +358,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         }
         Action::TaintClientCert => {
             let state = ctx.terraform()?.state().await?;
-            let address = ctx.addr(CLIENT_CERT_RESOURCE);
+            let address = ctx.addr(client_cert());
             let instance = state.instance(&address).ok_or_else(|| Error::Precondition {
                 phase: phase.name(),
                 reason: format!("the state has no {address}"),
@@ -430,7 +461,7 @@ fn new_ca(ctx: &Ctx) -> Result<CertInfo> {
 }
 
 fn state_ca(ctx: &Ctx, state: &crate::tools::terraform::State) -> Result<CertInfo> {
-    let address = ctx.addr(CA_CERT_RESOURCE);
+    let address = ctx.addr(ca_cert());
     let unusable =
         |reason: String| Error::TerraformState { dir: ctx.terraform_dir.clone(), reason };
     let pem = state.attribute(&address, "cert_pem").ok_or_else(|| {
@@ -444,7 +475,7 @@ fn upgrade_line(ctx: &Ctx, value: &str) -> String {
     format!(
         "{} upgrade -n {NAMESPACE} {RELEASE} {} --reuse-values -f <0600 values file: {value}> --wait --timeout {}s (a release left pending is rolled back to its latest revision first; a failed upgrade is retried)",
         ctx.helm_name,
-        ctx.asset("charts/kube-system/kube-apiserver").display(),
+        ctx.asset(CHART).display(),
         ctx.timeout.as_secs()
     )
 }
@@ -498,7 +529,7 @@ async fn helm_upgrade(ctx: &mut Ctx, value: ChartValue) -> Result<String> {
     };
     let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
     let values = json!({"apiserver": {key: encoded}});
-    let chart = ctx.assets.asset("charts/kube-system/kube-apiserver");
+    let chart = ctx.asset(CHART);
     let release = Release { name: RELEASE, namespace: NAMESPACE, chart: &chart };
     let in_place =
         |current: &serde_json::Value| current["apiserver"][key].as_str() == Some(encoded.as_str());
@@ -704,7 +735,7 @@ async fn files_equal_state(ctx: &Ctx, phase: Phase) -> Result<()> {
     if !ctx.key_matches(CA_KEY, &file) {
         return Err(fail(format!("{CA_KEY} does not match {CA_CERT}")));
     }
-    let client_address = ctx.addr(CLIENT_CERT_RESOURCE);
+    let client_address = ctx.addr(client_cert());
     let client_pem = state.attribute(&client_address, "cert_pem").unwrap_or_default();
     let client = ctx.file_cert(CLIENT_CERT)?;
     let state_client = pki::parse_one_cert(client_pem.as_bytes())
@@ -714,7 +745,7 @@ async fn files_equal_state(ctx: &Ctx, phase: Phase) -> Result<()> {
             "{CLIENT_CERT} is not the state's client certificate of the new CA"
         )));
     }
-    let key_address = ctx.addr(CLIENT_KEY_RESOURCE);
+    let key_address = ctx.addr(client_key());
     let key_pem = state.attribute(&key_address, "public_key_pem").unwrap_or_default();
     if pki::public_key_half(key_pem.as_bytes()).ok() != pki::certificate_half(&client) {
         return Err(fail(format!("{CLIENT_CERT} does not match the state's client key")));

@@ -14,7 +14,6 @@ pub const CONFIGURATION: &str = "admission-webhook-server";
 pub const NAMESPACE: &str = "lokomotive-system";
 const DEPLOYMENT: &str = "admission-webhook-server";
 const SECRET: &str = "admission-webhook-server";
-const CERT_RESOURCE: &str = "tls_locally_signed_cert.admission-webhook-server";
 /// Backups: the values file (it holds the key, hence 0600 like every backup) and, on the
 /// expired path, the webhook configuration the run deletes.
 pub const VALUES_BACKUP: &str = "lokomotive.yaml";
@@ -27,6 +26,13 @@ const SERVICE_NAMES: [&str; 5] = [
     "admission-webhook-server.lokomotive-system.svc.cluster",
     "admission-webhook-server.lokomotive-system.svc.cluster.local",
 ];
+
+/// The certificate's Terraform resource, from the asset dir model (whose addresses a test
+/// checks against real state).
+fn cert_resource() -> &'static str {
+    let credential = assets::credential("admission-webhook").expect("the model has the webhook");
+    credential.terraform.cert.expect("the webhook credential has a certificate")
+}
 
 #[derive(Debug, Clone, Copy)]
 pub enum Action {
@@ -63,7 +69,7 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
         Phase::Certificate => vec![
             planned(
                 K::Command,
-                format!("{} (skipped when the state's certificate is already a new one)", ctx.taint_line(CERT_RESOURCE)),
+                format!("{} (skipped when the state's certificate is already a new one)", ctx.taint_line(cert_resource())),
                 A::Taint,
             ),
             planned(K::Command, ctx.lokoctl_line(ctx.expired), A::Lokoctl),
@@ -119,7 +125,7 @@ fn old_cert(ctx: &Ctx) -> Result<CertInfo> {
 /// The state's serving certificate.
 async fn state_cert(ctx: &Ctx) -> Result<(CertInfo, bool)> {
     let state = ctx.terraform()?.state().await?;
-    let address = ctx.addr(CERT_RESOURCE);
+    let address = ctx.addr(cert_resource());
     let unusable =
         |reason: String| Error::TerraformState { dir: ctx.terraform_dir.clone(), reason };
     let instance = state
@@ -191,7 +197,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: Action) -> Result<Stri
                 return Ok("skipped: the state already holds a new certificate".into());
             }
             let terraform = ctx.terraform()?;
-            terraform.change(terraform.taint_command(&ctx.addr(CERT_RESOURCE))).await?;
+            terraform.change(terraform.taint_command(&ctx.addr(cert_resource()))).await?;
             Ok("tainted".into())
         }
         Action::Lokoctl => match ctx.lokoctl()?.apply(ctx.expired).await {
