@@ -121,6 +121,9 @@ pub enum Error {
     #[error("phase {phase} cannot run: {reason}")]
     Precondition { phase: &'static str, reason: String },
 
+    #[error("phase {phase} stopped: {reason}")]
+    PhaseStopped { phase: &'static str, reason: String },
+
     #[error("phase {phase} did not verify: {reason}")]
     Verification { phase: &'static str, reason: String },
 

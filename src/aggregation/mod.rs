@@ -117,19 +117,14 @@ impl Procedure for Aggregation {
         phases::execute(ctx, phase, action).await
     }
 
-    async fn resolve(ctx: &mut Ctx, unresolved: &mut Vec<String>) {
+    async fn resolve(ctx: &mut Ctx) -> Result<()> {
         let what = "which extension API servers the restarts cover";
         let Some(conn) = &ctx.conn else {
-            unresolved.push(format!("{what} (the cluster is not reachable)"));
-            return;
+            return Err(Error::Usage(format!("{what}: the cluster is not reachable")));
         };
-        match crate::k8s::discovery::discover(&conn.client).await {
-            Ok(found) => {
-                ctx.extension_servers =
-                    Some(found.workloads().iter().map(|w| w.to_string()).collect());
-            }
-            Err(e) => unresolved.push(format!("{what}: {e}")),
-        }
+        let found = crate::k8s::discovery::discover(&conn.client).await?;
+        ctx.extension_servers = Some(found.workloads().iter().map(|w| w.to_string()).collect());
+        Ok(())
     }
 }
 

@@ -74,9 +74,9 @@ pub trait Procedure {
         phase: Self::Phase,
         action: &Self::Action,
     ) -> impl Future<Output = Result<String>>;
-    /// Reads from the cluster what the plan names (the extension servers a restart covers);
-    /// what it cannot read goes to `unresolved`. It also proves a dry run's cluster answers.
-    fn resolve(ctx: &mut Ctx, unresolved: &mut Vec<String>) -> impl Future<Output = ()>;
+    /// Reads from the cluster what the plan names (the extension servers a restart covers),
+    /// which also proves the cluster answers before anything changes.
+    fn resolve(ctx: &mut Ctx) -> impl Future<Output = Result<()>>;
 }
 
 /// What the operator asked for.
@@ -140,7 +140,8 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         && !global.dry_run
     {
         // Nothing of a killed run may still write while this one decides what is done.
-        process::stop_leftovers(&run.journal.run).await;
+        process::stop_leftovers(&child_marker(&assets, &run.journal.run)).await;
+        run.remove_scratch();
     }
     let (run, expired) = choose_run::<P>(&assets, latest, &request)?;
     let wanted = wanted_phases::<P>(run.as_ref(), expired, &request)?;
@@ -151,8 +152,16 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         .collect();
     let mut unresolved = Vec::new();
     let conn = connect(global, &assets, &mut unresolved).await?;
-    let runner_name = run.as_ref().map_or_else(|| P::NAME.to_string(), |r| r.journal.run.clone());
-    let runner = Runner::new(&runner_name, global.verbose, global.timeout.duration);
+    // Named before anything runs, so even the children of a run's first invocation carry the
+    // marker a re-run looks for.
+    let run_name =
+        run.as_ref().map_or_else(|| RunDir::new_name(&root, P::NAME), |r| r.journal.run.clone());
+    let runner = Runner::new(
+        &child_marker(&assets, &run_name),
+        &root.join(&run_name),
+        global.verbose,
+        global.timeout.duration,
+    );
     let config_dir = config_dir(global, &assets);
     let mut ctx = Ctx {
         module: global.tools.module.clone(),
@@ -175,7 +184,12 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     let described: &[P::Phase] = if global.dry_run { &wanted } else { &todo };
     find_programs::<P>(global, &mut ctx, described, &runner, &mut unresolved)?;
     resolve_module(&mut ctx, global.dry_run, &mut unresolved).await?;
-    P::resolve(&mut ctx, &mut unresolved).await;
+    match P::resolve(&mut ctx).await {
+        Ok(()) => {}
+        Err(e) if global.dry_run => unresolved.push(e.to_string()),
+        // The cluster must answer before anything changes, not only when a phase needs it.
+        Err(e) => return Err(e),
+    }
     if global.dry_run {
         return print_plan::<P>(&ctx, &wanted, global.output, &unresolved);
     }
@@ -215,7 +229,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         ),
     )?;
     if ctx.run.is_none() {
-        let run = RunDir::create(&root, ctx.assets.root(), P::NAME, path_name(expired))?;
+        let run = RunDir::create(&root, ctx.assets.root(), P::NAME, &run_name, path_name(expired))?;
         eprintln!(
             "rotation run {} started (journal {})",
             run.journal.run,
@@ -277,6 +291,12 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
             Err(Error::Interrupted { phase, stopped })
         }
     }
+}
+
+/// What every child of run `run` of this asset dir carries (`KUBECTL_CERTROTATE_RUN`): the
+/// asset dir is part of it, so a re-run never stops another asset dir's rotation.
+fn child_marker(assets: &AssetDir, run: &str) -> String {
+    format!("{run}@{}", assets.root().display())
 }
 
 /// The cluster, proven to be the asset dir's before anything changes; a dry run goes on

@@ -109,8 +109,8 @@ impl RunDir {
         Ok(RunDir { dir: dir.to_path_buf(), journal })
     }
 
-    /// Starts a new run of `rotation` on `path` (`expired` or `not-expired`).
-    pub fn create(root: &Path, assets_dir: &Path, rotation: &str, path: &str) -> Result<RunDir> {
+    /// The name a new run of `rotation` under `root` gets: `<rotation>-<UTC time>`.
+    pub fn new_name(root: &Path, rotation: &str) -> String {
         let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
         let mut run = format!("{rotation}-{stamp}");
         let mut n = 1;
@@ -118,14 +118,26 @@ impl RunDir {
             n += 1;
             run = format!("{rotation}-{stamp}-{n}");
         }
-        let dir = root.join(&run);
+        run
+    }
+
+    /// Starts run `run` (a [`RunDir::new_name`]) of `rotation` on `path` (`expired` or
+    /// `not-expired`).
+    pub fn create(
+        root: &Path,
+        assets_dir: &Path,
+        rotation: &str,
+        run: &str,
+        path: &str,
+    ) -> Result<RunDir> {
+        let dir = root.join(run);
         private_dir(&dir.join(BACKUP_DIR))
             .map_err(|e| Error::Journal { path: dir.clone(), reason: e.to_string() })?;
         let journal = Journal {
             api_version: crate::output::JSON_API_VERSION.into(),
             kind: "RotationJournal".into(),
             rotation: rotation.into(),
-            run,
+            run: run.into(),
             path: path.into(),
             state: RunState::InProgress,
             assets_dir: assets_dir.display().to_string(),
@@ -153,6 +165,19 @@ impl RunDir {
         let text = serde_json::to_vec_pretty(&self.journal).expect("a journal serializes");
         write_atomic(&path, &text, 0o600)
             .map_err(|e| Error::Journal { path, reason: e.to_string() })
+    }
+
+    /// Removes the temp dirs of children (values and plan files) a killed invocation left in
+    /// the run's folder.
+    pub fn remove_scratch(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if entry.path().is_dir() && (name.starts_with("values-") || name.starts_with("plan-")) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     pub fn backup_path(&self, name: &str) -> PathBuf {
@@ -234,7 +259,9 @@ mod tests {
     fn a_run_round_trips_and_the_latest_is_found() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("certrotate");
-        let mut run = RunDir::create(&root, dir.path(), "aggregation", "not-expired").unwrap();
+        let name = RunDir::new_name(&root, "aggregation");
+        let mut run =
+            RunDir::create(&root, dir.path(), "aggregation", &name, "not-expired").unwrap();
         run.begin_phase("backup").unwrap();
         let e = run.begin_event("backup", StepKind::File, "copy").unwrap();
         run.end_event(e, "ok").unwrap();

@@ -142,7 +142,7 @@ impl Helm {
         in_place: impl Fn(&serde_json::Value) -> bool,
         note: &(dyn Fn(&str, &str) + Sync),
     ) -> Result<()> {
-        let file = PrivateValues::write(values)?;
+        let file = PrivateValues::write(&self.runner, values)?;
         let mut last_error = None;
         for _ in 0..UPGRADE_ATTEMPTS {
             self.recover_pending(release, note).await?;
@@ -243,10 +243,10 @@ struct PrivateValues {
 }
 
 impl PrivateValues {
-    fn write(values: &serde_json::Value) -> Result<Self> {
+    fn write(runner: &Runner, values: &serde_json::Value) -> Result<Self> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let temp = |e: std::io::Error| Error::TempFile(e.to_string());
-        let dir = tempfile::Builder::new().prefix("certrotate-values-").tempdir().map_err(temp)?;
+        let dir = runner.private_temp("values-")?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -7,6 +7,7 @@ pub mod process;
 pub mod redact;
 pub mod terraform;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use process::{Command, Outcome, Program};
@@ -18,14 +19,25 @@ const CHILD_TIMEOUT_MARGIN: Duration = Duration::from_secs(120);
 /// What every child of one rotation run shares: the run marker, `-v` streaming, the bound.
 #[derive(Debug, Clone)]
 pub struct Runner {
-    run: String,
+    marker: String,
+    scratch: PathBuf,
     echo: bool,
     timeout: Duration,
 }
 
 impl Runner {
-    pub fn new(run: &str, verbose: u8, timeout: Duration) -> Self {
-        Self { run: run.to_string(), echo: verbose > 0, timeout }
+    /// `marker` goes into every child's environment; `scratch` (the run's private folder)
+    /// holds the temp files of children (values files, plan files).
+    pub fn new(marker: &str, scratch: &Path, verbose: u8, timeout: Duration) -> Self {
+        Self { marker: marker.into(), scratch: scratch.into(), echo: verbose > 0, timeout }
+    }
+
+    /// A private temp dir inside the run's folder, removed on drop (a killed run's leftovers
+    /// stay inside the 0700 run folder, not in /tmp).
+    pub fn private_temp(&self, prefix: &str) -> crate::error::Result<tempfile::TempDir> {
+        tempfile::Builder::new().prefix(prefix).tempdir_in(&self.scratch).map_err(|e| {
+            crate::error::Error::TempFile(format!("in {}: {e}", self.scratch.display()))
+        })
     }
 
     /// `--timeout` (zero: no limit).
@@ -50,6 +62,6 @@ impl Runner {
         } else {
             self.timeout.saturating_add(CHILD_TIMEOUT_MARGIN)
         };
-        Command::new(program, bound).env(process::RUN_ENV, &self.run).echo(self.echo)
+        Command::new(program, bound).env(process::RUN_ENV, &self.marker).echo(self.echo)
     }
 }

@@ -207,10 +207,7 @@ impl Terraform {
     /// Addresses a plain `terraform apply` would change now (`plan -out`, then `show -json`;
     /// the plan file holds secrets, so it lives in a private temp dir that is removed).
     pub async fn pending_changes(&self) -> Result<Vec<String>> {
-        let private = tempfile::Builder::new()
-            .prefix("certrotate-plan-")
-            .tempdir()
-            .map_err(|e| Error::TempFile(e.to_string()))?;
+        let private = self.runner.private_temp("plan-")?;
         let plan = private.path().join("plan");
         let plan_arg = format!("-out={}", plan.display());
         let cmd = self.command(&["plan", "-input=false", "-no-color", &plan_arg]);

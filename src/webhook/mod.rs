@@ -109,17 +109,12 @@ impl Procedure for Webhook {
         phases::execute(ctx, phase, *action).await
     }
 
-    async fn resolve(ctx: &mut Ctx, unresolved: &mut Vec<String>) {
+    async fn resolve(ctx: &mut Ctx) -> Result<()> {
         let what = format!("mutatingwebhookconfiguration {}", phases::CONFIGURATION);
         let Some(conn) = &ctx.conn else {
-            unresolved.push(format!("{what} (the cluster is not reachable)"));
-            return;
+            return Err(Error::Usage(format!("{what}: the cluster is not reachable")));
         };
-        match objects::mutating_webhook_ca_bundles(&conn.client, phases::CONFIGURATION).await {
-            Ok(Some(_)) => {}
-            Ok(None) => unresolved.push(format!("{what}: it does not exist now")),
-            Err(e) => unresolved.push(format!("{what}: {e}")),
-        }
+        objects::mutating_webhook_ca_bundles(&conn.client, phases::CONFIGURATION).await.map(drop)
     }
 }
 

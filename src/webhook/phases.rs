@@ -202,7 +202,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: Action) -> Result<Stri
         }
         Action::Lokoctl => match ctx.lokoctl()?.apply(ctx.expired).await {
             Ok(()) => Ok("applied".into()),
-            Err(e) if ctx.expired => Err(Error::Precondition {
+            Err(e) if ctx.expired => Err(Error::PhaseStopped {
                 phase: phase.name(),
                 reason: format!(
                     "{e}\nmutatingwebhookconfiguration {CONFIGURATION} is still deleted: fix the cause and run the same command again, or put the old configuration back with `kubectl certrotate webhook --restore-webhook`"
