@@ -25,7 +25,8 @@ use openssl::pkey::PKey;
 use openssl::x509::X509;
 use serde_json::Value;
 use support::{
-    AssetOptions, Assets, Cmd, Helm, Output, TestEnv, Tools, fingerprints, free_port, wait_for,
+    AssetOptions, Assets, Cmd, Helm, Output, Spawned, TestEnv, Tools, fingerprints, free_port,
+    wait_for,
 };
 
 const NS: &str = "lokomotive-system";
@@ -441,44 +442,82 @@ fn check_rotated(env: &TestEnv, before: &Before, path: &str, check_ns: &str) -> 
     new
 }
 
-/// The rotation is killed (SIGKILL) while its lokoctl waits, i.e. after the expired path
-/// deleted the webhook configuration and before anything was applied.
-fn kill_during_lokoctl(env: &TestEnv) -> Output {
-    let marker = env.dir().join("slow-lokoctl.pid");
+/// Whether a process is alive (a zombie is not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+/// A process of ours that must not outlive the test: SIGKILLed when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let _ =
+                std::process::Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+}
+
+/// A rotation waiting in its lokoctl: the expired path has deleted the configuration, the
+/// not-expired one has tainted, nothing is applied yet.
+struct InLokoctl {
+    rotation: Spawned,
+    /// The lokoctl wrapper, a direct child of the tool.
+    lokoctl: u32,
+    /// A background child of the wrapper standing for lokoctl's own terraform or helm: a
+    /// grandchild of the tool, which no death signal reaches; it carries the run's
+    /// `KUBECTL_CERTROTATE_RUN` like any process of the run.
+    grandchild: KillOnDrop,
+}
+
+/// Starts the rotation with a lokoctl that waits 60 s before exec'ing the double, and
+/// returns once the wrapper runs.
+fn rotation_in_slow_lokoctl(env: &TestEnv) -> InLokoctl {
+    let marker = env.dir().join("slow-lokoctl.pids");
     let fifo = env.dir().join("slow-lokoctl.fifo");
-    // A wait without a child process (`read -t` on a FIFO opened read-write): once the tool
-    // is killed, the wrapper dies of its death signal and leaves nothing running.
+    // The wrapper waits without a child process (`read -t` on a FIFO opened read-write), so
+    // once it dies of its death signal only the grandchild is left.
     let slow = script(
         env,
         "slow-lokoctl",
         &format!(
-            "set -eu\nmkfifo {fifo}\nexec 3<>{fifo}\necho $$ >{marker}\nread -r -t 60 -u 3 || true\nexec {real} \"$@\"\n",
+            "set -eu\nrm -f {fifo}\nmkfifo {fifo}\nexec 3<>{fifo}\n\
+             sleep 300 </dev/null >/dev/null 2>&1 &\necho $$ $! >{marker}\n\
+             read -r -t 60 -u 3 || true\nexec {real} \"$@\"\n",
             fifo = shell_quote(&fifo),
             marker = shell_quote(&marker),
             real = shell_quote(&Tools::get().lokoctl_double),
         ),
     );
-    let mut run = webhook(env).args(["-y", "--lokoctl"]).arg(&slow).spawn();
-    let pid: u32 = wait_for("the slow lokoctl to start", Duration::from_secs(120), || {
-        if !run.is_running() {
-            panic!("the rotation ended before lokoctl: {}", run.kill());
-        }
-        std::fs::read_to_string(&marker)
-            .map_err(|e| e.to_string())?
-            .trim()
-            .parse()
-            .map_err(|e| format!("{e}"))
-    });
-    let out = run.kill();
-    env.step(&format!("rotation SIGKILLed while lokoctl (pid {pid}) waits"));
-    wait_for("the lokoctl wrapper to die with the tool", Duration::from_secs(5), || {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) if !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') => {
-                Err(format!("alive: {stat}"))
+    let _ = std::fs::remove_file(&marker);
+    let mut rotation = webhook(env).args(["-y", "--lokoctl"]).arg(&slow).spawn();
+    let (lokoctl, grandchild) =
+        wait_for("the slow lokoctl to start", Duration::from_secs(120), || {
+            if !rotation.is_running() {
+                panic!("the rotation ended before lokoctl: {}", rotation.kill());
             }
-            _ => Ok(()),
-        }
+            let text = std::fs::read_to_string(&marker).map_err(|e| e.to_string())?;
+            match text.split_whitespace().map(str::parse).collect::<Result<Vec<u32>, _>>() {
+                Ok(pids) if pids.len() == 2 => Ok((pids[0], pids[1])),
+                _ => Err(format!("{text:?}")),
+            }
+        });
+    InLokoctl { rotation, lokoctl, grandchild: KillOnDrop(grandchild) }
+}
+
+/// The rotation is killed (SIGKILL) while its lokoctl waits, i.e. after the expired path
+/// deleted the webhook configuration and before anything was applied. Returns the
+/// grandchild left behind.
+fn kill_during_lokoctl(env: &TestEnv) -> KillOnDrop {
+    let InLokoctl { mut rotation, lokoctl, grandchild } = rotation_in_slow_lokoctl(env);
+    let out = rotation.kill();
+    env.step(&format!("rotation SIGKILLed while lokoctl (pid {lokoctl}) waits"));
+    wait_for("the lokoctl wrapper to die with the tool", Duration::from_secs(5), || {
+        if alive(lokoctl) { Err(format!("pid {lokoctl} alive")) } else { Ok(()) }
     });
+    assert!(alive(grandchild.0), "the grandchild outlives the tool (no death signal)");
     assert!(
         ca_bundle(env).is_none(),
         "the configuration is deleted (unhook) and not yet re-created:\n{out}"
@@ -491,7 +530,7 @@ fn kill_during_lokoctl(env: &TestEnv) -> Output {
             .map(|(n, o)| (n.to_string(), o.to_string())),
         "{j:#}"
     );
-    out
+    grandchild
 }
 
 // ------------------------------------------------------------------------------- tests ---
@@ -637,7 +676,7 @@ fn expired_certificate_takes_the_expired_path_and_the_webhook_works_again() {
 fn killed_after_unhook_a_plain_rerun_restores_the_webhook_and_completes() {
     let env = expired_cluster("webhook-kill");
     let before = Before::take(&env);
-    kill_during_lokoctl(&env);
+    let leftover = kill_during_lokoctl(&env);
     assert_eq!(read(&env.assets.dir.join(VALUES)), before.values, "nothing applied yet");
 
     let out = timed(&env, "webhook -y (re-run)", webhook(&env).arg("-y"));
@@ -657,6 +696,18 @@ fn killed_after_unhook_a_plain_rerun_restores_the_webhook_and_completes() {
         "the killed attempt is recorded as interrupted: {j:#}"
     );
     assert_eq!(runs(&env).len(), 1, "the re-run resumed the same run");
+    // docs/rotations.md: "the next invocation kills whatever of a killed run is left
+    // (lokoctl's own terraform and helm) before it decides what is done".
+    assert!(
+        !alive(leftover.0),
+        "the re-run stopped what the killed run left running (pid {}, {})",
+        leftover.0,
+        std::fs::read_to_string(format!("/proc/{}/environ", leftover.0))
+            .unwrap_or_default()
+            .split('\0')
+            .find(|v| v.starts_with("KUBECTL_CERTROTATE_RUN="))
+            .unwrap_or("no KUBECTL_CERTROTATE_RUN")
+    );
 }
 
 /// The same situation abandoned: `--restore-webhook` (its dry run first) creates the kept
@@ -665,7 +716,7 @@ fn killed_after_unhook_a_plain_rerun_restores_the_webhook_and_completes() {
 fn killed_after_unhook_then_restore_webhook_puts_the_old_configuration_back() {
     let env = expired_cluster("webhook-restore");
     let before = Before::take(&env);
-    kill_during_lokoctl(&env);
+    let _leftover = kill_during_lokoctl(&env);
     let state = tfstate(&env);
     let journal_before = read(&latest_run(&env).join("journal.json"));
 
@@ -912,4 +963,53 @@ fn refusals_and_dry_runs_change_nothing() {
         "lokomotive.yaml, the state and the configuration are unchanged"
     );
     assert!(runs(&env).is_empty(), "no run was started");
+}
+
+/// Two rotations of different clusters started in the same UTC second get the same run name
+/// (`webhook-<second>`, the `KUBECTL_CERTROTATE_RUN` of their children). A re-run on the
+/// other asset dir must not stop this cluster's programs. Made deterministic by giving a
+/// second asset dir an in-progress run of the same name (what a same-second start gives).
+#[test]
+fn same_second_runs_on_two_asset_dirs_leave_each_other_alone() {
+    let env = cluster("webhook-same-run-name");
+    // The run exists before lokoctl starts (a resumed run), so its children carry its name.
+    let out =
+        timed(&env, "webhook -y --phase backup", webhook(&env).args(["-y", "--phase", "backup"]));
+    assert_eq!(out.code(), Some(0), "{out}");
+    let InLokoctl { mut rotation, lokoctl, grandchild } = rotation_in_slow_lokoctl(&env);
+    let run = latest_run(&env);
+    let other = Assets::make(
+        &env.dir().join("other-cluster"),
+        free_port(),
+        &AssetOptions { cluster: Some("other".into()), ..AssetOptions::default() },
+    );
+    let other_run = other.dir.join("certrotate").join(run.file_name().unwrap());
+    std::fs::create_dir_all(other_run.join("backup")).unwrap();
+    let mut j = journal(&run);
+    j["assetsDir"] = other.dir.display().to_string().into();
+    j["phases"] = Value::Array(vec![]);
+    j["events"] = Value::Array(vec![]);
+    j["fingerprints"] = serde_json::json!({});
+    std::fs::write(other_run.join("journal.json"), serde_json::to_vec_pretty(&j).unwrap()).unwrap();
+    env.step(&format!("{} also in progress on another asset dir", j["run"]));
+
+    let out = webhook(&env)
+        .args(["-y", "--assets-dir"])
+        .arg(&other.dir)
+        .env("ASSET_DIR", &other.dir)
+        .env("CONFIG_DIR", &other.config_dir)
+        .env("KUBECONFIG", other.kubeconfig())
+        .run();
+    env.step(&format!("webhook -y on the other asset dir: exit {:?}", out.code()));
+    logged_error(&env, &out);
+    std::thread::sleep(Duration::from_millis(500));
+    let (wrapper, child) = (alive(lokoctl), alive(grandchild.0));
+    let running = rotation.is_running();
+    let this = rotation.kill();
+    assert!(
+        wrapper && child && running,
+        "the other asset dir's re-run stopped this cluster's rotation (lokoctl alive: {wrapper}, \
+         its child alive: {child}, rotation running: {running}):\n--- the other re-run \
+         ---\n{out}\n--- this rotation ---\n{this}"
+    );
 }
