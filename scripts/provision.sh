@@ -156,7 +156,7 @@ step terraform
 TERRAFORM=$(command -v terraform || true)
 [ -n "$TERRAFORM" ] || die "terraform is not on PATH; this machine kind ships it in /usr/local/bin (install terraform >= 1.5 and re-run)"
 
-done_step "$("$TERRAFORM" version 2>/dev/null | head -1) at $TERRAFORM"
+done_step "$("$TERRAFORM" version 2>/dev/null | sed -n 1p) at $TERRAFORM"
 
 KUBECTL=$(command -v kubectl || true)
 [ -n "$KUBECTL" ] || die "kubectl is not on PATH"

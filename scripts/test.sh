@@ -60,7 +60,7 @@ set -e
 # characters: kube-controller-manager shows as kube-controller, admission-webhook as
 # admission-webho).
 leftovers=()
-for pid in $(pgrep -x 'etcd|kube-apiserver|kube-controller|ext-apiserver|admission-webho' || true); do
+for pid in $(pgrep -x 'etcd|kube-apiserver|kube-controller|ext-apiserver|admission-webho' 2>/dev/null || true); do
 	if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "CERTROTATE_TEST_RUN=$CERTROTATE_TEST_RUN"; then
 		leftovers+=("$pid:$(cat "/proc/$pid/comm" 2>/dev/null || echo '?')")
 	fi
