@@ -14,7 +14,7 @@ use crate::k8s::rollout;
 use crate::pki::{self, CertInfo};
 use crate::rotation::context::Ctx;
 use crate::rotation::engine::Planned;
-use crate::rotation::plan::{Step, StepKind};
+use crate::rotation::plan::StepKind;
 use crate::tools::helm::Release;
 
 pub const CA_CERT: &str = "tls/aggregation-ca.crt";
@@ -110,10 +110,6 @@ pub enum Check {
     OnlyNewCaTrusted,
 }
 
-fn planned(kind: StepKind, description: String, action: Action) -> Planned<Action> {
-    Planned { step: Step::new(kind, description), action }
-}
-
 /// The steps of `phase`, described for this asset dir (what cannot be resolved is named).
 pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
     let expired = ctx.expired;
@@ -123,21 +119,21 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
         if expired { vec![ca_cert()] } else { resources("aggregation-ca").files.to_vec() };
     match phase {
         Phase::Backup => vec![
-            planned(
+            Planned::new(
                 K::File,
                 format!(
                     "copy {CA_CERT}, {CA_KEY}, {CLIENT_CERT} and {CLIENT_KEY} into the run's backup folder (0600)"
                 ),
                 A::Backup,
             ),
-            planned(
+            Planned::new(
                 K::Check,
                 "the copies read back equal to the originals".into(),
                 A::Verify(Check::BackupReadsBack),
             ),
         ],
         Phase::Ca => vec![
-            planned(
+            Planned::new(
                 K::Command,
                 format!(
                     "{} (skipped when the state already holds a new or tainted CA key)",
@@ -145,8 +141,8 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
                 ),
                 A::TaintCaKey,
             ),
-            planned(K::Command, ctx.apply_line(&ca_targets), A::Apply(ca_targets.clone())),
-            planned(
+            Planned::new(K::Command, ctx.apply_line(&ca_targets), A::Apply(ca_targets.clone())),
+            Planned::new(
                 K::Check,
                 if expired {
                     "the state holds a new CA certificate, not the backed-up one".into()
@@ -158,26 +154,24 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
                 A::Verify(Check::NewCa { files: !expired }),
             ),
         ],
-        Phase::Bundle => vec![
-            planned(
-                K::Command,
-                upgrade_line(ctx, "apiserver.aggregationCaCert = base64(old CA + new CA)"),
-                A::HelmUpgrade(ChartValue::CaBundle),
+        Phase::Bundle => [
+            upgrade_steps(
+                ctx,
+                "apiserver.aggregationCaCert = base64(old CA + new CA)",
+                ChartValue::CaBundle,
             ),
-            planned(
-                K::Api,
-                format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"),
-                A::WaitKubeApiserver,
-            ),
-            planned(
+            vec![Planned::new(
                 K::Check,
                 format!(
                     "secret {NAMESPACE}/{SECRET} and configmap {NAMESPACE}/{AUTH_CONFIGMAP} ({AUTH_KEY}) trust the old and the new CA"
                 ),
                 A::Verify(Check::BundleServed),
-            ),
-        ],
-        Phase::Restart => vec![planned(
+            )],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        Phase::Restart => vec![Planned::new(
             K::Api,
             format!(
                 "restart every extension API server ({}) as kubectl rollout restart, wait as kubectl rollout status, then for their APIServices to be Available and answer through the aggregator; read which CA each pod loaded",
@@ -185,51 +179,48 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             ),
             A::RestartExtensionServers,
         )],
-        Phase::Client => vec![
-            planned(
-                K::Command,
-                format!(
-                    "{} (skipped when the state's certificate is already signed by the new CA)",
-                    ctx.taint_line(client_cert())
+        Phase::Client => [
+            vec![
+                Planned::new(
+                    K::Command,
+                    format!(
+                        "{} (skipped when the state's certificate is already signed by the new CA)",
+                        ctx.taint_line(client_cert())
+                    ),
+                    A::TaintClientCert,
                 ),
-                A::TaintClientCert,
-            ),
-            planned(
-                K::Command,
-                ctx.apply_line(&[client_cert_file()]),
-                A::Apply(vec![client_cert_file()]),
-            ),
-            planned(
-                K::Command,
-                upgrade_line(
-                    ctx,
-                    &format!("apiserver.aggregationClientCert = base64({CLIENT_CERT})"),
+                Planned::new(
+                    K::Command,
+                    ctx.apply_line(&[client_cert_file()]),
+                    A::Apply(vec![client_cert_file()]),
                 ),
-                A::HelmUpgrade(ChartValue::ClientCert),
+            ],
+            upgrade_steps(
+                ctx,
+                &format!("apiserver.aggregationClientCert = base64({CLIENT_CERT})"),
+                ChartValue::ClientCert,
             ),
-            planned(
-                K::Api,
-                format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"),
-                A::WaitKubeApiserver,
-            ),
-            planned(
+            vec![Planned::new(
                 K::Check,
                 format!(
                     "secret {NAMESPACE}/{SECRET} serves the new client certificate, signed by the new CA; APIServices Available"
                 ),
                 A::Verify(Check::ClientServed),
-            ),
-        ],
+            )],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         Phase::Apply => {
-            let mut steps = vec![planned(K::Command, ctx.lokoctl_line(true), A::Lokoctl)];
+            let mut steps = vec![Planned::new(K::Command, ctx.lokoctl_line(true), A::Lokoctl)];
             if expired {
-                steps.push(planned(
+                steps.push(Planned::new(
                     K::Check,
                     format!("the files equal the state; secret {NAMESPACE}/{SECRET} and configmap {AUTH_CONFIGMAP} trust the new CA"),
                     A::Verify(Check::NewCaServed),
                 ));
             } else {
-                steps.push(planned(
+                steps.push(Planned::new(
                     K::Check,
                     "terraform plan shows no change left to the aggregation resources; the files equal the state".into(),
                     A::Verify(Check::NothingPending),
@@ -238,26 +229,26 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             steps
         }
         Phase::Cleanup => vec![
-            planned(
+            Planned::new(
                 K::Api,
                 format!(
                     "DELETE configmap {NAMESPACE}/{AUTH_CONFIGMAP} (kube-apiserver only ever adds CAs to it)"
                 ),
                 A::DeleteAuthConfigMap,
             ),
-            planned(
+            Planned::new(
                 K::Api,
                 format!(
                     "restart kube-apiserver in {NAMESPACE} (kubectl rollout restart) and wait for it, riding through the API outage"
                 ),
                 A::RestartKubeApiserver,
             ),
-            planned(
+            Planned::new(
                 K::Check,
                 format!("configmap {AUTH_CONFIGMAP} is back and trusts only the new CA"),
                 A::Verify(Check::OnlyNewCaTrusted),
             ),
-            planned(
+            Planned::new(
                 K::Api,
                 format!(
                     "restart every extension API server again ({}), wait for their APIServices to be Available",
@@ -267,6 +258,18 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             ),
         ],
     }
+}
+
+/// A helm upgrade of kube-apiserver setting one value, and the wait for the rollout it starts.
+fn upgrade_steps(ctx: &Ctx, value: &str, chart_value: ChartValue) -> Vec<Planned<Action>> {
+    vec![
+        Planned::new(StepKind::Command, upgrade_line(ctx, value), Action::HelmUpgrade(chart_value)),
+        Planned::new(
+            StepKind::Api,
+            format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"),
+            Action::WaitKubeApiserver,
+        ),
+    ]
 }
 
 /// Whether the real state shows `phase` done already (a run killed before it could record

@@ -43,6 +43,12 @@ pub struct Planned<A> {
     pub action: A,
 }
 
+impl<A> Planned<A> {
+    pub fn new(kind: super::plan::StepKind, description: String, action: A) -> Self {
+        Self { step: Step::new(kind, description), action }
+    }
+}
+
 /// One rotation procedure: its phases and their steps.
 pub trait Procedure {
     type Phase: Copy + Eq + std::fmt::Debug + 'static;

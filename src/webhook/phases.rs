@@ -8,7 +8,7 @@ use crate::k8s::{objects, rollout};
 use crate::pki::{self, CertInfo};
 use crate::rotation::context::Ctx;
 use crate::rotation::engine::Planned;
-use crate::rotation::plan::{Step, StepKind};
+use crate::rotation::plan::StepKind;
 
 pub const CONFIGURATION: &str = "admission-webhook-server";
 pub const NAMESPACE: &str = "lokomotive-system";
@@ -46,10 +46,6 @@ pub enum Action {
     CheckAdmission,
 }
 
-fn planned(kind: StepKind, description: String, action: Action) -> Planned<Action> {
-    Planned { step: Step::new(kind, description), action }
-}
-
 pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
     use Action as A;
     use StepKind as K;
@@ -59,38 +55,38 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             if ctx.expired {
                 what.push_str(&format!("; keep mutatingwebhookconfiguration {CONFIGURATION} as a manifest there"));
             }
-            vec![planned(K::File, what, A::Backup)]
+            vec![Planned::new(K::File, what, A::Backup)]
         }
-        Phase::Unhook => vec![planned(
+        Phase::Unhook => vec![Planned::new(
             K::Api,
             format!("DELETE mutatingwebhookconfiguration {CONFIGURATION} (an expired certificate makes every call to it fail; lokoctl creates it again)"),
             A::DeleteConfiguration,
         )],
         Phase::Certificate => vec![
-            planned(
+            Planned::new(
                 K::Command,
                 format!("{} (skipped when the state's certificate is already a new one)", ctx.taint_line(cert_resource())),
                 A::Taint,
             ),
-            planned(K::Command, ctx.lokoctl_line(ctx.expired), A::Lokoctl),
-            planned(
+            Planned::new(K::Command, ctx.lokoctl_line(ctx.expired), A::Lokoctl),
+            Planned::new(
                 K::Check,
                 format!("{LOKOMOTIVE_VALUES} holds a new certificate, equal to the state's, matching its key, signed by the kube CA, naming the five service names"),
                 A::CheckNewCertificate,
             ),
         ],
-        Phase::Restart => vec![planned(
+        Phase::Restart => vec![Planned::new(
             K::Api,
             format!("restart deployment/{DEPLOYMENT} -n {NAMESPACE} (kubectl rollout restart) and wait as kubectl rollout status"),
             A::Restart,
         )],
         Phase::Verify => vec![
-            planned(
+            Planned::new(
                 K::Check,
                 format!("secret {NAMESPACE}/{SECRET} holds the new certificate and its key; mutatingwebhookconfiguration {CONFIGURATION} exists and its caBundle is the new certificate"),
                 A::CheckServed,
             ),
-            planned(
+            Planned::new(
                 K::Api,
                 "a real admission call: create a throw-away namespace, check its default ServiceAccount was mutated (automountServiceAccountToken: false), delete it".into(),
                 A::CheckAdmission,
