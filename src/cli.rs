@@ -26,7 +26,8 @@ pub const DISPLAY_NAME: &str = "kubectl certrotate";
     propagate_version = true,
     max_term_width = 100,
     after_help = "Exit codes: 0 fine, 1 error, 2 usage, 3 something expires within the window, \
-                  4 something has expired or is invalid."
+                  4 something has expired or is invalid, 130 a rotation was interrupted (run it \
+                  again to go on)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -52,7 +53,7 @@ pub struct GlobalOpts {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// Print the plan (every API call, in order) and change nothing.
+    /// Print the plan (every command line and API call, in order) and change nothing.
     #[arg(long, global = true)]
     pub dry_run: bool,
 
@@ -61,8 +62,8 @@ pub struct GlobalOpts {
     #[arg(short = 'y', long, global = true)]
     pub yes: bool,
 
-    /// Bound for each wait (a rollout, an APIService becoming available); 0 means no limit, as
-    /// for `kubectl rollout status --timeout`.
+    /// Bound for each wait (a rollout, helm's --wait, an APIService becoming available); 0 means
+    /// no limit, as for `kubectl rollout status --timeout`.
     #[arg(long, value_name = "DURATION", default_value = "10m", global = true)]
     pub timeout: HumanDuration,
 
