@@ -75,18 +75,7 @@ fn helm_history(env: &TestEnv, helm: Helm) -> Vec<(u64, String, String)> {
         .helm(helm)
         .args(["history", "kube-apiserver", "--namespace", "kube-system", "-o", "json"])
         .ok();
-    let entries: Vec<Value> = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("helm history -o json: {e}: {}", out.stdout));
-    entries
-        .iter()
-        .map(|e| {
-            (
-                e["revision"].as_u64().unwrap_or_default(),
-                e["status"].as_str().unwrap_or_default().to_string(),
-                e["description"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
+    support::helm_history_rows(&out.stdout)
 }
 
 fn kubectl_jsonpath(env: &TestEnv, args: &[&str], path: &str) -> String {

@@ -590,17 +590,7 @@ pub fn helm_history(env: &TestEnv, release: &str, namespace: &str) -> Vec<(u64, 
             .run();
         if out.success() { Ok(out) } else { Err(out.to_string()) }
     });
-    let entries: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
-    entries
-        .iter()
-        .map(|e| {
-            (
-                e["revision"].as_u64().unwrap_or_default(),
-                e["status"].as_str().unwrap_or_default().to_string(),
-                e["description"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
+    crate::support::helm_history_rows(&out.stdout)
 }
 
 /// APIService Available and a request through the aggregated API answered.

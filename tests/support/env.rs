@@ -569,3 +569,19 @@ impl Drop for LogDump {
         }
     }
 }
+
+/// `(revision, status, description)` of each row `helm history -o json` printed.
+pub fn helm_history_rows(json: &str) -> Vec<(u64, String, String)> {
+    let entries: Vec<Value> =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("helm history -o json: {e}: {json}"));
+    entries
+        .iter()
+        .map(|e| {
+            (
+                e["revision"].as_u64().unwrap_or_default(),
+                e["status"].as_str().unwrap_or_default().to_string(),
+                e["description"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}

@@ -26,7 +26,7 @@ pub mod wait;
 
 pub use assets::{AssetOptions, Assets, free_port};
 pub use cmd::{Cmd, Output, Spawned};
-pub use env::{EnvOptions, ExtApiServer, Helm, TestEnv};
+pub use env::{EnvOptions, ExtApiServer, Helm, TestEnv, helm_history_rows};
 pub use kubelet::{KubeletConfig, NEVER_READY_LABEL, PodPredicate, READY_DELAY_ANNOTATION};
 pub use pki::{file_fingerprints, fingerprints};
 pub use tools::Tools;
