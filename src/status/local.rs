@@ -129,6 +129,7 @@ impl RowBuilder {
                 chain: Check::Unknown,
                 key: Check::NotApplicable,
                 problems: Vec::new(),
+                fix: None,
             },
         }
     }
