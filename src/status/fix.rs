@@ -137,8 +137,11 @@ fn local_repair(row: &LocalRow, target: &Target) -> Option<String> {
         Validity::Missing | Validity::Invalid => {
             let files = targets(credential.terraform.files);
             let signed_by_another = row.chain == Check::Fail && credential.issuer.is_some();
-            match credential.terraform.cert {
-                Some(cert) if signed_by_another => target.terraform(&format!(
+            match (credential.terraform.cert, rotation_of(row.name)) {
+                // Its CA changed under it: the rotation command re-issues it in the order that
+                // keeps the cluster trusting it (a bare re-issue would not).
+                (Some(_), Some(rotation)) if signed_by_another => target.command(rotation, ""),
+                (Some(cert), None) if signed_by_another => target.terraform(&format!(
                     "terraform taint MODULE.{cert} && terraform apply {files} (re-issues it from \
                      its CA)"
                 )),
