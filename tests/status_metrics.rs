@@ -416,3 +416,25 @@ fn prometheus_output_is_for_status_only() {
         assert!(out.stderr.contains("-o prometheus is only for"), "{}", out.stderr);
     }
 }
+
+#[test]
+fn the_alert_rules_of_the_docs_pass_promtool() {
+    let docs = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/monitoring.md"))
+        .unwrap();
+    let block = docs
+        .split("<!-- alert-rules -->\n```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("docs/monitoring.md has the alert rules block");
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules.yaml");
+    fs::write(&rules, block).unwrap();
+    let out = Command::new(program("promtool", "prometheus"))
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("SUCCESS: 5 rules found"), "{said}");
+}

@@ -220,3 +220,24 @@ fn shell_word(path: &str) -> String {
         format!("'{}'", path.replace('\'', r"'\''"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_become_one_shell_word() {
+        assert_eq!(shell_word("/srv/l8e-mat/assets"), "/srv/l8e-mat/assets");
+        assert_eq!(shell_word("/srv/my cluster/assets"), "'/srv/my cluster/assets'");
+        assert_eq!(shell_word("/srv/it's/assets"), r"'/srv/it'\''s/assets'");
+    }
+
+    #[test]
+    fn targets_name_every_file_of_the_credential() {
+        let apiserver = assets::credential("apiserver").unwrap();
+        assert_eq!(
+            targets(apiserver.terraform.files),
+            "-target='MODULE.local_file.apiserver-key' -target='MODULE.local_file.apiserver-crt'"
+        );
+    }
+}

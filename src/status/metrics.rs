@@ -292,3 +292,33 @@ pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
     write_atomic(path, text.as_bytes(), 0o644)
         .map_err(|e| Error::Textfile { path: path.to_path_buf(), reason: e.to_string() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape("two\nlines"), r"two\nlines");
+    }
+
+    #[test]
+    fn families_are_written_whole_in_their_order() {
+        let mut exp = Exposition::new();
+        let labels = |dir: &str| vec![("assets_dir", dir.to_string())];
+        exp.add(Metric::AssetsDirError, labels("/b"), 1);
+        exp.add(Metric::NotAfter, labels("/a"), 7);
+        exp.add(Metric::AssetsDirError, labels("/a"), 0);
+        let text = exp.text();
+        let names: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("# TYPE"))
+            .map(|l| l.split(' ').nth(2).unwrap())
+            .collect();
+        assert_eq!(names, ["x509_cert_not_after", "certrotate_assets_dir_error"]);
+        assert!(text.ends_with(
+            "certrotate_assets_dir_error{assets_dir=\"/b\"} 1\ncertrotate_assets_dir_error{assets_dir=\"/a\"} 0\n"
+        ));
+    }
+}
