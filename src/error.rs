@@ -102,6 +102,30 @@ pub enum Error {
     )]
     TerraformLocked { dir: PathBuf, holder: String },
 
+    #[error(
+        "lokocfg {}: {reason}. lokoctl reads it the same way; nothing was changed: fix it, or \
+         pass --config-dir DIR, the folder whose *.lokocfg names this asset dir",
+        path.display()
+    )]
+    Lokocfg { path: PathBuf, reason: String },
+
+    #[error(
+        "refusing to run lokoctl in the config dir {} (from {from}): its lokocfg ({at}) names \
+         the asset dir {named}, not {}, so `lokoctl cluster apply` there would change another \
+         cluster. Nothing was changed: pass --config-dir DIR, the folder whose *.lokocfg names \
+         {}",
+        config_dir.display(),
+        assets.display(),
+        assets.display()
+    )]
+    OtherCluster {
+        config_dir: PathBuf,
+        from: &'static str,
+        at: String,
+        named: String,
+        assets: PathBuf,
+    },
+
     #[error("the Terraform state in {} {reason}", dir.display())]
     TerraformState { dir: PathBuf, reason: String },
 

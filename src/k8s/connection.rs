@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use kube::client::ClientBuilder;
-use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError};
+use kube::config::{
+    KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError, NamedAuthInfo, NamedCluster,
+    NamedContext,
+};
 use kube::{Client, Config};
 
 use super::bound::{DEFAULT_REQUEST_TIMEOUT, RequestBound};
@@ -41,6 +44,14 @@ pub struct Connection {
     pub source: KubeconfigSource,
     root_certs: Vec<Vec<u8>>,
     insecure: bool,
+    /// The context, cluster and user this connection uses, alone: what children get.
+    selected: Selected,
+}
+
+/// One context of a kubeconfig with its cluster and user, as a kubeconfig of its own.
+struct Selected {
+    kubeconfig: Kubeconfig,
+    description: String,
 }
 
 impl Connection {
@@ -59,9 +70,13 @@ impl Connection {
             cluster: opts.cluster.clone(),
             user: opts.user.clone(),
         };
+        let selected = select(&kubeconfig, &options);
         let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| {
             Error::Kubeconfig { path: PathBuf::from(&label), reason: kubeconfig_problem(&e) }
         })?;
+        // kube accepted the same choice, so only a kubeconfig kube reads otherwise fails here.
+        let selected =
+            selected.map_err(|reason| Error::Kubeconfig { path: PathBuf::from(&label), reason })?;
         let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
         if verbose > 0 {
             eprintln!("using kubeconfig {label} ({}), server {server}", source.describe());
@@ -88,7 +103,19 @@ impl Connection {
                     None => Error::kube("build a client", e),
                 }
             })?;
-        Ok(Self { client, server, kubeconfig: label, source, root_certs, insecure })
+        Ok(Self { client, server, kubeconfig: label, source, root_certs, insecure, selected })
+    }
+
+    /// A kubeconfig (JSON, which is YAML) holding only the context, cluster and user this
+    /// connection uses, for the children that must act on this cluster alone. It holds the
+    /// user's credentials: write it only to a private file.
+    pub fn child_kubeconfig(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.selected.kubeconfig).expect("a kubeconfig serializes")
+    }
+
+    /// `context C (cluster S, user U)`, for plans and messages.
+    pub fn selection(&self) -> &str {
+        &self.selected.description
     }
 
     pub fn kubeconfig_description(&self) -> String {
@@ -131,6 +158,58 @@ impl Connection {
             assets.root().display()
         ))
     }
+}
+
+/// The context `options` (else the current context) picks, with its cluster and user, or those
+/// `options` name instead, as kube picks them (`ConfigLoader`).
+fn select(
+    kubeconfig: &Kubeconfig,
+    options: &KubeConfigOptions,
+) -> std::result::Result<Selected, String> {
+    let context_name = options
+        .context
+        .clone()
+        .or_else(|| kubeconfig.current_context.clone())
+        .ok_or("it sets no current-context: pass --context")?;
+    let named = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .ok_or_else(|| format!("it has no context {context_name:?}"))?;
+    let mut context = named.context.clone().unwrap_or_default();
+    if let Some(cluster) = &options.cluster {
+        context.cluster = cluster.clone();
+    }
+    if let Some(user) = &options.user {
+        context.user = Some(user.clone());
+    }
+    let cluster: NamedCluster = kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .cloned()
+        .ok_or_else(|| format!("it has no cluster {:?}", context.cluster))?;
+    // As kube and client-go: a context without (a known) user talks anonymously.
+    let user: Option<NamedAuthInfo> = context
+        .user
+        .as_ref()
+        .and_then(|name| kubeconfig.auth_infos.iter().find(|u| &u.name == name).cloned());
+    context.user = user.as_ref().map(|u| u.name.clone());
+    let description = format!(
+        "context {context_name} (cluster {}, user {})",
+        cluster.name,
+        context.user.as_deref().unwrap_or("none")
+    );
+    let kubeconfig = Kubeconfig {
+        kind: Some("Config".into()),
+        api_version: Some("v1".into()),
+        clusters: vec![cluster],
+        auth_infos: user.into_iter().collect(),
+        contexts: vec![NamedContext { context: Some(context), ..named.clone() }],
+        current_context: Some(context_name),
+        ..Kubeconfig::default()
+    };
+    Ok(Selected { kubeconfig, description })
 }
 
 fn load_kubeconfig(

@@ -1,7 +1,9 @@
 //! The external programs a rotation drives: terraform (the PKI), helm (the control plane) and
 //! lokoctl (the whole cluster), all through one subprocess wrapper.
 
+pub mod cluster_env;
 pub mod helm;
+pub mod lokocfg;
 pub mod lokoctl;
 pub mod process;
 pub mod redact;
@@ -38,6 +40,31 @@ impl Runner {
         tempfile::Builder::new().prefix(prefix).tempdir_in(&self.scratch).map_err(|e| {
             crate::error::Error::TempFile(format!("in {}: {e}", self.scratch.display()))
         })
+    }
+
+    /// `bytes` as file `name` (0600) of a new [`Runner::private_temp`]: values and kubeconfigs
+    /// for children, which hold keys. The file goes when the returned dir is dropped.
+    pub fn private_file(
+        &self,
+        prefix: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> crate::error::Result<tempfile::TempDir> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = self.private_temp(prefix)?;
+        let path = dir.path().join(name);
+        let failed =
+            |e: std::io::Error| crate::error::Error::TempFile(format!("{}: {e}", path.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(failed)?;
+        file.write_all(bytes).map_err(failed)?;
+        file.sync_all().map_err(failed)?;
+        Ok(dir)
     }
 
     /// `--timeout` (zero: no limit).

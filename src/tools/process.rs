@@ -78,6 +78,8 @@ pub struct Command {
     args: Vec<String>,
     dir: Option<PathBuf>,
     env: Vec<(String, OsString)>,
+    /// Variables of this tool's environment the child must not inherit.
+    unset: Vec<OsString>,
     timeout: Duration,
     echo: bool,
 }
@@ -111,6 +113,7 @@ impl Command {
             args: Vec::new(),
             dir: None,
             env: Vec::new(),
+            unset: Vec::new(),
             timeout,
             echo: false,
         }
@@ -133,6 +136,12 @@ impl Command {
 
     pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Self {
         self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Keeps `key` of this tool's environment from the child.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.unset.push(key.into());
         self
     }
 
@@ -220,6 +229,9 @@ impl Command {
             });
         if let Some(dir) = &self.dir {
             expression = expression.dir(dir);
+        }
+        for key in &self.unset {
+            expression = expression.env_remove(key);
         }
         for (key, value) in &self.env {
             expression = expression.env(key, value);
