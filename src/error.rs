@@ -103,8 +103,8 @@ pub enum Error {
     TerraformLocked { dir: PathBuf, holder: String },
 
     #[error(
-        "lokocfg {}: {reason}. lokoctl reads it the same way; nothing was changed: fix it, or \
-         pass --config-dir DIR, the folder whose *.lokocfg names this asset dir",
+        "lokocfg {}: {reason}. Nothing was changed: fix it, or pass --config-dir DIR, the \
+         folder whose *.lokocfg names this asset dir",
         path.display()
     )]
     Lokocfg { path: PathBuf, reason: String },

@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use hcl::edit::Span;
-use hcl::edit::structure::{Attribute, Block, Body, Structure};
+use hcl::edit::structure::{Block, Body, Structure};
 use hcl::eval::{Context, Evaluate as _, FuncArgs, FuncDef, ParamType};
 
 use crate::error::{Error, Result};
@@ -74,7 +74,11 @@ pub fn read_cluster(config_dir: &Path) -> Result<ClusterConfig> {
         [label] => label.as_str().to_string(),
         _ => return Err(source.problem(block, "the cluster block needs one label (the platform)")),
     };
-    let attr = single_attribute(source, block, "asset_dir")?;
+    // The parser refuses an attribute set twice, as lokoctl's does.
+    let attr = block
+        .body
+        .get_attribute("asset_dir")
+        .ok_or_else(|| source.problem(block, "the cluster block has no asset_dir"))?;
     let ctx = context(config_dir, &declared)?;
     let value = hcl::Expression::from(attr.value.clone()).evaluate(&ctx).map_err(|e| {
         source.problem(attr, &format!("asset_dir cannot be evaluated: {}", eval_problem(&e)))
@@ -86,7 +90,8 @@ pub fn read_cluster(config_dir: &Path) -> Result<ClusterConfig> {
         .map_err(|why| source.problem(attr, &why))?;
     Ok(ClusterConfig {
         platform,
-        resolved: config_dir.join(expanded),
+        // `components` drops the `.` of `./assets`, for messages.
+        resolved: config_dir.join(expanded).components().collect(),
         asset_dir,
         at: source.at(attr),
     })
@@ -187,18 +192,6 @@ fn position(text: &str, span: Option<Range<usize>>) -> String {
     format!("line {line}, column {column}")
 }
 
-/// The only attribute `key` of `block`'s body.
-fn single_attribute<'a>(source: &Source, block: &'a Block, key: &str) -> Result<&'a Attribute> {
-    let mut found = block.body.attributes().filter(|a| a.key.as_str() == key);
-    let Some(first) = found.next() else {
-        return Err(source.problem(block, &format!("the cluster block has no {key}")));
-    };
-    if let Some(second) = found.next() {
-        return Err(source.problem(second, &format!("{key} is set twice")));
-    }
-    Ok(first)
-}
-
 /// lokoctl's evaluation context: `var.<name>` for each declared variable (its value from
 /// `lokocfg.vars`, else its default; literals only, as lokoctl evaluates them without a
 /// context), and `pathexpand`. `file` is not offered: a path is never read from a file.
@@ -260,9 +253,10 @@ fn eval_problem(err: &hcl::eval::Error) -> String {
     use hcl::eval::ErrorKind as K;
     match err.kind() {
         K::UndefinedVar(name) => format!("undefined variable {name}"),
-        K::UndefinedFunc(name) => {
-            format!("function {name} is not one lokoctl offers for asset_dir (pathexpand)")
-        }
+        K::UndefinedFunc(name) => format!(
+            "{name}() is not evaluated here (only pathexpand is): write the path, or use \
+             pathexpand"
+        ),
         K::NoSuchKey(key) => format!(
             "no variable {key}: declare it with a variable block (and set it in {VARS_FILE})"
         ),
@@ -289,4 +283,192 @@ fn expand_home(path: &str, home: Option<&OsStr>) -> std::result::Result<String, 
         .filter(|h| !h.is_empty())
         .ok_or_else(|| format!("cannot expand {path:?}: HOME is not set"))?;
     Ok(format!("{}{rest}", home.to_string_lossy()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config dir with `files` (name, content) and an `assets/` folder.
+    fn config_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("assets")).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        dir
+    }
+
+    fn resolved(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+        let dir = config_dir(files);
+        let cluster = read_cluster(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        (dir, cluster.resolved)
+    }
+
+    /// The refusal of a config dir made of `files`, its path shown as `<dir>`.
+    fn error(files: &[(&str, &str)]) -> String {
+        let dir = config_dir(files);
+        let assets = dir.path().join("assets");
+        let err = check_names(dir.path(), "--config-dir", &assets).unwrap_err();
+        err.to_string().replace(&dir.path().display().to_string(), "<dir>")
+    }
+
+    const PLAIN: &str =
+        "cluster \"aws\" {\n  asset_dir    = \"./assets\"\n  cluster_name = \"l8e-mat\"\n}\n";
+
+    #[test]
+    fn a_relative_asset_dir_is_taken_from_the_config_dir_not_the_working_dir() {
+        let (dir, path) = resolved(&[("cluster.lokocfg", PLAIN)]);
+        assert_eq!(path, dir.path().join("assets"));
+        let assets = dir.path().join("assets");
+        let checked = check_names(dir.path(), "--config-dir", &assets).unwrap();
+        assert_eq!(checked.platform, "aws");
+        assert_eq!(checked.asset_dir, "./assets");
+        assert!(checked.at.ends_with("cluster.lokocfg, line 2, column 3"), "{}", checked.at);
+    }
+
+    #[test]
+    fn lokocfg_vars_overrides_a_default_and_the_default_applies_without_it() {
+        let cfg = "variable \"dir\" {\n  default = \"./default\"\n}\n\
+                   variable \"base\" {\n  default = \"./b\"\n}\n\
+                   cluster \"aws\" {\n  asset_dir = \"${var.base}/${var.dir}\"\n}\n";
+        let (dir, path) = resolved(&[("c.lokocfg", cfg)]);
+        assert_eq!(path, dir.path().join("b/default"));
+        let (dir, path) = resolved(&[("c.lokocfg", cfg), (VARS_FILE, "dir = \"assets\"\n")]);
+        assert_eq!(path, dir.path().join("b/assets"));
+    }
+
+    #[test]
+    fn variables_declared_in_another_lokocfg_are_seen_and_undeclared_ones_are_not() {
+        let vars = "variable \"asset_dir\" {}\n";
+        let cluster = "cluster \"packet\" {\n  asset_dir = var.asset_dir\n}\n";
+        let (dir, path) = resolved(&[
+            ("a-vars.lokocfg", vars),
+            ("cluster.lokocfg", cluster),
+            (VARS_FILE, "asset_dir = \"./assets\"\nother = 1\n"),
+        ]);
+        assert_eq!(path, dir.path().join("assets"));
+        // lokoctl puts only declared variables into `var`.
+        let said = error(&[("cluster.lokocfg", cluster), (VARS_FILE, "asset_dir = \"./x\"\n")]);
+        assert!(said.contains("<dir>/cluster.lokocfg: line 2, column 3"), "{said}");
+        assert!(said.contains("no variable asset_dir"), "{said}");
+    }
+
+    #[test]
+    fn pathexpand_and_a_bare_tilde_are_the_home_folder() {
+        let op = Some(OsStr::new("/home/op"));
+        assert_eq!(expand_home("~/c/assets", op), Ok("/home/op/c/assets".into()));
+        assert_eq!(expand_home("~", op), Ok("/home/op".into()));
+        assert_eq!(expand_home("./a~", None), Ok("./a~".into()));
+        assert!(expand_home("~op/assets", op).unwrap_err().contains("user-specific"));
+        assert!(expand_home("~/a", None).unwrap_err().contains("HOME is not set"));
+        let home = std::env::var_os("HOME");
+        for cfg in [
+            "cluster \"aws\" {\n  asset_dir = pathexpand(\"~/clusters/a\")\n}\n",
+            // lokoctl expands asset_dir itself too.
+            "cluster \"aws\" {\n  asset_dir = \"~/clusters/a\"\n}\n",
+        ] {
+            let dir = config_dir(&[("c.lokocfg", cfg)]);
+            let read = read_cluster(dir.path()).map(|c| c.resolved);
+            match expand_home("~/clusters/a", home.as_deref()) {
+                Ok(want) => assert_eq!(read.unwrap(), PathBuf::from(want), "{cfg}"),
+                Err(_) => assert!(read.is_err(), "{cfg}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_symlink_to_the_asset_dir_is_the_same_folder_and_a_copy_is_not() {
+        let dir = config_dir(&[("c.lokocfg", "cluster \"aws\" {\n  asset_dir = \"./link\"\n}\n")]);
+        let assets = dir.path().join("assets");
+        std::os::unix::fs::symlink(&assets, dir.path().join("link")).unwrap();
+        check_names(dir.path(), "--config-dir", &assets).unwrap();
+        // The asset dir given through another symlink.
+        std::os::unix::fs::symlink(&assets, dir.path().join("other-name")).unwrap();
+        check_names(dir.path(), "$CONFIG_DIR", &dir.path().join("other-name")).unwrap();
+
+        let said = error(&[("c.lokocfg", "cluster \"aws\" {\n  asset_dir = \"./copy\"\n}\n")]);
+        assert!(said.contains("\"./copy\" (<dir>/copy, which does not exist)"), "{said}");
+        assert!(said.contains("not <dir>/assets"), "{said}");
+        assert!(said.contains("(from --config-dir)"), "{said}");
+        assert!(said.contains("<dir>/c.lokocfg, line 2, column 3"), "{said}");
+        assert!(said.contains("pass --config-dir DIR"), "{said}");
+    }
+
+    #[test]
+    fn a_copy_of_the_asset_dir_is_another_asset_dir() {
+        let dir = config_dir(&[("c.lokocfg", "cluster \"aws\" {\n  asset_dir = \"./copy\"\n}\n")]);
+        std::fs::create_dir(dir.path().join("copy")).unwrap();
+        let err = check_names(dir.path(), "$CONFIG_DIR", &dir.path().join("assets")).unwrap_err();
+        let said = err.to_string().replace(&dir.path().display().to_string(), "<dir>");
+        assert!(
+            said.contains("names the asset dir \"./copy\" (<dir>/copy), not <dir>/assets"),
+            "{said}"
+        );
+        assert!(said.contains("(from $CONFIG_DIR)"), "{said}");
+    }
+
+    #[test]
+    fn no_lokocfg_is_an_error_naming_the_folder() {
+        let said = error(&[("cluster.hcl", PLAIN)]);
+        assert!(said.starts_with("lokocfg <dir>: has no *.lokocfg file"), "{said}");
+        let said = error(&[("c.lokocfg", "component \"x\" {}\n")]);
+        assert!(said.contains("has no cluster block in <dir>/c.lokocfg"), "{said}");
+    }
+
+    #[test]
+    fn two_cluster_blocks_are_an_error_naming_both() {
+        let said = error(&[("a.lokocfg", PLAIN), ("b.lokocfg", &format!("\n\n{PLAIN}"))]);
+        let second = "lokocfg <dir>/b.lokocfg: line 3, column 1: a second cluster block";
+        assert!(said.starts_with(second), "{said}");
+        assert!(said.contains("the first is at <dir>/a.lokocfg, line 1, column 1"), "{said}");
+    }
+
+    #[test]
+    fn unparsable_files_are_named_with_line_and_column_and_never_quoted() {
+        let secret = "tok3nV4lueThatMustNotLeak";
+        let broken = format!(
+            "cluster \"aws\" {{\n  asset_dir = \"./assets\"\n  auth_token = {secret} {secret}\n}}\n"
+        );
+        let said = error(&[("c.lokocfg", &broken)]);
+        let at = "lokocfg <dir>/c.lokocfg: is not valid HCL at line 3, column";
+        assert!(said.starts_with(at), "{said}");
+        assert!(!said.contains(&secret[..8]), "{said}");
+        let said = error(&[("c.lokocfg", PLAIN), (VARS_FILE, &format!("token = \"{secret}\n"))]);
+        let at = format!("lokocfg <dir>/{VARS_FILE}: is not valid HCL at line 1");
+        assert!(said.starts_with(&at), "{said}");
+        assert!(!said.contains(&secret[..8]), "{said}");
+        let said = error(&[("c.lokocfg", PLAIN), (VARS_FILE, "block {\n}\n")]);
+        let at = format!("{VARS_FILE}: line 1, column 1: only `name = value` lines");
+        assert!(said.contains(&at), "{said}");
+    }
+
+    #[test]
+    fn a_cluster_without_a_usable_asset_dir_is_an_error_at_its_place() {
+        for (cfg, want) in [
+            (
+                "\ncluster \"aws\" {\n  cluster_name = \"x\"\n}\n",
+                "line 2, column 1: the cluster block has no asset_dir",
+            ),
+            (
+                "cluster \"aws\" {\n  asset_dir = 42\n}\n",
+                "line 2, column 3: asset_dir is not a string",
+            ),
+            (
+                "cluster \"aws\" {\n  asset_dir = file(\"x\")\n}\n",
+                "line 2, column 3: asset_dir cannot be evaluated: file() is not evaluated here",
+            ),
+            (
+                "cluster {\n  asset_dir = \"./assets\"\n}\n",
+                "line 1, column 1: the cluster block needs one label",
+            ),
+            (
+                "cluster \"aws\" {\n  asset_dir = \"./assets\"\n  asset_dir = \"./x\"\n}\n",
+                "is not valid HCL at line 3, column 3 (invalid attribute; expected unique attribute key",
+            ),
+        ] {
+            let said = error(&[("c.lokocfg", cfg)]);
+            assert!(said.starts_with(&format!("lokocfg <dir>/c.lokocfg: {want}")), "{said}");
+        }
+    }
 }
