@@ -273,3 +273,74 @@ fn kubeconfig_problem(err: &KubeconfigError) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two clusters with a context each, the current one `staging`.
+    const MERGED: &str = "apiVersion: v1\nkind: Config\ncurrent-context: staging\n\
+        clusters:\n\
+        - name: staging-cluster\n  cluster:\n    server: https://127.0.0.1:1\n\
+        - name: prod-cluster\n  cluster:\n    server: https://127.0.0.1:2\n\
+        users:\n\
+        - name: staging-user\n  user:\n    token: staging-token\n\
+        - name: prod-user\n  user:\n    token: prod-token\n\
+        contexts:\n\
+        - name: staging\n  context:\n    cluster: staging-cluster\n    user: staging-user\n    namespace: kube-system\n\
+        - name: prod\n  context:\n    cluster: prod-cluster\n    user: prod-user\n";
+
+    fn selected(
+        context: Option<&str>,
+        cluster: Option<&str>,
+        user: Option<&str>,
+    ) -> (String, String) {
+        let kubeconfig = Kubeconfig::from_yaml(MERGED).unwrap();
+        let options = KubeConfigOptions {
+            context: context.map(Into::into),
+            cluster: cluster.map(Into::into),
+            user: user.map(Into::into),
+        };
+        let s = select(&kubeconfig, &options).unwrap();
+        (serde_json::to_string(&s.kubeconfig).unwrap(), s.description)
+    }
+
+    #[test]
+    fn the_child_kubeconfig_holds_the_current_context_alone() {
+        let (json, description) = selected(None, None, None);
+        assert_eq!(description, "context staging (cluster staging-cluster, user staging-user)");
+        let back = Kubeconfig::from_yaml(&json).unwrap();
+        assert_eq!(back.current_context.as_deref(), Some("staging"));
+        assert_eq!(back.contexts.len(), 1);
+        assert_eq!(back.clusters.len(), 1);
+        assert_eq!(back.auth_infos.len(), 1);
+        assert!(json.contains("https://127.0.0.1:1") && json.contains("staging-token"), "{json}");
+        assert!(json.contains("kube-system"), "the context's namespace is kept: {json}");
+        assert!(!json.contains("prod"), "{json}");
+    }
+
+    #[test]
+    fn context_cluster_and_user_flags_pick_what_goes_in() {
+        let (json, description) = selected(Some("prod"), None, None);
+        assert_eq!(description, "context prod (cluster prod-cluster, user prod-user)");
+        assert!(!json.contains("staging"), "{json}");
+        let (json, description) = selected(None, Some("prod-cluster"), Some("prod-user"));
+        assert_eq!(description, "context staging (cluster prod-cluster, user prod-user)");
+        let back = Kubeconfig::from_yaml(&json).unwrap();
+        let context = back.contexts[0].context.as_ref().unwrap();
+        assert_eq!(context.cluster, "prod-cluster");
+        assert_eq!(context.user.as_deref(), Some("prod-user"));
+        assert!(!json.contains("staging-cluster") && !json.contains("staging-token"), "{json}");
+    }
+
+    #[test]
+    fn an_unknown_context_or_cluster_is_refused() {
+        let kubeconfig = Kubeconfig::from_yaml(MERGED).unwrap();
+        let options =
+            KubeConfigOptions { context: Some("dev".into()), ..KubeConfigOptions::default() };
+        assert!(select(&kubeconfig, &options).err().unwrap().contains("no context \"dev\""));
+        let options =
+            KubeConfigOptions { cluster: Some("dev".into()), ..KubeConfigOptions::default() };
+        assert!(select(&kubeconfig, &options).err().unwrap().contains("no cluster \"dev\""));
+    }
+}
