@@ -4,6 +4,7 @@
 //! | test | proves |
 //! |---|---|
 //! | `a_config_dir_naming_a_copy_of_the_asset_dir_is_refused_before_any_change` | `$CONFIG_DIR` left on a config dir whose lokocfg names a copy of the asset dir: refused before any change, naming both asset dirs and `--config-dir`; the dry run shows it as unresolved; lokoctl never runs; the cluster, the asset dir and the copy unchanged |
+//! | `a_lokoctl_that_applies_other_values_fails_the_apply_check` | a lokoctl that applies a copy of the asset dir (the old CA and client certificate) whatever the lokocfg says: the `apply` phase fails, reading what Secret `kube-system/kube-apiserver` serves, and says lokoctl applied other values; the same command with the right lokoctl then completes |
 //! | `a_merged_kubeconfig_and_helm_variables_for_another_cluster_change_only_the_verified_one` | two real clusters in one kubeconfig, the current context the asset dir's, `HELM_KUBECONTEXT` and the other `HELM_KUBE*` naming the other cluster: the rotation lands on the verified cluster; the other's objects are unchanged; every helm and lokoctl call got a 0600 kubeconfig of that context alone (removed after) and none of the variables |
 
 mod support;
@@ -11,7 +12,7 @@ mod support;
 #[path = "aggregation/helpers.rs"]
 mod helpers;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{AssetOptions, Cmd, EnvOptions, ExtApiServer, Helm, TestEnv, Tools};
@@ -42,15 +43,7 @@ fn a_config_dir_naming_a_copy_of_the_asset_dir_is_refused_before_any_change() {
     // What an operator of several clusters has: CONFIG_DIR still set for another config dir,
     // here one whose asset dir is a copy of this one taken before the rotation (same PKI,
     // same state: only the path tells them apart).
-    let stale = env.dir().join("stale-config");
-    std::fs::create_dir_all(&stale).unwrap();
-    let copy = stale.join("assets");
-    Cmd::new("cp").arg("-a").arg(&env.assets.dir).arg(&copy).ok();
-    std::fs::write(
-        stale.join("cluster.lokocfg"),
-        "cluster \"aws\" {\n  asset_dir    = \"./assets\"\n  cluster_name = \"l8e-mat\"\n}\n",
-    )
-    .unwrap();
+    let (stale, copy) = stale_config_dir(&env);
     let copy_files = || file_tree(&copy, &|_: &Path| false);
     let (before, copy_before) = (world(&env), copy_files());
 
@@ -92,6 +85,62 @@ fn a_config_dir_naming_a_copy_of_the_asset_dir_is_refused_before_any_change() {
     assert_eq!(out.code(), Some(0), "{out}");
     let notes = unresolved_notes(&plan(&out));
     assert!(!notes.contains("lokoctl"), "nothing about lokoctl left unresolved: {notes}");
+}
+
+/// A config dir `stale-config` beside the test's, whose lokocfg names `stale-config/assets`, a
+/// copy of the asset dir as it is now (same PKI and state: only the path tells them apart).
+/// Returns the config dir and the copy.
+fn stale_config_dir(env: &TestEnv) -> (PathBuf, PathBuf) {
+    let stale = env.dir().join("stale-config");
+    std::fs::create_dir_all(&stale).unwrap();
+    let copy = stale.join("assets");
+    Cmd::new("cp").arg("-a").arg(&env.assets.dir).arg(&copy).ok();
+    std::fs::write(
+        stale.join("cluster.lokocfg"),
+        "cluster \"aws\" {\n  asset_dir    = \"./assets\"\n  cluster_name = \"l8e-mat\"\n}\n",
+    )
+    .unwrap();
+    (stale, copy)
+}
+
+#[test]
+fn a_lokoctl_that_applies_other_values_fails_the_apply_check() {
+    let env = cluster("rc-apply-check", EnvOptions::default(), false);
+    let (stale, _copy) = stale_config_dir(&env);
+    // What the config dir check cannot see: a lokoctl that, whatever the lokocfg here says,
+    // applies the copy taken before the rotation (the old CA and client certificate).
+    let elsewhere = script(
+        &env,
+        "lokoctl-elsewhere",
+        &format!(
+            "#!/bin/sh\n# Test double: lokoctl applying another asset dir.\ncd '{}' && exec '{}' \"$@\"\n",
+            stale.display(),
+            Tools::get().lokoctl_double.display()
+        ),
+    );
+
+    env.step("aggregation -y, lokoctl applying the copy");
+    let out = agg(&env).args(["-y"]).args(WAIT).arg("--lokoctl").arg(&elsewhere).run();
+    env.step(&format!("… exited {:?}", out.code()));
+    let j = journal(&env);
+    assert_eq!(outcome(&j, "client"), "done", "the phases before apply ran: {out}");
+    assert_eq!(outcome(&j, "apply"), "failed", "the apply check saw the Secret: {out}");
+    assert_eq!(out.code(), Some(1), "{out}");
+    let said = text(&out);
+    for needle in [
+        "secret kube-system/kube-apiserver",
+        "aggregation-ca.crt does not hold the CA of tls/aggregation-ca.crt",
+        "aggregation-client.crt is not tls/aggregation-client.crt",
+        "lokoctl applied other values than this asset dir's",
+    ] {
+        assert!(said.contains(needle), "the failure says {needle:?}: {out}");
+    }
+
+    env.step("the same command with the right lokoctl completes the rotation");
+    let out = agg(&env).args(["-y"]).args(WAIT).run();
+    assert_eq!(out.code(), Some(0), "{out}");
+    let ca = fp(&read(&env.assets.tls("aggregation-ca.crt")));
+    assert!(secret_cas(&env, "aggregation-ca.crt").contains(&ca), "the Secret holds the new CA");
 }
 
 /// Shell for a wrapper of helm or lokoctl: records the kubeconfig it was given (the
