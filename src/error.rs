@@ -102,6 +102,19 @@ pub enum Error {
     )]
     TerraformLocked { dir: PathBuf, holder: String },
 
+    #[error(
+        "{source}\nthe Terraform state from before this command is kept in {} (0600: it holds \
+         every private key); if {}/terraform.tfstate is now empty or cut, put it back with \
+         `terraform state push -force {}` there",
+        kept.display(), dir.display(), kept.display()
+    )]
+    TerraformChange {
+        #[source]
+        source: Box<Error>,
+        kept: PathBuf,
+        dir: PathBuf,
+    },
+
     #[error("the Terraform state in {} {reason}", dir.display())]
     TerraformState { dir: PathBuf, reason: String },
 
@@ -128,13 +141,22 @@ pub enum Error {
     Verification { phase: &'static str, reason: String },
 
     #[error(
-        "interrupted during phase {phase}{}; run the same command again to go on from there",
+        "interrupted ({signal}) during phase {phase}{}; run the same command again to go on from there",
         if stopped.is_empty() { String::new() } else { format!(" (stopped: {})", stopped.join(", ")) }
     )]
-    Interrupted { phase: String, stopped: Vec<String> },
+    Interrupted { signal: &'static str, phase: String, stopped: Vec<String> },
+
+    #[error(
+        "the API server {server} did not answer within {secs}s (--timeout): {last}; once \
+         kube-apiserver runs again, run the same command again to go on"
+    )]
+    ApiDown { server: String, secs: u64, last: String },
 
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+
+    #[error("cannot listen for SIGINT, SIGTERM and SIGHUP: {0}")]
+    Signals(#[source] std::io::Error),
 
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
@@ -177,6 +199,19 @@ pub fn describe_kube(err: &kube::Error) -> String {
 impl Error {
     pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
         Self::Kube { action: action.into(), source: Box::new(source) }
+    }
+
+    /// Whether the API server did not answer (down, restarting, overloaded), as opposed to
+    /// answering with a refusal: waiting can heal the first, never the second.
+    pub fn is_api_outage(&self) -> bool {
+        match self {
+            Self::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) => status.code >= 500,
+                _ => true,
+            },
+            Self::KubeTimeout { .. } => true,
+            _ => false,
+        }
     }
 
     pub fn exit_code(&self) -> u8 {
