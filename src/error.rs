@@ -207,7 +207,11 @@ impl Error {
         match self {
             Self::Kube { source, .. } => match source.as_ref() {
                 kube::Error::Api(status) => status.code >= 500,
-                _ => true,
+                // The transport: refused, reset, a cut handshake, no answer in time.
+                kube::Error::HyperError(_)
+                | kube::Error::Service(_)
+                | kube::Error::ReadEvents(_) => true,
+                _ => false,
             },
             Self::KubeTimeout { .. } => true,
             _ => false,
@@ -230,4 +234,35 @@ fn tail_block(tail: &str) -> String {
     }
     let lines: String = tail.lines().map(|l| format!("\n    {l}")).collect();
     format!("; its last output:{lines}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> Error {
+        let status = kube::core::Status::failure("m", "r").with_code(code);
+        Error::kube("list things", kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn only_an_api_that_does_not_answer_is_an_outage() {
+        assert!(api(503).is_api_outage(), "kube-apiserver starting: 503");
+        assert!(!api(401).is_api_outage(), "a refusal never heals by waiting");
+        assert!(!api(403).is_api_outage());
+        assert!(!api(404).is_api_outage());
+        let refused = kube::Error::Service(Box::new(Transport::Unreachable {
+            server: "https://127.0.0.1:6443".into(),
+            reason: "Connection refused".into(),
+        }));
+        assert!(Error::kube("list things", refused).is_api_outage());
+        assert!(Error::KubeTimeout { action: "x".into(), secs: 1 }.is_api_outage());
+        assert!(!Error::Usage("x".into()).is_api_outage());
+        let auth = kube::Error::Auth(kube::client::AuthError::InvalidBasicAuth(
+            http::header::InvalidHeaderValue::from(
+                http::HeaderValue::from_bytes(b"\n").unwrap_err(),
+            ),
+        ));
+        assert!(!Error::kube("auth", auth).is_api_outage(), "credentials are not an outage");
+    }
 }
