@@ -259,9 +259,7 @@ mod tests {
         assert!(Error::KubeTimeout { action: "x".into(), secs: 1 }.is_api_outage());
         assert!(!Error::Usage("x".into()).is_api_outage());
         let auth = kube::Error::Auth(kube::client::AuthError::InvalidBasicAuth(
-            http::header::InvalidHeaderValue::from(
-                http::HeaderValue::from_bytes(b"\n").unwrap_err(),
-            ),
+            http::HeaderValue::from_bytes(b"\n").unwrap_err(),
         ));
         assert!(!Error::kube("auth", auth).is_api_outage(), "credentials are not an outage");
     }
