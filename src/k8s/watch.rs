@@ -386,8 +386,11 @@ mod tests {
     #[derive(Clone)]
     struct Fake {
         requests: Arc<Mutex<Vec<String>>>,
-        answer: Arc<dyn Fn(&str) -> (u16, String) + Send + Sync>,
+        answer: Arc<Answer>,
     }
+
+    /// Status and body for a request's path and query.
+    type Answer = dyn Fn(&str) -> (u16, String) + Send + Sync;
 
     impl tower::Service<http::Request<kube::client::Body>> for Fake {
         type Response = http::Response<kube::client::Body>;
