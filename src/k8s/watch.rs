@@ -132,8 +132,8 @@ struct Follower<'a, K: Clone, S> {
     list_params: ListParams,
     /// Keys of the objects present as far as we know.
     known: BTreeSet<String>,
-    /// Whether the version being watched from came from a list, with no event since: a 410
-    /// on it is not a stale version of ours but a server that cannot serve its own present.
+    /// Whether the next watch starts from the version a list has just given: a 410 on it, before
+    /// any event, is not a stale version of ours but a server that cannot serve its present.
     fresh_list: bool,
     retry: Retry<'a>,
     seen: S,
@@ -171,11 +171,12 @@ where
 
     /// Watches from `version` until the stream ends or fails, handing over every change.
     async fn watch(&mut self, mut version: String) -> Result<Step<T>> {
+        let mut from_list = std::mem::take(&mut self.fresh_list);
         let opened = Instant::now();
         let stream = match self.api.watch(&self.watch_params, &version).await {
             Ok(stream) => stream,
             Err(kube::Error::Api(status)) if status.code == 410 => {
-                return Ok(self.gone(&version).await);
+                return Ok(self.gone(&version, from_list).await);
             }
             Err(err) => {
                 self.retry.failed("watch", err).await?;
@@ -210,21 +211,24 @@ where
             };
             let change = match event {
                 Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
+                    from_list = false;
                     self.progressed(&mut version, obj.resource_version());
                     self.known.insert(key(&obj));
                     Change::Applied(obj)
                 }
                 Ok(WatchEvent::Deleted(obj)) => {
+                    from_list = false;
                     self.progressed(&mut version, obj.resource_version());
                     self.known.remove(&key(&obj));
                     Change::Deleted
                 }
                 Ok(WatchEvent::Bookmark(b)) => {
+                    from_list = false;
                     self.progressed(&mut version, Some(b.metadata.resource_version));
                     continue;
                 }
                 Ok(WatchEvent::Error(status)) if status.code == 410 => {
-                    return Ok(self.gone(&version).await);
+                    return Ok(self.gone(&version, from_list).await);
                 }
                 Ok(WatchEvent::Error(status)) => {
                     self.retry.failed("watch", kube::Error::Api(status)).await?;
@@ -243,17 +247,16 @@ where
 
     /// An event arrived: the watch works, and `version` moves on.
     fn progressed(&mut self, version: &mut String, next: Option<String>) {
-        self.fresh_list = false;
         self.retry.backoff.reset();
         if let Some(next) = next {
             *version = next;
         }
     }
 
-    /// `version` is too old to watch from: list again, at once the first time (as kubectl),
-    /// after the backoff when even a list's version was refused.
-    async fn gone(&mut self, version: &str) -> Step<T> {
-        if std::mem::take(&mut self.fresh_list) {
+    /// `version` is too old to watch from: list again, at once (as kubectl), or after the
+    /// backoff when it is the version a list has just given (`from_list`).
+    async fn gone(&mut self, version: &str, from_list: bool) -> Step<T> {
+        if from_list {
             let reason = format!(
                 "resourceVersion {version} of a list made just before is too old to watch from \
                  (410 Gone)"
