@@ -50,21 +50,27 @@ impl Runner {
         name: &str,
         bytes: &[u8],
     ) -> crate::error::Result<tempfile::TempDir> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         let dir = self.private_temp(prefix)?;
         let path = dir.path().join(name);
-        let failed =
-            |e: std::io::Error| crate::error::Error::TempFile(format!("{}: {e}", path.display()));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(failed)?;
-        file.write_all(bytes).map_err(failed)?;
-        file.sync_all().map_err(failed)?;
+        crate::rotation::files::write_atomic(&path, bytes, 0o600)
+            .map_err(|e| crate::error::Error::TempFile(format!("{}: {e}", path.display())))?;
         Ok(dir)
+    }
+
+    /// Keeps `bytes` as `<run folder>/<folder>/<name>` (0600, in a 0700 folder), atomically.
+    pub fn keep_private(
+        &self,
+        folder: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> crate::error::Result<PathBuf> {
+        use crate::rotation::files::{private_dir, write_atomic};
+        let dir = self.scratch.join(folder);
+        let path = dir.join(name);
+        private_dir(&dir).and_then(|()| write_atomic(&path, bytes, 0o600)).map_err(|e| {
+            crate::error::Error::Journal { path: path.clone(), reason: e.to_string() }
+        })?;
+        Ok(path)
     }
 
     /// `--timeout` (zero: no limit).
