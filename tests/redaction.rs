@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use certrotate::tools::redact::Redactor;
 use certrotate::tools::{Command, Program};
 use common::leaks::{self, Needles};
 use common::sample_assets::{SampleOptions, write_sample_assets};
@@ -100,8 +101,37 @@ async fn keys_printed_every_way_in_small_writes_on_stdout_and_stderr_are_redacte
     let cmd = Command::new(&sh, Duration::from_secs(120)).args(["-c", &both]);
     let outcome = cmd.run().await.unwrap();
     assert_eq!(outcome.code, Some(3), "{}", outcome.tail());
+    f.assert_redacted("stdout", &outcome.stdout);
+    f.assert_redacted("stderr", &outcome.stderr);
     f.assert_redacted("stdout and stderr together", &outcome.output);
+    let lines = |text: &str| text.lines().count();
+    assert_eq!(lines(&outcome.stdout), lines(&outcome.stderr), "each stream whole, none lost");
+    assert_eq!(lines(&outcome.output), 2 * lines(&outcome.stdout));
     f.assert_no_key("the error message", &cmd.failed(&outcome).to_string());
+}
+
+#[test]
+fn fed_in_reads_of_any_size_the_redactor_shows_the_same_safe_lines() {
+    let f = fixture();
+    let raw = std::process::Command::new("sh").arg(f.print_all_script()).output().unwrap();
+    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    let raw = raw.stdout;
+    let mut first: Option<Vec<String>> = None;
+    for size in [1, 2, 3, 5, 7, 13, 64, 76, 1000, 4096, raw.len()] {
+        let mut redactor = Redactor::default();
+        let mut lines = Vec::new();
+        for read in raw.chunks(size) {
+            lines.extend(redactor.feed(read));
+        }
+        lines.extend(redactor.finish());
+        let place = format!("reads of {size} bytes");
+        f.assert_redacted(&place, &lines.join("\n"));
+        assert_eq!(lines.len(), raw.split(|&b| b == b'\n').count() - 1, "{place}: lines kept");
+        match &first {
+            Some(expected) => assert_eq!(&lines, expected, "{place}: not as whole"),
+            None => first = Some(lines),
+        }
+    }
 }
 
 /// `aggregation --dry-run` still runs `terraform state pull`; a fake terraform prints one

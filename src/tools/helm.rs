@@ -108,26 +108,16 @@ impl Helm {
             "--max",
             "20",
         ]);
-        let outcome = cmd.ok().await?;
-        serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
-            line: cmd.line(),
-            status: format!("printed no history JSON ({e})"),
-            tail: outcome.tail(),
-        })
+        cmd.json("history").await
     }
 
     /// The release's user-supplied values (`helm get values -o json`); never streamed, since
     /// they hold keys.
     pub async fn values(&self, release: &Release<'_>) -> Result<serde_json::Value> {
-        let cmd = self
-            .command(&["get", "values", release.name, "-n", release.namespace, "-o", "json"])
-            .echo(false);
-        let outcome = cmd.ok().await?;
-        serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
-            line: cmd.line(),
-            status: format!("printed no values JSON ({e})"),
-            tail: String::new(),
-        })
+        self.command(&["get", "values", release.name, "-n", release.namespace, "-o", "json"])
+            .echo(false)
+            .json("values")
+            .await
     }
 
     /// Upgrades `release` with `values` until `in_place` holds for its values, recovering as

@@ -200,7 +200,7 @@ impl Terraform {
         if !outcome.success() {
             return Err(cmd.failed(&outcome));
         }
-        parse_state(&outcome.output)
+        parse_state(&outcome.stdout)
             .map_err(|reason| Error::TerraformState { dir: self.dir.clone(), reason })
     }
 
@@ -236,7 +236,7 @@ impl Terraform {
             actions: Vec<String>,
         }
         let plan: Plan =
-            serde_json::from_str(&shown.output).map_err(|e| Error::TerraformState {
+            serde_json::from_str(&shown.stdout).map_err(|e| Error::TerraformState {
                 dir: self.dir.clone(),
                 reason: format!("unreadable plan ({e})"),
             })?;
