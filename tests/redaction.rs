@@ -135,7 +135,7 @@ fn fed_in_reads_of_any_size_the_redactor_shows_the_same_safe_lines() {
 }
 
 /// `aggregation --dry-run` still runs `terraform state pull`; a fake terraform prints one
-/// placement of every key on stdout and stderr, then fails. The failure (with the tail of
+/// placement (per run) of every key on stdout and stderr, then fails. The failure (with the tail of
 /// what it printed) reaches the plan's unresolved list; nothing anywhere shows a key.
 #[test]
 fn a_failing_terraform_printing_keys_leaks_nothing_at_any_verbosity_or_format() {
@@ -151,24 +151,19 @@ fn a_failing_terraform_printing_keys_leaks_nothing_at_any_verbosity_or_format() 
         &fake,
         format!(
             "#!/bin/sh\n{functions}\n\
-             set -- {keys} {first}\n\
-             while [ $# -gt 1 ]; do\n\
-               place_$CERTROTATE_TEST_PLACEMENT \"$1\" \"$2\"\n\
-               place_$CERTROTATE_TEST_PLACEMENT \"$1\" \"$2\" >&2\n\
-               shift\n\
-             done\n\
+             place_every_key {keys}\n\
+             place_every_key {keys} >&2\n\
              echo 'Error: fake terraform fails after printing keys' >&2\n\
              exit 1\n",
-            functions = leaks::placement_functions(),
+            functions = leaks::place_every_key(),
             keys = keys.join(" "),
-            first = keys[0],
         ),
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let assets_arg = assets.display().to_string();
     let fake_arg = fake.display().to_string();
-    let mut leaks = Vec::new();
+    let mut leaked = Vec::new();
     for placement in leaks::PLACEMENTS {
         for verbosity in ["-v", "-vv", "-vvv"] {
             for output in ["table", "json"] {
@@ -197,9 +192,9 @@ fn a_failing_terraform_printing_keys_leaks_nothing_at_any_verbosity_or_format() 
                     all.contains("terraform state pull") && all.contains("fake terraform fails"),
                     "{place}: the plan names the failed state pull and its output:\n{all}"
                 );
-                leaks.extend(f.leak(&place, &all));
+                leaked.extend(f.leak(&place, &all));
             }
         }
     }
-    assert!(leaks.is_empty(), "private key material shown:\n{}", leaks.join("\n"));
+    assert!(leaked.is_empty(), "private key material shown:\n{}", leaked.join("\n"));
 }

@@ -96,27 +96,42 @@ place_public() {
     )
 }
 
-/// Shell: prints every placement of each of `keys` (each placement's second key is the next
-/// of `keys`), then the public material, each under a line that names it.
+/// Shell: the functions of [`placement_functions`] and `place_every_key KEY…`, which prints
+/// every placement (only `$CERTROTATE_TEST_PLACEMENT` when set) of each key file under a
+/// line naming both; each placement's second key is the one before it.
+pub fn place_every_key() -> String {
+    let body = r##"
+place_every_key() {
+  other=
+  for k in "$@"; do
+    [ -f "$k" ] || continue
+    for p in ${CERTROTATE_TEST_PLACEMENT:-PLACEMENTS}; do
+      echo "# placement $p of $(basename "$k")"
+      "place_$p" "$k" "${other:-$k}"
+    done
+    other=$k
+  done
+}
+"##;
+    placement_functions() + &body.replace("PLACEMENTS", &PLACEMENTS.join(" "))
+}
+
+/// Shell: prints every placement of each of `keys`, then the public material and a line of
+/// ordinary output.
 pub fn print_all(keys: &[&Path], cert: &Path, public_key: &Path) -> String {
-    let mut script = placement_functions();
-    for (i, key) in keys.iter().enumerate() {
-        let other = keys[(i + 1) % keys.len()];
-        for placement in PLACEMENTS {
-            script.push_str(&format!(
-                "echo '# placement {placement} of {name}'\nplace_{placement} '{key}' '{other}'\n",
-                name = key.file_name().unwrap().to_string_lossy(),
-                key = key.display(),
-                other = other.display(),
-            ));
-        }
-    }
-    script.push_str(&format!(
-        "echo '# public material'\nplace_public '{}' '{}'\necho 'Apply complete! Resources: 2 added, 0 changed, 2 destroyed.'\n",
+    let quoted: Vec<String> = keys.iter().map(|k| format!("'{}'", k.display())).collect();
+    format!(
+        "{}
+place_every_key {}
+echo '# public material'
+place_public '{}' '{}'
+         echo 'Apply complete! Resources: 2 added, 0 changed, 2 destroyed.'
+",
+        place_every_key(),
+        quoted.join(" "),
         cert.display(),
         public_key.display()
-    ));
-    script
+    )
 }
 
 /// Real keys of every kind a cluster has: RSA 2048 and EC P-256, each in its traditional
