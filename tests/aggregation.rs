@@ -463,7 +463,7 @@ fn a_rotation_with_helm_debug_tf_log_trace_and_a_0755_kubeconfig_completes() {
     };
     assert!(streamed("helm", "[debug]"), "-v streams helm's stderr:\n{}", last_lines());
     assert!(streamed("terraform", "[TRACE]"), "-v streams terraform's stderr");
-    assert_no_key_shown(&env, keys_before, &[out.clone()], Vec::new());
+    assert_no_key_shown(&env, keys_before, std::slice::from_ref(&out), Vec::new());
 }
 
 // ---------------------------------------------------------------------------------------
