@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `full_rotation_with_helm3_…` | `--phase all --cleanup -y` with helm 3: new CA in files and state, backups, journal, only the new CA trusted at the end, API works, `status` exits 0, a further run changes nothing |
 //! | `full_rotation_with_helm4_…` | the same with helm 4 at `-vvv` through argv-recording wrappers: no private key in stdout, stderr, journal or any argv; helm values only in 0600 files, removed; children get the verified kubeconfig explicitly |
+//! | `a_rotation_with_helm_debug_…` | `HELM_DEBUG=1`, `TF_LOG=TRACE`, a 0755 kubeconfig: the rotation completes (stdout alone is parsed), `-v` streams stderr too, no key shown |
 //! | `phases_one_by_one_…` | each phase alone, its dry run first (plan, nothing changed), then twice (second: already done, nothing changed); what each phase leaves; predecessors enforced |
 //! | `an_expired_aggregation_ca_…` | certificates issued two years ago: auto-detected expired path, plan, run, API works again |
 //! | `kill9_during_the_ca_apply_…` | one rotation at a time (pid in the refusal); kill -9 in the `ca` phase's terraform apply: the child dies too, the re-run completes with exactly one new CA |
