@@ -1,12 +1,13 @@
 //! The one subprocess wrapper (on duct) behind terraform, helm and lokoctl.
 //!
 //! No shell: arguments are a list. stdout and stderr are captured apart, each redacted as it
-//! arrives and, at `-v`, streamed; only stdout is ever parsed. Each child leads its own process group, so a timeout or
-//! Ctrl-C stops the whole group (lokoctl's own terraform and helm included), and it gets
-//! SIGKILL as its death signal, so a `kill -9` of this tool does not leave a terraform apply or
-//! helm upgrade racing the re-run. Every child carries the rotation run in its environment, so
-//! a re-run can find and stop what an earlier, killed run left behind (grandchildren have no
-//! death signal).
+//! arrives and, at `-v`, streamed; only stdout is ever parsed. Each child leads its own
+//! process group, so a timeout or Ctrl-C stops the whole group (lokoctl's own terraform and
+//! helm included), and it gets SIGINT as its death signal, so a `kill -9` of this tool does
+//! not leave a terraform apply or helm upgrade racing the re-run, yet terraform still gets to
+//! write its state before it exits. Every child carries the rotation run in its environment,
+//! so a re-run can find and stop what an earlier, killed run left behind (grandchildren have
+//! no death signal).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -80,6 +81,7 @@ pub struct Command {
     env: Vec<(String, OsString)>,
     timeout: Duration,
     echo: bool,
+    keep_unredacted: bool,
 }
 
 /// How a command ended. Everything in it is redacted.
@@ -93,7 +95,27 @@ pub struct Outcome {
     pub stderr: String,
     /// stdout and stderr line by line as they came, for messages.
     pub output: String,
+    /// stdout as written, when the command asked for it ([`Command::unredacted_stdout`]).
+    pub unredacted_stdout: Unredacted,
     pub seconds: f64,
+}
+
+/// A child's stdout exactly as it wrote it, for a file only this user reads: a Terraform
+/// state backup must hold the keys, or `terraform state push` would put redaction markers
+/// where they were. Never shown: its `Debug` gives the length only.
+#[derive(Clone, Default)]
+pub struct Unredacted(Vec<u8>);
+
+impl Unredacted {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Unredacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes, not shown", self.0.len())
+    }
 }
 
 impl Outcome {
@@ -138,6 +160,7 @@ impl Command {
             env: Vec::new(),
             timeout,
             echo: false,
+            keep_unredacted: false,
         }
     }
 
@@ -158,6 +181,13 @@ impl Command {
 
     pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Self {
         self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Also keep stdout as written ([`Outcome::unredacted_stdout`]); what is shown, streamed
+    /// or parsed stays redacted.
+    pub fn unredacted_stdout(mut self) -> Self {
+        self.keep_unredacted = true;
         self
     }
 
@@ -291,6 +321,9 @@ impl Command {
             let lines = if read == 0 { redactor.finish() } else { redactor.feed(&buffer[..read]) };
             let mut guard = into.lock().expect("captured output");
             let outcome = &mut *guard;
+            if self.keep_unredacted && matches!(stream, Stream::Stdout) {
+                outcome.unredacted_stdout.0.extend_from_slice(&buffer[..read]);
+            }
             for line in lines {
                 if self.echo {
                     eprintln!("    {}: {line}", self.program.name);
@@ -311,9 +344,20 @@ impl Command {
     }
 }
 
-/// In the child, before exec: die when this tool dies, and refuse to start if it already has.
+/// In the child, before exec: be interrupted when this tool dies, and refuse to start if it
+/// already has. SIGINT, not SIGKILL: terraform and helm stop cleanly on it (terraform writes
+/// its state first). An ignored SIGINT survives exec (a tool started in the background of a
+/// script inherits one), so the default is put back, or the death signal would do nothing.
 fn die_with_parent(parent: u32) -> std::io::Result<()> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+    use nix::sys::signal::{SigHandler, signal};
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: SIG_DFL installs no handler; `signal` is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            signal(sig, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+        }
+    }
+    nix::sys::prctl::set_pdeathsig(Signal::SIGINT).map_err(std::io::Error::from)?;
     if nix::unistd::getppid().as_raw() as u32 != parent {
         return Err(std::io::Error::other("the parent exited before the child started"));
     }
@@ -344,18 +388,32 @@ pub async fn stop_all() -> Vec<String> {
     running.into_iter().map(|(_, line)| line).collect()
 }
 
-/// Kills processes that an earlier, killed run of `run` left behind (the grandchildren a
-/// death signal does not reach, such as lokoctl's terraform) and waits until they are gone,
-/// so that what is done is decided only once nothing of that run can still write.
+/// Stops processes that an earlier, killed run of `run` left behind (the grandchildren a
+/// death signal does not reach, such as lokoctl's terraform and helm): SIGINT first, so they
+/// write their state, then SIGKILL after the grace period; returns once they are gone, so
+/// that what is done is decided only once nothing of that run can still write.
 pub async fn stop_leftovers(run: &str) -> Vec<u32> {
     let marker = format!("{RUN_ENV}={run}");
     let leftovers = processes_with_env(&marker);
-    for &pid in &leftovers {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline && !processes_with_env(&marker).is_empty() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let signal_all = |sig: Signal| {
+        for pid in processes_with_env(&marker) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+        }
+    };
+    signal_all(Signal::SIGINT);
+    let gone_within = async |grace: Duration| {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if processes_with_env(&marker).is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    if !gone_within(STOP_GRACE).await {
+        signal_all(Signal::SIGKILL);
+        gone_within(STOP_GRACE).await;
     }
     leftovers
 }
@@ -421,6 +479,21 @@ mod tests {
         assert!(err.contains("the reason helm gives") && err.contains("sh -c"), "{err}");
         let shown = err.rsplit("its last output:").next().unwrap();
         assert!(!shown.contains("not JSON at all"), "stdout is not quoted: {err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stdout_is_kept_unredacted_only_when_asked_and_never_shown() {
+        let script = "printf '%s\\n' '-----BEGIN EC PRIVATE KEY-----' MHcCAQEEIsecretbody \
+                      '-----END EC PRIVATE KEY-----'";
+        let cmd = Command::new(&sh(), Duration::from_secs(10)).args(["-c", script]);
+        let plain = cmd.run().await.unwrap();
+        assert!(plain.unredacted_stdout.bytes().is_empty());
+        let kept = cmd.unredacted_stdout().run().await.unwrap();
+        let raw = String::from_utf8(kept.unredacted_stdout.bytes().to_vec()).unwrap();
+        assert!(raw.contains("\nMHcCAQEEIsecretbody\n"), "{raw}");
+        assert!(!kept.stdout.contains("secretbody"), "{}", kept.stdout);
+        let debug = format!("{kept:?}");
+        assert!(!debug.contains("secretbody") && debug.contains("bytes, not shown"), "{debug}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
