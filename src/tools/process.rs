@@ -84,7 +84,7 @@ pub struct Command {
     keep_unredacted: bool,
 }
 
-/// How a command ended. Everything in it is redacted.
+/// How a command ended. All of it is redacted but `unredacted_stdout`, which is never shown.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     /// The exit code; `None` when a signal ended it.
