@@ -129,26 +129,16 @@ impl Helm {
             "--max",
             "20",
         ])?;
-        let outcome = cmd.ok().await?;
-        serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
-            line: cmd.line(),
-            status: format!("printed no history JSON ({e})"),
-            tail: outcome.tail(),
-        })
+        cmd.json("history").await
     }
 
     /// The release's user-supplied values (`helm get values -o json`); never streamed, since
     /// they hold keys.
     pub async fn values(&self, release: &Release<'_>) -> Result<serde_json::Value> {
-        let cmd = self
-            .command(&["get", "values", release.name, "-n", release.namespace, "-o", "json"])?
-            .echo(false);
-        let outcome = cmd.ok().await?;
-        serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
-            line: cmd.line(),
-            status: format!("printed no values JSON ({e})"),
-            tail: String::new(),
-        })
+        self.command(&["get", "values", release.name, "-n", release.namespace, "-o", "json"])?
+            .echo(false)
+            .json("values")
+            .await
     }
 
     /// Upgrades `release` with `values` until `in_place` holds for its values, recovering as
@@ -230,16 +220,8 @@ impl Helm {
     /// `--skip-pre-update-health-check`, would otherwise fail on them for ever.
     pub async fn recover_pending_releases(&self) -> Result<String> {
         let list = self.list_pending_command()?;
-        let pending: Vec<Listed> = self
-            .once_reachable(&list.line(), async || {
-                let outcome = list.ok().await?;
-                serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
-                    line: list.line(),
-                    status: format!("printed no release list JSON ({e})"),
-                    tail: outcome.tail(),
-                })
-            })
-            .await?;
+        let pending: Vec<Listed> =
+            self.once_reachable(&list.line(), async || list.json("release list").await).await?;
         if pending.is_empty() {
             return Ok("no release is left pending".into());
         }
@@ -261,16 +243,8 @@ impl Helm {
                 "-o",
                 "json",
             ])?;
-            let shown: Status = self
-                .once_reachable(&status.line(), async || {
-                    let outcome = status.ok().await?;
-                    serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
-                        line: status.line(),
-                        status: format!("printed no status JSON ({e})"),
-                        tail: outcome.tail(),
-                    })
-                })
-                .await?;
+            let shown: Status =
+                self.once_reachable(&status.line(), async || status.json("status").await).await?;
             if shown.info.status != "deployed" {
                 return Err(Error::CommandFailed {
                     line: status.line(),
