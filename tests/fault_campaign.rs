@@ -145,6 +145,15 @@ struct Rotation<'e> {
 }
 
 impl Rotation<'_> {
+    /// Moves the finished reference run out of the asset dir, so that the campaign's run is
+    /// this rotation's only run folder and its invocations are all the same command (no
+    /// `--new-run`).
+    fn archive_reference(&self) {
+        let run = (self.runs)(self.env).pop().expect("the reference's run folder");
+        let to = self.env.dir().join(format!("reference-{}", run.file_name().unwrap().display()));
+        std::fs::rename(&run, &to).unwrap();
+    }
+
     fn journal(&self) -> Option<Value> {
         let run = (self.runs)(self.env).pop()?;
         let text = std::fs::read_to_string(run.join("journal.json")).ok()?;
@@ -185,11 +194,6 @@ impl Reference {
         }
         let reference = Reference { seconds, phases };
         rot.env.step(&format!("reference: {:.1} s; phases start at {}", seconds, reference.show()));
-        // Archived, so that the campaign's run is this rotation's only run folder and its
-        // invocations are all the same command (no --new-run).
-        let run = (rot.runs)(rot.env).pop().expect("the reference's run folder");
-        let to = rot.env.dir().join(format!("reference-{}", run.file_name().unwrap().display()));
-        std::fs::rename(&run, &to).unwrap();
         reference
     }
 
@@ -484,6 +488,7 @@ fn aggregation_cleanup_survives_random_kills() {
 
     let reference = Reference::measure(&rot);
     let want = end_state(&rot, facts());
+    rot.archive_reference();
     let orig = aggregation::Original::of(&env);
     let watch = aggregation::CaWatch::start(env.assets.tls("aggregation-ca.crt"));
     let outcome = campaign(&rot, &reference, seed);
@@ -547,6 +552,7 @@ fn webhook_survives_random_kills() {
 
     let reference = Reference::measure(&rot);
     let want = end_state(&rot, facts());
+    rot.archive_reference();
     let before = webhook::Before::take(&env);
     let values = env.assets.dir.join(webhook::VALUES);
     let watch = aggregation::CaWatch::start_with(values, webhook::serving_cert_fp);
