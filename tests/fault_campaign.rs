@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::process::deaths_here;
-use support::{Cmd, Output, TestEnv};
+use support::{Cmd, Output, Spawned, TestEnv};
 
 /// Moments per campaign unless `CERTROTATE_CAMPAIGN_KILLS` says otherwise: the whole file must
 /// stay within about 6 minutes at one test thread, as CI runs every test file.
@@ -168,6 +168,14 @@ struct Reference {
     phases: Vec<(String, f64)>,
 }
 
+/// Where a moment falls in the reference: `within` seconds into phase `phase` (an index of
+/// [`Reference::phases`]; `None`: the start-up, before the first phase).
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    phase: Option<usize>,
+    within: f64,
+}
+
 impl Reference {
     fn measure(rot: &Rotation) -> Reference {
         rot.env.step(&format!("reference: {} uninterrupted", rot.name));
@@ -175,54 +183,55 @@ impl Reference {
         let out = (rot.command)().run();
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(out.code(), Some(0), "the uninterrupted reference run failed: {out}");
-        let summary: Value = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("the reference run's stdout is not JSON ({e}): {out}"));
-        let listed: Vec<(String, f64)> = summary["phases"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no phases: {summary:#}"))
-            .iter()
-            .map(|p| {
-                assert_eq!(p["result"], "done", "the reference run did every phase: {summary:#}");
-                (p["name"].as_str().unwrap().to_string(), p["seconds"].as_f64().unwrap())
-            })
-            .collect();
-        let mut at = seconds - listed.iter().map(|(_, s)| s).sum::<f64>();
+        let listed = phase_seconds(&out);
+        for (name, result, _) in &listed {
+            assert_eq!(result, "done", "the reference run did {name}: {out}");
+        }
+        let mut at = seconds - listed.iter().map(|(_, _, s)| s).sum::<f64>();
         let mut phases = Vec::new();
-        for (name, took) in listed {
+        for (name, _, took) in listed {
             phases.push((name, at));
             at += took;
         }
         let reference = Reference { seconds, phases };
-        rot.env.step(&format!("reference: {:.1} s; phases start at {}", seconds, reference.show()));
+        let starts: Vec<String> =
+            reference.phases.iter().map(|(n, s)| format!("{n} {s:.1}")).collect();
+        rot.env.step(&format!("reference: {seconds:.1} s; phases start at {}", starts.join(", ")));
         reference
     }
 
-    fn show(&self) -> String {
-        self.phases.iter().map(|(n, s)| format!("{n} {s:.1}")).collect::<Vec<_>>().join(", ")
+    fn anchor(&self, t: f64) -> Anchor {
+        match self.phases.iter().rposition(|(_, s)| *s <= t) {
+            Some(i) => Anchor { phase: Some(i), within: t - self.phases[i].1 },
+            None => Anchor { phase: None, within: t },
+        }
     }
 
-    /// The phase an uninterrupted run is in at `t` seconds.
-    fn phase_at(&self, t: f64) -> &str {
-        self.phases.iter().rev().find(|(_, s)| *s <= t).map_or("start-up", |(n, _)| n.as_str())
+    fn show(&self, a: Anchor) -> String {
+        format!("{} +{:.1} s", a.phase.map_or("start-up", |i| self.phases[i].0.as_str()), a.within)
     }
 
-    /// How far into an uninterrupted run an invocation that resumes at `phase` starts: the
-    /// phase's start less the start-up, which every invocation spends again.
-    fn offset_of(&self, phase: &str) -> f64 {
-        let start = |n: &str| self.phases.iter().find(|(p, _)| p == n).map_or(0.0, |(_, s)| *s);
-        start(phase) - self.phases.first().map_or(0.0, |(_, s)| *s)
-    }
-
-    /// The first phase the journal does not have done (where the next invocation resumes).
-    fn resumes_at(&self, journal: Option<&Value>) -> String {
+    /// The first phase the journal does not have done: where the next invocation resumes.
+    fn resumes_at(&self, journal: Option<&Value>) -> usize {
         let outcomes = journal.map(webhook::phase_outcomes).unwrap_or_default();
-        self.phases
-            .iter()
-            .map(|(n, _)| n)
-            .find(|n| !outcomes.iter().any(|(p, o)| p == *n && o == "done"))
-            .unwrap_or(&self.phases[0].0)
-            .clone()
+        let done = |n: &str| outcomes.iter().any(|(p, o)| p == n && o == "done");
+        self.phases.iter().position(|(n, _)| !done(n)).unwrap_or(0)
     }
+}
+
+/// `(name, result, seconds)` of each phase in a `-o json` summary.
+fn phase_seconds(out: &Output) -> Vec<(String, String, f64)> {
+    let summary: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not the JSON summary ({e}): {out}"));
+    summary["phases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no phases: {summary:#}"))
+        .iter()
+        .map(|p| {
+            let text = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+            (text("name"), text("result"), p["seconds"].as_f64().unwrap_or_default())
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -252,17 +261,32 @@ impl Outcome {
     }
 }
 
-/// Where in the journal an invocation was when it ended: its last phase record and step
-/// (`before`: the numbers of phase records and events when it started).
+/// The phase records and events an invocation added to the journal (`before`: how many
+/// there were when it started).
+fn added(journal: Option<&Value>, before: (usize, usize)) -> (Vec<Value>, Vec<Value>) {
+    let list = |k: &str, from: usize| {
+        let all = journal.and_then(|j| j[k].as_array()).cloned().unwrap_or_default();
+        all.get(from..).map(<[Value]>::to_vec).unwrap_or_default()
+    };
+    (list("phases", before.0), list("events", before.1))
+}
+
+fn counts(journal: Option<&Value>) -> (usize, usize) {
+    let len = |k: &str| journal.and_then(|j| j[k].as_array()).map_or(0, Vec::len);
+    (len("phases"), len("events"))
+}
+
+/// Where in the journal an invocation was when it ended: its last phase record and step.
 fn hit(journal: Option<&Value>, before: (usize, usize)) -> String {
-    let Some(j) = journal else { return "no journal yet".into() };
-    let list = |k: &str| j[k].as_array().cloned().unwrap_or_default();
-    let (phases, events) = (list("phases"), list("events"));
-    let phase = phases.get(before.0..).and_then(<[Value]>::last).map_or_else(
+    if journal.is_none() {
+        return "no journal yet".into();
+    }
+    let (phases, events) = added(journal, before);
+    let phase = phases.last().map_or_else(
         || "no phase begun (start-up)".to_string(),
         |p| format!("phase {} {}", p["name"].as_str().unwrap_or("?"), p["outcome"]),
     );
-    let step = events.get(before.1..).and_then(<[Value]>::last).map_or_else(
+    let step = events.last().map_or_else(
         || "no step".to_string(),
         |e| {
             let what: String = e["what"].as_str().unwrap_or_default().chars().take(140).collect();
@@ -270,11 +294,6 @@ fn hit(journal: Option<&Value>, before: (usize, usize)) -> String {
         },
     );
     format!("{phase}, {step}")
-}
-
-fn counts(journal: Option<&Value>) -> (usize, usize) {
-    let len = |k: &str| journal.and_then(|j| j[k].as_array()).map_or(0, Vec::len);
-    (len("phases"), len("events"))
 }
 
 /// The end of an invocation's output, for a finding.
@@ -298,6 +317,49 @@ fn running(env: &TestEnv) -> String {
     left.iter().map(|p| format!("{} ({})", p.comm, p.pid)).collect::<Vec<_>>().join(", ")
 }
 
+/// Waits for the moment `at` in a running invocation: `within` seconds after its journal
+/// shows the anchor's phase begun (or as that phase ends, if sooner: the kill lands in it);
+/// counted from the invocation's start for the start-up, or when the phase was done before
+/// the invocation began. False when the invocation ended first.
+fn reach(
+    rot: &Rotation,
+    reference: &Reference,
+    child: &mut Spawned,
+    started: Instant,
+    at: Anchor,
+    before: (usize, usize),
+    resumes: usize,
+) -> bool {
+    let phase = at.phase.filter(|&i| i >= resumes).map(|i| reference.phases[i].0.clone());
+    let mut begun: Option<Instant> = None;
+    while child.is_running() {
+        if let Some(report) = deaths_here() {
+            panic!("{report}");
+        }
+        let from = match &phase {
+            None => Some(started),
+            Some(name) => {
+                let (records, _) = added(rot.journal().as_ref(), before);
+                let mine = records.iter().position(|r| r["name"] == name.as_str());
+                if let Some(i) = mine
+                    && (records[i]["outcome"] != "running" || i + 1 < records.len())
+                {
+                    return child.is_running();
+                }
+                if mine.is_some() {
+                    begun.get_or_insert_with(Instant::now);
+                }
+                begun
+            }
+        };
+        if from.is_some_and(|t| t.elapsed().as_secs_f64() >= at.within) {
+            return child.is_running();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 fn campaign(rot: &Rotation, reference: &Reference, seed: u64) -> Outcome {
     let env = rot.env;
     let planned = moments(seed, kills(), reference.seconds);
@@ -311,7 +373,7 @@ fn campaign(rot: &Rotation, reference: &Reference, seed: u64) -> Outcome {
             "  moment {}: {:.1} s (reference: {}), SIG{}",
             i + 1,
             m.at,
-            reference.phase_at(m.at),
+            reference.show(reference.anchor(m.at)),
             m.signal.name()
         );
         o.say(env, line);
@@ -323,24 +385,22 @@ fn campaign(rot: &Rotation, reference: &Reference, seed: u64) -> Outcome {
         let journal = rot.journal();
         let before = counts(journal.as_ref());
         let resumes = reference.resumes_at(journal.as_ref());
+        let from = &reference.phases[resumes].0;
         let moment = planned.get(next).copied();
-        // Where this invocation's clock meets the moment.
-        let delay = moment.map(|m| (m.at - reference.offset_of(&resumes)).max(0.0));
         let mut child = (rot.command)().spawn();
         let started = Instant::now();
-        let reached = delay.is_some_and(|d| {
-            while child.is_running() && started.elapsed().as_secs_f64() < d {
-                if let Some(report) = deaths_here() {
-                    panic!("{report}\n{}", o.report(seed));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            child.is_running()
+        let reached = moment.is_some_and(|m| {
+            reach(rot, reference, &mut child, started, reference.anchor(m.at), before, resumes)
         });
         let (Some(m), true) = (moment, reached) else {
             let out = child.wait();
+            let took = started.elapsed().as_secs_f64();
             if out.code() == Some(0) {
-                o.say(env, format!("invocation {invocation} (from {resumes}) completed the rotation in {:.1} s", started.elapsed().as_secs_f64()));
+                let phases: Vec<String> = phase_seconds(&out)
+                    .iter()
+                    .map(|(n, r, s)| format!("{n} {r} {s:.1} s"))
+                    .collect();
+                o.say(env, format!("invocation {invocation} (from {from}) completed the rotation in {took:.1} s: {}", phases.join(", ")));
                 if next < planned.len() {
                     o.say(
                         env,
@@ -356,8 +416,7 @@ fn campaign(rot: &Rotation, reference: &Reference, seed: u64) -> Outcome {
             }
             failed += 1;
             let finding = format!(
-                "seed {seed}: invocation {invocation} (resuming at {resumes}, after moment {last_moment}) failed on its own after {:.1} s ({}): {}",
-                started.elapsed().as_secs_f64(),
+                "seed {seed}: invocation {invocation} (resuming at {from}, after moment {last_moment}) failed on its own after {took:.1} s ({}): {}",
                 hit(rot.journal().as_ref(), before),
                 tail(&out)
             );
@@ -389,7 +448,7 @@ fn campaign(rot: &Rotation, reference: &Reference, seed: u64) -> Outcome {
         std::thread::sleep(Duration::from_millis(300));
         last_moment = format!("{next} ({:.1} s, SIG{})", m.at, m.signal.name());
         let line = format!(
-            "moment {next}: {:.1} s = SIG{} to invocation {invocation} {sent:.1} s after its start (resumed at {resumes}): {}; exit {}; still running: {}",
+            "moment {next}: {:.1} s = SIG{} to invocation {invocation} (from {from}) {sent:.1} s after its start: {}; exit {}; still running: {}",
             m.at,
             m.signal.name(),
             hit(rot.journal().as_ref(), before),
