@@ -488,13 +488,22 @@ fn relative(fps: &[String], file: &str, file_fp: &str) -> String {
     if fps == [file_fp] { format!("= {file}") } else { format!("{fps:?} (not {file} {file_fp})") }
 }
 
-fn finish(env: &TestEnv, outcome: &Outcome, seed: u64) {
-    assert!(
-        outcome.completed,
-        "the campaign never completed the rotation\n{}",
-        outcome.report(seed)
-    );
+/// The verdict on a campaign: it completed the rotation, `checks` (of the end state) pass, and
+/// nothing was found on the way; every failure carries the campaign's report (seed, moments,
+/// what each hit).
+fn judge(env: &TestEnv, outcome: &Outcome, seed: u64, checks: impl FnOnce()) {
+    let report = outcome.report(seed);
+    assert!(outcome.completed, "the campaign never completed the rotation\n{report}");
     env.step(&format!("campaign seed {seed} completed; checking the end state"));
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(checks)) {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        panic!("the end state is not an uninterrupted run's: {why}\n\n{report}");
+    }
+    assert!(outcome.findings.is_empty(), "{report}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -551,21 +560,11 @@ fn aggregation_cleanup_survives_random_kills() {
     let orig = aggregation::Original::of(&env);
     let watch = aggregation::CaWatch::start(env.assets.tls("aggregation-ca.crt"));
     let outcome = campaign(&rot, &reference, seed);
-    finish(&env, &outcome, seed);
-    let new = aggregation::check_rotated(&env, &orig, &module, true);
-    assert_eq!(
-        watch.generations(),
-        vec![orig.ca_fp.clone(), new],
-        "exactly one new CA\n{}",
-        outcome.report(seed)
-    );
-    assert_eq!(
-        end_state(&rot, facts()),
-        want,
-        "the end state of the uninterrupted run\n{}",
-        outcome.report(seed)
-    );
-    assert!(outcome.findings.is_empty(), "{}", outcome.report(seed));
+    judge(&env, &outcome, seed, || {
+        let new = aggregation::check_rotated(&env, &orig, &module, true);
+        assert_eq!(watch.generations(), vec![orig.ca_fp.clone(), new], "exactly one new CA");
+        assert_eq!(end_state(&rot, facts()), want, "the uninterrupted run's end state");
+    });
 }
 
 /// `webhook -y`, not expired.
@@ -616,19 +615,9 @@ fn webhook_survives_random_kills() {
     let values = env.assets.dir.join(webhook::VALUES);
     let watch = aggregation::CaWatch::start_with(values, webhook::serving_cert_fp);
     let outcome = campaign(&rot, &reference, seed);
-    finish(&env, &outcome, seed);
-    let new = webhook::check_rotated(&env, &before, "not-expired", "after-campaign");
-    assert_eq!(
-        watch.generations(),
-        vec![before.fp.clone(), new],
-        "exactly one new certificate\n{}",
-        outcome.report(seed)
-    );
-    assert_eq!(
-        end_state(&rot, facts()),
-        want,
-        "the end state of the uninterrupted run\n{}",
-        outcome.report(seed)
-    );
-    assert!(outcome.findings.is_empty(), "{}", outcome.report(seed));
+    judge(&env, &outcome, seed, || {
+        let new = webhook::check_rotated(&env, &before, "not-expired", "after-campaign");
+        assert_eq!(watch.generations(), vec![before.fp.clone(), new], "one new certificate");
+        assert_eq!(end_state(&rot, facts()), want, "the uninterrupted run's end state");
+    });
 }
