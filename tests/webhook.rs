@@ -55,6 +55,11 @@ struct InLokoctl {
 /// Starts the rotation with a lokoctl that waits 60 s before exec'ing the double, and
 /// returns once the wrapper runs.
 fn rotation_in_slow_lokoctl(env: &TestEnv) -> InLokoctl {
+    rotation_in_slow_lokoctl_via(env, &env.assets.dir)
+}
+
+/// [`rotation_in_slow_lokoctl`] with the asset dir spelled `asset_dir` (a symlink, say).
+fn rotation_in_slow_lokoctl_via(env: &TestEnv, asset_dir: &Path) -> InLokoctl {
     let marker = env.dir().join("slow-lokoctl.pids");
     let fifo = env.dir().join("slow-lokoctl.fifo");
     // The wrapper waits without a child process (`read -t` on a FIFO opened read-write), so
@@ -72,7 +77,8 @@ fn rotation_in_slow_lokoctl(env: &TestEnv) -> InLokoctl {
         ),
     );
     let _ = std::fs::remove_file(&marker);
-    let mut rotation = webhook(env).args(["-y", "--lokoctl"]).arg(&slow).spawn();
+    let mut rotation =
+        webhook(env).env("ASSET_DIR", asset_dir).args(["-y", "--lokoctl"]).arg(&slow).spawn();
     let (lokoctl, grandchild) =
         wait_for("the slow lokoctl to start", Duration::from_secs(120), || {
             if !rotation.is_running() {
@@ -91,7 +97,13 @@ fn rotation_in_slow_lokoctl(env: &TestEnv) -> InLokoctl {
 /// deleted the webhook configuration and before anything was applied. Returns the
 /// grandchild left behind.
 fn kill_during_lokoctl(env: &TestEnv) -> KillOnDrop {
-    let InLokoctl { mut rotation, lokoctl, grandchild } = rotation_in_slow_lokoctl(env);
+    kill_during_lokoctl_via(env, &env.assets.dir)
+}
+
+/// [`kill_during_lokoctl`] with the asset dir spelled `asset_dir`.
+fn kill_during_lokoctl_via(env: &TestEnv, asset_dir: &Path) -> KillOnDrop {
+    let InLokoctl { mut rotation, lokoctl, grandchild } =
+        rotation_in_slow_lokoctl_via(env, asset_dir);
     let out = rotation.kill();
     env.step(&format!("rotation SIGKILLed while lokoctl (pid {lokoctl}) waits"));
     wait_for("the lokoctl wrapper to die with the tool", Duration::from_secs(5), || {
@@ -144,6 +156,23 @@ fn rotation_with_lokoctl_on_helm3_serves_the_new_certificate() {
     assert_eq!(fp(&values_pair(&env).0), new, "nothing changed");
     assert_eq!(the_webhook_pod(&env), pod, "no restart");
     assert_eq!(runs(&env).len(), 1, "no new run");
+
+    // --restore-webhook: never while a rotation holds the lock, never for a finished run
+    // (lokoctl re-created the configuration with the new certificate).
+    let lock = env.assets.dir.join("certrotate/.lock");
+    let mut holder = Cmd::new("flock").arg(&lock).args(["sleep", "60"]).spawn();
+    wait_for("flock to hold the rotation lock", Duration::from_secs(10), || {
+        let probe = Cmd::new("flock").args(["-n"]).arg(&lock).arg("true").run();
+        if probe.code() == Some(1) { Ok(()) } else { Err(format!("{probe}")) }
+    });
+    let locked = webhook(&env).args(["--restore-webhook", "-y"]).run();
+    holder.kill();
+    assert_eq!(locked.code(), Some(1), "{locked}");
+    assert!(text(&locked).contains("another rotation"), "{locked}");
+    let finished = webhook(&env).args(["--restore-webhook", "-y"]).run();
+    assert_eq!(finished.code(), Some(1), "{finished}");
+    assert!(text(&finished).contains("finished"), "{finished}");
+    assert_eq!(fp(ca_bundle(&env).as_deref().unwrap_or_default()), new, "caBundle unchanged");
 }
 
 /// Not-expired path, lokoctl's helm is helm 4 (upgrading the releases helm 3 installed);
@@ -256,7 +285,11 @@ fn expired_certificate_takes_the_expired_path_and_the_webhook_works_again() {
 fn killed_after_unhook_a_plain_rerun_restores_the_webhook_and_completes() {
     let env = expired_cluster("webhook-kill");
     let before = Before::take(&env);
-    let leftover = kill_during_lokoctl(&env);
+    // The killed run spells the asset dir through a symlink, the re-run does not: they share
+    // the lock, and must share the marker that finds the killed run's children.
+    let link = env.dir().join("assets-link");
+    std::os::unix::fs::symlink(&env.assets.dir, &link).unwrap();
+    let leftover = kill_during_lokoctl_via(&env, &link);
     assert_eq!(read(&env.assets.dir.join(VALUES)), before.values, "nothing applied yet");
 
     let out = timed(&env, "webhook -y (re-run)", webhook(&env).arg("-y"));

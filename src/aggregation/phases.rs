@@ -77,6 +77,9 @@ pub enum Action {
     /// Wait for the kube-apiserver rollout the upgrade started.
     WaitKubeApiserver,
     RestartExtensionServers,
+    /// Every release a killed helm or lokoctl left `pending-*` rolled back to its latest
+    /// revision: lokoctl, run with `--skip-pre-update-health-check`, would not.
+    RecoverReleases,
     Lokoctl,
     DeleteAuthConfigMap,
     RestartKubeApiserver,
@@ -212,7 +215,10 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
         .flatten()
         .collect(),
         Phase::Apply => {
-            let mut steps = vec![Planned::new(K::Command, ctx.lokoctl_line(true), A::Lokoctl)];
+            let mut steps = vec![
+                Planned::new(K::Command, ctx.recover_releases_line(), A::RecoverReleases),
+                Planned::new(K::Command, ctx.lokoctl_line(true), A::Lokoctl),
+            ];
             if expired {
                 steps.push(Planned::new(
                     K::Check,
@@ -316,8 +322,28 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
         Phase::Cleanup => {
             let new = new_ca(ctx)?;
             let trusted = trusted_cas(ctx).await?;
-            Ok((trusted.len() == 1 && trusted[0].sha256 == new.sha256)
-                .then(|| format!("{AUTH_CONFIGMAP} already trusts only the new CA")))
+            if !(trusted.len() == 1 && trusted[0].sha256 == new.sha256) {
+                return Ok(None);
+            }
+            // The cleanup ends with the extension servers' restart: done only once every one
+            // of their pods is younger than the ConfigMap they must load.
+            let client = &ctx.conn()?.client;
+            let Some(created) =
+                objects::configmap_created(client, NAMESPACE, AUTH_CONFIGMAP).await?
+            else {
+                return Ok(None);
+            };
+            let found = crate::k8s::discovery::discover(client).await?;
+            let restarted = found
+                .servers
+                .iter()
+                .flat_map(|s| &s.pods)
+                .all(|pod| pod.created.is_some_and(|at| at >= created));
+            Ok(restarted.then(|| {
+                format!(
+                    "{AUTH_CONFIGMAP} already trusts only the new CA, and every extension server was restarted after it"
+                )
+            }))
         }
         Phase::Restart | Phase::Apply => Ok(None),
     }
@@ -338,12 +364,9 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         Action::TaintCaKey => {
             let state = ctx.terraform()?.state().await?;
             let address = ctx.addr(ca_key());
-            let key = state.instance(&address).ok_or_else(|| Error::Precondition {
-                phase: phase.name(),
-                reason: format!(
-                    "the state has no {address}: is aggregation enabled, and --module right?"
-                ),
-            })?;
+            let Some(key) = state.instance(&address) else {
+                return Ok(destroyed_not_created(&address));
+            };
             if key.tainted {
                 return Ok("skipped: the CA key is already tainted (an earlier run stopped before applying)".into());
             }
@@ -362,10 +385,9 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         Action::TaintClientCert => {
             let state = ctx.terraform()?.state().await?;
             let address = ctx.addr(client_cert());
-            let instance = state.instance(&address).ok_or_else(|| Error::Precondition {
-                phase: phase.name(),
-                reason: format!("the state has no {address}"),
-            })?;
+            let Some(instance) = state.instance(&address) else {
+                return Ok(destroyed_not_created(&address));
+            };
             if instance.tainted {
                 return Ok("skipped: already tainted".into());
             }
@@ -414,7 +436,10 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
             };
             Ok(format!("restarted {} workload(s), APIServices Available{loaded}", done.restarted))
         }
+        Action::RecoverReleases => ctx.helm()?.recover_pending_releases().await,
         Action::Lokoctl => {
+            // lokoctl's terraform apply changes the state too.
+            ctx.terraform()?.keep_state().await?;
             ctx.lokoctl()?.apply(true).await?;
             Ok("applied".into())
         }
@@ -432,6 +457,15 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         }
         Action::Verify(check) => verify(ctx, phase, *check).await,
     }
+}
+
+/// A taint step's outcome when its resource is missing from the state: terraform was killed
+/// between destroying the tainted instance and creating the new one, and the apply that
+/// follows creates it.
+fn destroyed_not_created(address: &str) -> String {
+    format!(
+        "skipped: the state has no {address} (destroyed by an interrupted apply); the apply creates it"
+    )
 }
 
 /// The extension servers' workloads, as the plan names them.

@@ -45,6 +45,9 @@ pub struct PodReadiness {
     pub namespace: String,
     pub ready: bool,
     pub containers: Vec<String>,
+    /// When the pod was created: a restart's pods are newer than what it had to pick up.
+    #[serde(skip)]
+    pub created: Option<jiff::Timestamp>,
 }
 
 /// Objects found by [`discover`], kept for the restarts that may follow.
@@ -223,6 +226,7 @@ pub async fn discover(client: &Client) -> Result<Discovery> {
                 name: p.name_any(),
                 namespace: namespace.clone(),
                 ready: pod_ready(p),
+                created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 containers: p
                     .spec
                     .iter()

@@ -32,6 +32,35 @@ pub struct Revision {
     pub status: String,
 }
 
+/// One row of `helm list -o json` (helm prints the revision as a string).
+#[derive(Debug, Clone, Deserialize)]
+struct Listed {
+    name: String,
+    namespace: String,
+    revision: serde_json::Value,
+    status: String,
+}
+
+impl Listed {
+    fn revision(&self) -> u32 {
+        match &self.revision {
+            serde_json::Value::String(s) => s.parse().unwrap_or_default(),
+            other => other.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or_default(),
+        }
+    }
+}
+
+/// What `helm status -o json` says of a release's latest revision.
+#[derive(Debug, Deserialize)]
+struct Status {
+    info: StatusInfo,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusInfo {
+    status: String,
+}
+
 /// A release to upgrade: name, namespace and chart folder.
 #[derive(Debug, Clone)]
 pub struct Release<'a> {
@@ -174,9 +203,15 @@ impl Helm {
     /// upgrade that failed because kube-apiserver restarted under it is recovered once the API
     /// is back, not given up on.
     async fn history_once_reachable(&self, release: &Release<'_>) -> Result<Vec<Revision>> {
+        let line = format!("helm history {} -n {}", release.name, release.namespace);
+        self.once_reachable(&line, async || self.history(release).await).await
+    }
+
+    /// Runs `read` until it does not fail for an unreachable API, within `--timeout`.
+    async fn once_reachable<T>(&self, line: &str, read: impl AsyncFn() -> Result<T>) -> Result<T> {
         let polled =
             crate::duration::poll(self.runner.wait_limit(), API_RETRY, async || {
-                match self.history(release).await {
+                match read().await {
                     Err(e) if is_unreachable(&e) => Err(e.to_string()),
                     other => Ok(other),
                 }
@@ -184,11 +219,85 @@ impl Helm {
             .await;
         polled.unwrap_or_else(|last| {
             Err(Error::CommandFailed {
-                line: format!("helm history {} -n {}", release.name, release.namespace),
+                line: line.to_string(),
                 status: "the cluster stayed unreachable until --timeout".into(),
                 tail: last,
             })
         })
+    }
+
+    /// `helm list --all-namespaces --pending -o json`: the releases whose latest revision is
+    /// `pending-install`, `pending-upgrade` or `pending-rollback`.
+    pub fn list_pending_command(&self) -> Command {
+        self.command(&["list", "--all-namespaces", "--pending", "-o", "json"])
+    }
+
+    /// Recovers every release that a killed helm or lokoctl left pending, as the manual
+    /// procedure says (roll back to the latest revision, `--wait`), then proves with
+    /// `helm status` that each is deployed. lokoctl, run with
+    /// `--skip-pre-update-health-check`, would otherwise fail on them for ever.
+    pub async fn recover_pending_releases(&self) -> Result<String> {
+        let list = self.list_pending_command();
+        let pending: Vec<Listed> = self
+            .once_reachable(&list.line(), async || {
+                let outcome = list.ok().await?;
+                serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
+                    line: list.line(),
+                    status: format!("printed no release list JSON ({e})"),
+                    tail: outcome.tail(),
+                })
+            })
+            .await?;
+        if pending.is_empty() {
+            return Ok("no release is left pending".into());
+        }
+        let mut recovered = Vec::new();
+        for listed in &pending {
+            let release =
+                Release { name: &listed.name, namespace: &listed.namespace, chart: Path::new("") };
+            let revision = listed.revision();
+            let rollback = self.rollback_command(&release, revision);
+            let outcome = rollback.run().await?;
+            if !outcome.success() {
+                return Err(rollback.failed(&outcome));
+            }
+            let status = self.command(&[
+                "status",
+                listed.name.as_str(),
+                "-n",
+                listed.namespace.as_str(),
+                "-o",
+                "json",
+            ]);
+            let shown: Status = self
+                .once_reachable(&status.line(), async || {
+                    let outcome = status.ok().await?;
+                    serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
+                        line: status.line(),
+                        status: format!("printed no status JSON ({e})"),
+                        tail: outcome.tail(),
+                    })
+                })
+                .await?;
+            if shown.info.status != "deployed" {
+                return Err(Error::CommandFailed {
+                    line: status.line(),
+                    status: format!(
+                        "release {}/{} is {} after `{}`",
+                        listed.namespace,
+                        listed.name,
+                        shown.info.status,
+                        rollback.line()
+                    ),
+                    tail: String::new(),
+                });
+            }
+            recovered.push(format!(
+                "{}/{} was {} at revision {revision}: rolled back, deployed",
+                listed.namespace, listed.name, listed.status
+            ));
+        }
+        Ok(recovered.join("; "))
     }
 
     /// A release whose latest revision is pending (or a lock reported by helm) is rolled back

@@ -40,6 +40,22 @@ impl Runner {
         })
     }
 
+    /// Keeps `bytes` as `<run folder>/<folder>/<name>` (0600, in a 0700 folder), atomically.
+    pub fn keep_private(
+        &self,
+        folder: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> crate::error::Result<PathBuf> {
+        use crate::rotation::files::{private_dir, write_atomic};
+        let dir = self.scratch.join(folder);
+        let path = dir.join(name);
+        private_dir(&dir).and_then(|()| write_atomic(&path, bytes, 0o600)).map_err(|e| {
+            crate::error::Error::Journal { path: path.clone(), reason: e.to_string() }
+        })?;
+        Ok(path)
+    }
+
     /// `--timeout` (zero: no limit).
     pub fn wait_limit(&self) -> Duration {
         self.timeout

@@ -3,10 +3,10 @@
 //! No shell: arguments are a list. Output (stdout and stderr together) is captured, redacted
 //! line by line and, at `-v`, streamed. Each child leads its own process group, so a timeout or
 //! Ctrl-C stops the whole group (lokoctl's own terraform and helm included), and it gets
-//! SIGKILL as its death signal, so a `kill -9` of this tool does not leave a terraform apply or
-//! helm upgrade racing the re-run. Every child carries the rotation run in its environment, so
-//! a re-run can find and stop what an earlier, killed run left behind (grandchildren have no
-//! death signal).
+//! SIGINT as its death signal, so a `kill -9` of this tool does not leave a terraform apply or
+//! helm upgrade racing the re-run, yet terraform still gets to write its state before it exits.
+//! Every child carries the rotation run in its environment, so a re-run can find and stop
+//! what an earlier, killed run left behind (grandchildren have no death signal).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -257,9 +257,20 @@ impl Command {
     }
 }
 
-/// In the child, before exec: die when this tool dies, and refuse to start if it already has.
+/// In the child, before exec: be interrupted when this tool dies, and refuse to start if it
+/// already has. SIGINT, not SIGKILL: terraform and helm stop cleanly on it (terraform writes
+/// its state first). An ignored SIGINT survives exec (a tool started in the background of a
+/// script inherits one), so the default is put back, or the death signal would do nothing.
 fn die_with_parent(parent: u32) -> std::io::Result<()> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+    use nix::sys::signal::{SigHandler, signal};
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: SIG_DFL installs no handler; `signal` is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            signal(sig, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+        }
+    }
+    nix::sys::prctl::set_pdeathsig(Signal::SIGINT).map_err(std::io::Error::from)?;
     if nix::unistd::getppid().as_raw() as u32 != parent {
         return Err(std::io::Error::other("the parent exited before the child started"));
     }
@@ -290,18 +301,32 @@ pub async fn stop_all() -> Vec<String> {
     running.into_iter().map(|(_, line)| line).collect()
 }
 
-/// Kills processes that an earlier, killed run of `run` left behind (the grandchildren a
-/// death signal does not reach, such as lokoctl's terraform) and waits until they are gone,
-/// so that what is done is decided only once nothing of that run can still write.
+/// Stops processes that an earlier, killed run of `run` left behind (the grandchildren a
+/// death signal does not reach, such as lokoctl's terraform and helm): SIGINT first, so they
+/// write their state, then SIGKILL after the grace period; returns once they are gone, so
+/// that what is done is decided only once nothing of that run can still write.
 pub async fn stop_leftovers(run: &str) -> Vec<u32> {
     let marker = format!("{RUN_ENV}={run}");
     let leftovers = processes_with_env(&marker);
-    for &pid in &leftovers {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline && !processes_with_env(&marker).is_empty() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let signal_all = |sig: Signal| {
+        for pid in processes_with_env(&marker) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+        }
+    };
+    signal_all(Signal::SIGINT);
+    let gone_within = async |grace: Duration| {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if processes_with_env(&marker).is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    if !gone_within(STOP_GRACE).await {
+        signal_all(Signal::SIGKILL);
+        gone_within(STOP_GRACE).await;
     }
     leftovers
 }

@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 
 /// The bootkube module's name inside whatever module the platform uses.
 const BOOTKUBE_SUFFIX: &str = ".module.bootkube";
+/// The folder of the run that keeps the state before each change.
+pub const STATE_BACKUPS: &str = "terraform-state";
 
 pub struct Terraform {
     program: Program,
@@ -170,16 +172,38 @@ impl Terraform {
         cmd
     }
 
-    /// Runs a command that changes the state; a lock held by someone else is its own error.
+    /// Runs a command that changes the state, after keeping the state as it is (terraform
+    /// 0.13's local backend rewrites `terraform.tfstate` in place, so a kill inside that write
+    /// leaves it cut); a lock held by someone else is its own error.
     pub async fn change(&self, cmd: Command) -> Result<()> {
-        let outcome = cmd.run().await?;
+        let kept = self.keep_state().await?;
+        let outcome = match cmd.run().await {
+            Ok(outcome) => outcome,
+            Err(e) => return Err(self.state_kept(e, kept)),
+        };
         if outcome.success() {
             return Ok(());
         }
         if outcome.output.contains("Error acquiring the state lock") {
             return Err(self.locked(&outcome.output));
         }
-        Err(cmd.failed(&outcome))
+        Err(self.state_kept(cmd.failed(&outcome), kept))
+    }
+
+    /// Keeps `terraform state pull` in the run's folder (0600: it holds every private key),
+    /// one file per state serial, before something changes the state.
+    pub async fn keep_state(&self) -> Result<PathBuf> {
+        let text = self.state_text().await?;
+        let serial = parse_state(&text).map(|s| s.serial).unwrap_or_default();
+        self.runner.keep_private(
+            STATE_BACKUPS,
+            &format!("before-serial-{serial}.tfstate"),
+            text.as_bytes(),
+        )
+    }
+
+    fn state_kept(&self, error: Error, kept: PathBuf) -> Error {
+        Error::TerraformChange { source: Box::new(error), kept, dir: self.dir.clone() }
     }
 
     fn locked(&self, output: &str) -> Error {
@@ -195,13 +219,17 @@ impl Terraform {
 
     /// The state as `terraform state pull` gives it (the configured backend's, local or not).
     pub async fn state(&self) -> Result<State> {
+        parse_state(&self.state_text().await?)
+            .map_err(|reason| Error::TerraformState { dir: self.dir.clone(), reason })
+    }
+
+    async fn state_text(&self) -> Result<String> {
         let cmd = self.command(&["state", "pull"]).echo(false);
         let outcome = cmd.run().await?;
         if !outcome.success() {
             return Err(cmd.failed(&outcome));
         }
-        parse_state(&outcome.output)
-            .map_err(|reason| Error::TerraformState { dir: self.dir.clone(), reason })
+        Ok(outcome.output)
     }
 
     /// Addresses a plain `terraform apply` would change now (`plan -out`, then `show -json`;
