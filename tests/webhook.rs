@@ -9,13 +9,14 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::Value;
-use support::{AssetOptions, Assets, Helm, Spawned, TestEnv, Tools, free_port, wait_for};
+use support::{AssetOptions, Assets, Cmd, Helm, Spawned, TestEnv, Tools, free_port, wait_for};
 
 #[path = "webhook/helpers.rs"]
 mod helpers;
