@@ -48,9 +48,10 @@ const AFTER_A_FAILURE: Duration = Duration::from_secs(10);
 /// SIGINT and SIGTERM stop children with SIGINT and SIGKILL them after 10 s: the tool must be
 /// gone well before this.
 const STOP_BOUND: Duration = Duration::from_secs(60);
-/// The tool's bound for each wait, and the test's for each invocation.
+/// The tool's bound for each wait, and the test's for each invocation (a resumed run may wait
+/// three times or more: a rollback, lokoctl's upgrades, the cleanup's restart).
 const WAIT: &str = "3m";
-const INVOCATION: Duration = Duration::from_secs(300);
+const INVOCATION: Duration = Duration::from_secs(540);
 
 // ---------------------------------------------------------------------------------------
 // Seeded draws
