@@ -571,18 +571,31 @@ fn aggregation_cleanup_survives_random_kills() {
 /// `webhook -y`, not expired.
 #[test]
 fn webhook_survives_random_kills() {
+    webhook_campaign("campaign-webhook", false);
+}
+
+/// `webhook -y --expired`: the expired path (the webhook configuration deleted first, lokoctl
+/// with --skip-pre-update-health-check) forced, as its phases are what matters here.
+#[test]
+fn webhook_expired_path_survives_random_kills() {
+    webhook_campaign("campaign-webhook-expired", true);
+}
+
+fn webhook_campaign(name: &str, expired: bool) {
     let seed = seed();
-    eprintln!("webhook campaign: seed {seed}");
-    let env = webhook::cluster("campaign-webhook");
+    eprintln!("{name}: seed {seed}");
+    let env = webhook::cluster(name);
     env.step(&format!("campaign seed {seed}"));
     let module = env.assets.bootkube_module();
+    let flags: &[&str] = if expired { &["-y", "--expired"] } else { &["-y"] };
     let rot = Rotation {
         env: &env,
-        name: "webhook -y",
+        name: if expired { "webhook -y --expired" } else { "webhook -y" },
         command: Box::new(|| {
             webhook::webhook(&env)
                 .env(aggregation::TAG_VAR, aggregation::tag(&env))
-                .args(["-y", "-o", "json", "--timeout", WAIT])
+                .args(flags)
+                .args(["-o", "json", "--timeout", WAIT])
                 .timeout(INVOCATION)
         }),
         runs: webhook::runs,
@@ -617,7 +630,8 @@ fn webhook_survives_random_kills() {
     let watch = aggregation::CaWatch::start_with(values, webhook::serving_cert_fp);
     let outcome = campaign(&rot, &reference, seed);
     judge(&env, &outcome, seed, || {
-        let new = webhook::check_rotated(&env, &before, "not-expired", "after-campaign");
+        let path = if expired { "expired" } else { "not-expired" };
+        let new = webhook::check_rotated(&env, &before, path, "after-campaign");
         assert_eq!(watch.generations(), vec![before.fp.clone(), new], "one new certificate");
         assert_eq!(end_state(&rot, facts()), want, "the uninterrupted run's end state");
     });
