@@ -103,6 +103,30 @@ pub enum Error {
     TerraformLocked { dir: PathBuf, holder: String },
 
     #[error(
+        "lokocfg {}: {reason}. Nothing was changed: fix it, or pass --config-dir DIR, the \
+         folder whose *.lokocfg names this asset dir",
+        path.display()
+    )]
+    Lokocfg { path: PathBuf, reason: String },
+
+    #[error(
+        "refusing to run lokoctl in the config dir {} (from {from}): its lokocfg ({at}) names \
+         the asset dir {named}, not {}, so `lokoctl cluster apply` there would change another \
+         cluster. Nothing was changed: pass --config-dir DIR, the folder whose *.lokocfg names \
+         {}",
+        config_dir.display(),
+        assets.display(),
+        assets.display()
+    )]
+    OtherCluster {
+        config_dir: PathBuf,
+        from: &'static str,
+        at: String,
+        named: String,
+        assets: PathBuf,
+    },
+
+    #[error(
         "{source}\nthe Terraform state from before this command is kept in {} (0600: it holds \
          every private key); if {}/terraform.tfstate is now empty or cut, put it back with \
          `terraform state push -force {}` there",

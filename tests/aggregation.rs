@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `full_rotation_with_helm3_…` | `--phase all --cleanup -y` with helm 3: new CA in files and state, backups, journal, only the new CA trusted at the end, API works, `status` exits 0, a further run changes nothing |
 //! | `full_rotation_with_helm4_…` | the same with helm 4 at `-vvv` through argv-recording wrappers: no private key in stdout, stderr, journal or any argv; helm values only in 0600 files, removed; children get the verified kubeconfig explicitly |
+//! | `a_rotation_with_helm_debug_…` | `HELM_DEBUG=1`, `TF_LOG=TRACE`, a 0755 kubeconfig: the rotation completes (stdout alone is parsed), `-v` streams stderr too, no key shown |
 //! | `phases_one_by_one_…` | each phase alone, its dry run first (plan, nothing changed), then twice (second: already done, nothing changed); what each phase leaves; predecessors enforced |
 //! | `an_expired_aggregation_ca_…` | certificates issued two years ago: auto-detected expired path, plan, run, API works again |
 //! | `kill9_during_the_ca_apply_…` | one rotation at a time (pid in the refusal); kill -9 in the `ca` phase's terraform apply: the child gets SIGINT and dies too, the state stays valid and was kept in the run folder (0600), the re-run completes with exactly one new CA |
@@ -20,6 +21,7 @@
 //! | `a_failing_helm_is_retried_and_sigint_…` | a helm upgrade failing once is retried; SIGINT in the restart wait: exit 130, nothing left running, journal says interrupted; the re-run completes |
 //! | `refusals_and_dry_runs_without_a_cluster_…` | another cluster's kubeconfig, missing helm/terraform/lokoctl, a wrong --module, no -y, a held Terraform state lock: exit 1, clear message, nothing changed; dry runs with an unreachable cluster or no terraform |
 
+mod common;
 mod support;
 
 #[path = "aggregation/helpers.rs"]
@@ -29,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::leaks::{self, Needles};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use support::{
@@ -167,7 +170,18 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
     let values_log = env.dir().join("helm-values-files.log");
     let tools = Tools::get();
     let helm = Wrapper::new(&env, "helm", Helm::V4.path(), &log_values_files(&values_log));
-    let terraform = Wrapper::new(&env, "terraform", &tools.terraform, &terraform_013_plan_diff());
+    // On top of the 0.13 plan diff, every other way a key gets printed: on stdout during an
+    // apply, and on stderr (as `TF_LOG` would) during every call, `state pull` included.
+    let printing_keys = format!(
+        "{}\n{}\n\
+         case \" $* \" in *\" apply \"*)\n\
+           place_every_key ../cluster-assets/tls/*.key ../cluster-assets/tls/etcd/*.key;;\n\
+         esac\n\
+         place_every_key ../cluster-assets/tls/aggregation-*.key >&2",
+        terraform_013_plan_diff(),
+        leaks::place_every_key(),
+    );
+    let terraform = Wrapper::new(&env, "terraform", &tools.terraform, &printing_keys);
     let lokoctl = Wrapper::new(&env, "lokoctl", &tools.lokoctl_double, "");
     // $KUBECONFIG leads nowhere; only --kubeconfig names this cluster, so helm and lokoctl
     // work only if the plugin hands them the kubeconfig it resolved and verified.
@@ -219,42 +233,11 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
     status_ok(&env);
 
     env.step("no private key material anywhere");
-    let mut keys = keys_before;
-    keys.extend(asset_keys(&env));
-    // The run's backup folder holds keys by design (the CA's and the client's): they are
-    // needles, not haystacks.
-    let backup = run_dir(&env).join("backup");
-    for (rel, _) in file_tree(&backup, &|_: &Path| false) {
-        if rel.ends_with(".key") {
-            keys.push((format!("the backup {rel}"), read(&backup.join(&rel))));
-        }
-    }
-    let mut needles = Needles::new();
-    for (label, pem) in &keys {
-        needles.add_key(label, pem);
-    }
-    let mut hay: Vec<(String, String)> = Vec::new();
-    for (i, o) in outs.iter().enumerate() {
-        hay.push((format!("stdout of run {}", i + 1), o.stdout.clone()));
-        hay.push((format!("stderr of run {}", i + 1), o.stderr.clone()));
-    }
-    hay.extend([
-        (helm.log.display().to_string(), helm.log_text()),
-        (terraform.log.display().to_string(), terraform.log_text()),
-        (lokoctl.log.display().to_string(), lokoctl.log_text()),
-    ]);
-    let is_backup_key =
-        move |p: &Path| p.starts_with(&backup) && p.extension().is_some_and(|e| e == "key");
-    for (path, text) in texts_under(&certrotate_dir(&env), &is_backup_key) {
-        hay.push((path.display().to_string(), text));
-    }
-    let mut leaks = Vec::new();
-    for (place, text) in &hay {
-        for label in needles.found_in(text) {
-            leaks.push(format!("{place}: a 16-character run of {label}"));
-        }
-    }
-    assert!(leaks.is_empty(), "private key material leaked:\n  {}", leaks.join("\n  "));
+    let argv_logs = [&helm, &terraform, &lokoctl]
+        .iter()
+        .map(|w| (w.log.display().to_string(), w.log_text()))
+        .collect();
+    assert_no_key_shown(&env, keys_before, &outs, argv_logs);
     // The wrapper printed every key as terraform 0.13 does; at -vvv the plugin streams child
     // output, so the keys went through the redaction (and were shown as redacted).
     assert!(
@@ -298,6 +281,101 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
     if let Some(failure) = first_run_failed {
         panic!("{failure}");
     }
+}
+
+/// Fails when a 16-character run of a private key (any the asset dir held before the
+/// rotation or holds now, and the run's backups) is in the runs' stdout or stderr, in
+/// `more`, or in any file under `certrotate/` (the journal) but the backed-up keys and
+/// Terraform states.
+fn assert_no_key_shown(
+    env: &TestEnv,
+    keys_before: Vec<(String, Vec<u8>)>,
+    outs: &[Output],
+    more: Vec<(String, String)>,
+) {
+    let mut keys = keys_before;
+    keys.extend(asset_keys(env));
+    // The run's backup folder holds keys by design (the CA's and the client's): they are
+    // needles, not haystacks.
+    let backup = run_dir(env).join("backup");
+    for (rel, _) in file_tree(&backup, &|_: &Path| false) {
+        if rel.ends_with(".key") {
+            keys.push((format!("the backup {rel}"), read(&backup.join(&rel))));
+        }
+    }
+    let mut needles = Needles::new();
+    for (label, pem) in &keys {
+        needles.add_key(label, pem);
+    }
+    let mut hay = more;
+    for (i, o) in outs.iter().enumerate() {
+        hay.push((format!("stdout of run {}", i + 1), o.stdout.clone()));
+        hay.push((format!("stderr of run {}", i + 1), o.stderr.clone()));
+    }
+    // So do the Terraform state backups (a whole state, to be pushed back).
+    let states = run_dir(env).join("terraform-state");
+    let holds_keys = move |p: &Path| {
+        p.starts_with(&states)
+            || (p.starts_with(&backup) && p.extension().is_some_and(|e| e == "key"))
+    };
+    for (path, text) in texts_under(&certrotate_dir(env), &holds_keys) {
+        hay.push((path.display().to_string(), text));
+    }
+    let mut leaks = Vec::new();
+    for (place, text) in &hay {
+        for label in needles.found_in(text) {
+            leaks.push(format!("{place}: a 16-character run of {label}"));
+        }
+    }
+    assert!(leaks.is_empty(), "private key material leaked:\n  {}", leaks.join("\n  "));
+}
+
+/// Issue 14, item 6: what helm and terraform print on stderr (`HELM_DEBUG=1` debug lines,
+/// `TF_LOG=TRACE` traces, helm's warning about a group-readable kubeconfig, which Lokomotive's
+/// `auth/kubeconfig` is: a `local_file` with the provider's default mode) is never parsed. A
+/// whole rotation completes; `-v` streams both streams; no key shows.
+#[test]
+fn a_rotation_with_helm_debug_tf_log_trace_and_a_0755_kubeconfig_completes() {
+    let env = cluster("agg-noisy");
+    let orig = Original::of(&env);
+    let module = env.assets.bootkube_module();
+    let keys_before = asset_keys(&env);
+    let group_readable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(env.kubeconfig(), group_readable).unwrap();
+    let out = run_timed(
+        &env,
+        "aggregation --cleanup -y -v with HELM_DEBUG=1, TF_LOG=TRACE, a 0755 kubeconfig",
+        agg(&env)
+            .env("HELM_DEBUG", "1")
+            .env("TF_LOG", "TRACE")
+            .args(["--cleanup", "-y", "-v"])
+            .args(WAIT),
+    );
+    let last_lines = || {
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "the rotation completes; stdout:\n{}\nlast lines of stderr:\n{}",
+        out.stdout,
+        last_lines()
+    );
+    for phase in PHASES {
+        assert!(out.stdout.contains(phase), "the summary lists {phase}:\n{}", out.stdout);
+    }
+    check_rotated(&env, &orig, &module, true);
+    status_ok(&env);
+    // Kept from stdout alone (no TF_LOG line), unredacted.
+    check_state_backups(&env);
+    let streamed = |program: &str, marker: &str| {
+        let prefix = format!("    {program}: ");
+        out.stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(marker))
+    };
+    assert!(streamed("helm", "[debug]"), "-v streams helm's stderr:\n{}", last_lines());
+    assert!(streamed("terraform", "[TRACE]"), "-v streams terraform's stderr");
+    assert_no_key_shown(&env, keys_before, std::slice::from_ref(&out), Vec::new());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1036,7 +1114,8 @@ fn record_sigint(log: &Path) -> String {
     format!("trap 'echo INT >> {}; exit 130' INT", log.display())
 }
 
-/// The run's Terraform state backups: each is 0600 in a 0700 folder and a whole state.
+/// The run's Terraform state backups: each is 0600 in a 0700 folder and a whole state, as
+/// terraform wrote it (with its keys, so `terraform state push` of it restores them).
 fn check_state_backups(env: &TestEnv) -> usize {
     let dir = run_dir(env).join("terraform-state");
     assert_eq!(mode(&dir), 0o700, "{} is 0700", dir.display());
@@ -1048,8 +1127,12 @@ fn check_state_backups(env: &TestEnv) -> usize {
     assert!(!kept.is_empty(), "the state is kept before terraform changes it");
     for path in &kept {
         assert_eq!(mode(path), 0o600, "{} is 0600", path.display());
-        let state: Value = serde_json::from_slice(&read(path))
+        let text = read(path);
+        let state: Value = serde_json::from_slice(&text)
             .unwrap_or_else(|e| panic!("{} is not a whole state: {e}", path.display()));
+        let text = String::from_utf8_lossy(&text);
+        assert!(!text.contains("[REDACTED"), "{} holds the keys, not markers", path.display());
+        assert!(text.contains("PRIVATE KEY-----"), "{} holds the keys", path.display());
         assert!(state["resources"].as_array().is_some_and(|r| !r.is_empty()), "{}", path.display());
     }
     kept.len()

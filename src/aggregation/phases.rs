@@ -107,7 +107,8 @@ pub enum Check {
     ClientServed,
     /// Secret and ConfigMap trust the new CA (the expired path replaces, not bundles).
     NewCaServed,
-    /// `terraform plan` has no aggregation change left and the files equal the state.
+    /// `terraform plan` has no aggregation change left, the files equal the state, and the
+    /// Secret holds what lokoctl applied from them.
     NothingPending,
     /// The ConfigMap trusts only the new CA.
     OnlyNewCaTrusted,
@@ -222,13 +223,13 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             if expired {
                 steps.push(Planned::new(
                     K::Check,
-                    format!("the files equal the state; secret {NAMESPACE}/{SECRET} and configmap {AUTH_CONFIGMAP} trust the new CA"),
+                    format!("the files equal the state; secret {NAMESPACE}/{SECRET} holds the files' CA and client certificate (what lokoctl applied); configmap {AUTH_CONFIGMAP} trusts the new CA"),
                     A::Verify(Check::NewCaServed),
                 ));
             } else {
                 steps.push(Planned::new(
                     K::Check,
-                    "terraform plan shows no change left to the aggregation resources; the files equal the state".into(),
+                    format!("terraform plan shows no change left to the aggregation resources; the files equal the state; secret {NAMESPACE}/{SECRET} holds the new CA and serves the new client certificate (what lokoctl applied)"),
                     A::Verify(Check::NothingPending),
                 ));
             }
@@ -510,10 +511,11 @@ fn state_ca(ctx: &Ctx, state: &crate::tools::terraform::State) -> Result<CertInf
 
 fn upgrade_line(ctx: &Ctx, value: &str) -> String {
     format!(
-        "{} upgrade -n {NAMESPACE} {RELEASE} {} --reuse-values -f <0600 values file: {value}> --wait --timeout {}s (a release left pending is rolled back to its latest revision first; a failed upgrade is retried)",
+        "{} upgrade -n {NAMESPACE} {RELEASE} {} --reuse-values -f <0600 values file: {value}> --wait --timeout {}s {} (a release left pending is rolled back to its latest revision first; a failed upgrade is retried)",
         ctx.helm_name,
         ctx.asset(CHART).display(),
-        ctx.timeout.as_secs()
+        ctx.timeout.as_secs(),
+        crate::tools::helm::kubeconfig_in_plan(ctx.helm.as_ref())
     )
 }
 
@@ -705,6 +707,7 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
         }
         Check::NewCaServed => {
             files_equal_state(ctx, phase).await?;
+            lokoctl_applied_the_files(ctx, phase).await?;
             let new = ctx.file_cert(CA_CERT)?;
             ctx.fingerprint("newCa", &new.sha256)?;
             until(ctx, phase, "the cluster trusting the new CA", async || {
@@ -742,7 +745,9 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
                 return Err(fail(format!("terraform plan still changes {}", pending.join(", "))));
             }
             files_equal_state(ctx, phase).await?;
-            Ok("no aggregation change pending; files equal the state".into())
+            lokoctl_applied_the_files(ctx, phase).await?;
+            Ok("no aggregation change pending; files equal the state; the secret serves them"
+                .into())
         }
         Check::OnlyNewCaTrusted => {
             let new = new_ca(ctx)?;
@@ -758,6 +763,46 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
             Ok("only the new CA is trusted".into())
         }
     }
+}
+
+/// Secret kube-system/kube-apiserver holds the asset dir's CA (alone or in a bundle) and its
+/// client certificate: lokoctl applies the values of the asset dir its lokocfg names, so other
+/// values mean it applied another one, and the checks of the files alone would not see it.
+/// Read once the API answers (kube-apiserver restarts for the new Secret), judged at once.
+async fn lokoctl_applied_the_files(ctx: &Ctx, phase: Phase) -> Result<()> {
+    let fail = |reason: String| Error::Verification { phase: phase.name(), reason };
+    let (ca, client) = (ctx.file_cert(CA_CERT)?, ctx.file_cert(CLIENT_CERT)?);
+    let read = async |key: &str| {
+        objects::secret_certificates(&ctx.conn()?.client, NAMESPACE, SECRET, key).await
+    };
+    let (cas, served) = crate::duration::poll(ctx.timeout, POLL, async || {
+        match (read("aggregation-ca.crt").await, read("aggregation-client.crt").await) {
+            (Ok(cas), Ok(served)) => Ok((cas, served)),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        }
+    })
+    .await
+    .map_err(|last| {
+        fail(format!("secret {NAMESPACE}/{SECRET} unreadable until --timeout: {last}"))
+    })?;
+    let mut wrong = Vec::new();
+    if !holds(&cas, &ca) {
+        wrong.push(format!("its aggregation-ca.crt does not hold the CA of {CA_CERT}"));
+    }
+    if served.first().map(|c| &c.sha256) != Some(&client.sha256) {
+        wrong.push(format!("its aggregation-client.crt is not {CLIENT_CERT}"));
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(fail(format!(
+        "secret {NAMESPACE}/{SECRET}: {}: lokoctl applied other values than this asset dir's \
+         (does a lokocfg in {} name another asset dir?); run this phase again once lokoctl \
+         applies {}",
+        wrong.join(" and "),
+        ctx.config_dir.display(),
+        ctx.assets.root().display()
+    )))
 }
 
 /// The asset dir's aggregation files hold what the state holds.

@@ -308,17 +308,13 @@ impl Availability {
     /// beside the work that needs it. A refused watch ends the waits of `until_available`.
     pub async fn follow(&self, client: &Client, version: &str) -> Infallible {
         let api = Api::<APIService>::all(client.clone());
-        let resync = || async {
-            let list = api.list(&ListParams::default()).await?;
-            Ok((list.items, list.metadata.resource_version.unwrap_or_default()))
-        };
-        let params = WatchParams::default();
+        let known: Vec<String> = self.state.borrow().available.keys().cloned().collect();
         let followed = watch::follow(
             &api,
             "apiservices",
-            &params,
+            &WatchParams::default(),
             version.to_string(),
-            resync,
+            known,
             &self.last_error,
             |change| {
                 if let Change::Applied(svc) = change {

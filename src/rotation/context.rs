@@ -134,8 +134,11 @@ impl Ctx {
 
     pub fn recover_releases_line(&self) -> String {
         format!(
-            "{} list --all-namespaces --pending -o json; each release listed: {} rollback <release> <its latest revision> -n <namespace> --wait, then {} status shows it deployed",
-            self.helm_name, self.helm_name, self.helm_name
+            "{} list --all-namespaces --pending -o json {}; each release listed: {} rollback <release> <its latest revision> -n <namespace> --wait, then {} status shows it deployed",
+            self.helm_name,
+            crate::tools::helm::kubeconfig_in_plan(self.helm.as_ref()),
+            self.helm_name,
+            self.helm_name
         )
     }
 

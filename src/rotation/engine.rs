@@ -7,6 +7,7 @@
 
 use std::io::{IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -21,7 +22,9 @@ use crate::cli::{GlobalOpts, OutputFormat};
 use crate::error::{Error, Result, exit};
 use crate::k8s::Connection;
 use crate::output::{self, Progress, Table};
+use crate::tools::cluster_env::ClusterEnv;
 use crate::tools::helm::Helm;
+use crate::tools::lokocfg;
 use crate::tools::lokoctl::Lokoctl;
 use crate::tools::terraform::Terraform;
 use crate::tools::{Program, Runner, process};
@@ -382,7 +385,19 @@ fn config_dir(global: &GlobalOpts, assets: &AssetDir) -> PathBuf {
         .unwrap_or_else(|| assets.root().parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
-/// Finds every program the phases need, before anything changes.
+/// Where [`config_dir`] took the config dir from, for messages.
+fn config_dir_source(global: &GlobalOpts) -> &'static str {
+    if global.tools.config_dir.is_some() {
+        "--config-dir"
+    } else if std::env::var_os("CONFIG_DIR").is_some_and(|v| !v.is_empty()) {
+        "$CONFIG_DIR"
+    } else {
+        "the asset dir's parent"
+    }
+}
+
+/// Finds every program the phases need, and checks that lokoctl would apply this asset dir's
+/// cluster, before anything changes. helm and lokoctl get the verified cluster alone.
 fn find_programs<P: Procedure>(
     global: &GlobalOpts,
     ctx: &mut Ctx,
@@ -410,13 +425,23 @@ fn find_programs<P: Procedure>(
         find(needs(|n| n.terraform), "terraform", &tools.terraform, "TERRAFORM", "--terraform")?;
     let helm = find(needs(|n| n.helm), "helm", &tools.helm, "HELM", "--helm")?;
     let lokoctl = find(needs(|n| n.lokoctl), "lokoctl", &tools.lokoctl, "LOKOCTL", "--lokoctl")?;
-    let kubeconfig = ctx.conn.as_ref().map(|c| c.kubeconfig.clone()).unwrap_or_default();
+    if needs(|n| n.lokoctl) {
+        let source = config_dir_source(global);
+        match lokocfg::check_names(&ctx.config_dir, source, ctx.assets.root()) {
+            Ok(_) => {}
+            Err(e) if global.dry_run => unresolved.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    // Without a verified cluster (a dry run) nothing runs helm or lokoctl.
+    let cluster = ctx.conn.as_ref().map(|c| Arc::new(ClusterEnv::new(c, runner.clone())));
     ctx.terraform = terraform.map(|p| Terraform::new(p, ctx.terraform_dir.clone(), runner.clone()));
     if let Some(p) = helm {
         ctx.helm_name = p.path.display().to_string();
-        ctx.helm = Some(Helm::new(p, runner.clone(), &kubeconfig, global.kube.context.as_deref()));
+        ctx.helm = cluster.clone().map(|c| Helm::new(p, runner.clone(), c));
     }
-    ctx.lokoctl = lokoctl.map(|p| Lokoctl::new(p, runner.clone(), &ctx.config_dir, &kubeconfig));
+    ctx.lokoctl =
+        lokoctl.zip(cluster).map(|(p, c)| Lokoctl::new(p, runner.clone(), &ctx.config_dir, c));
     Ok(())
 }
 

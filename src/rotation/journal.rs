@@ -191,14 +191,16 @@ impl RunDir {
             .map_err(|e| Error::Journal { path, reason: e.to_string() })
     }
 
-    /// Removes the temp dirs of children (values and plan files) a killed invocation left in
-    /// the run's folder.
+    /// Removes the temp dirs of children (values, plan and kubeconfig files) a killed
+    /// invocation left in the run's folder.
     pub fn remove_scratch(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if entry.path().is_dir() && (name.starts_with("values-") || name.starts_with("plan-")) {
+            if entry.path().is_dir()
+                && ["values-", "plan-", "kubeconfig-"].iter().any(|p| name.starts_with(p))
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }

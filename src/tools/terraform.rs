@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Command, Program, Runner};
+use super::{Command, Outcome, Program, Runner};
 use crate::error::{Error, Result};
 
 /// The bootkube module's name inside whatever module the platform uses.
@@ -191,14 +191,15 @@ impl Terraform {
     }
 
     /// Keeps `terraform state pull` in the run's folder (0600: it holds every private key),
-    /// one file per state serial, before something changes the state.
+    /// one file per state serial, before something changes the state. As terraform wrote it,
+    /// not redacted: it is what `terraform state push` puts back.
     pub async fn keep_state(&self) -> Result<PathBuf> {
-        let text = self.state_text().await?;
-        let serial = parse_state(&text).map(|s| s.serial).unwrap_or_default();
+        let pulled = self.pull().await?;
+        let serial = parse_state(&pulled.stdout).map(|s| s.serial).unwrap_or_default();
         self.runner.keep_private(
             STATE_BACKUPS,
             &format!("before-serial-{serial}.tfstate"),
-            text.as_bytes(),
+            pulled.unredacted_stdout.bytes(),
         )
     }
 
@@ -219,17 +220,19 @@ impl Terraform {
 
     /// The state as `terraform state pull` gives it (the configured backend's, local or not).
     pub async fn state(&self) -> Result<State> {
-        parse_state(&self.state_text().await?)
+        parse_state(&self.pull().await?.stdout)
             .map_err(|reason| Error::TerraformState { dir: self.dir.clone(), reason })
     }
 
-    async fn state_text(&self) -> Result<String> {
-        let cmd = self.command(&["state", "pull"]).echo(false);
+    /// `terraform state pull`, never streamed (the state holds every private key); its
+    /// stdout is what is parsed, redacted, and, unredacted, what a backup keeps.
+    async fn pull(&self) -> Result<Outcome> {
+        let cmd = self.command(&["state", "pull"]).echo(false).unredacted_stdout();
         let outcome = cmd.run().await?;
         if !outcome.success() {
             return Err(cmd.failed(&outcome));
         }
-        Ok(outcome.output)
+        Ok(outcome)
     }
 
     /// Addresses a plain `terraform apply` would change now (`plan -out`, then `show -json`;
@@ -264,7 +267,7 @@ impl Terraform {
             actions: Vec<String>,
         }
         let plan: Plan =
-            serde_json::from_str(&shown.output).map_err(|e| Error::TerraformState {
+            serde_json::from_str(&shown.stdout).map_err(|e| Error::TerraformState {
                 dir: self.dir.clone(),
                 reason: format!("unreadable plan ({e})"),
             })?;

@@ -1,14 +1,15 @@
 //! Helpers of `tests/aggregation.rs` (and the aggregation campaign of
 //! `tests/fault_campaign.rs`): running the built plugin's `aggregation` command on a
 //! [`TestEnv`], reading its journal, snapshots that prove "nothing changed", wrapper scripts
-//! around the real helm/terraform/lokoctl, process checks, the private-key leak scanner, and
-//! the check of everything a finished rotation promises.
+//! around the real helm/terraform/lokoctl, process checks, what the private-key leak checks
+//! read (the scanner itself is `common::leaks`, shared with tests/redaction.rs), and the check
+//! of everything a finished rotation promises.
 //!
 //! Everything here acts on one test's environment and its temp dir only.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -985,70 +986,6 @@ impl Drop for StateLock {
 
 // ---------------------------------------------------------------------------------------
 // Private keys must never leak
-
-/// 16-character runs of private key material: for each key, from the base64 body of its PEM
-/// and from base64 of the whole PEM (the form helm values and Secrets carry). Only the
-/// private part of each RSA key is used (past the public modulus at the start), so that a
-/// certificate — which holds the modulus — is never taken for a leak.
-pub struct Needles {
-    windows: HashMap<Vec<u8>, String>,
-}
-
-pub const RUN: usize = 16;
-
-fn pem_body(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>()
-}
-
-impl Needles {
-    pub fn new() -> Needles {
-        Needles { windows: HashMap::new() }
-    }
-
-    /// Adds a private key (tail 55% of each encoding).
-    pub fn add_key(&mut self, label: &str, pem: &[u8]) {
-        let text = String::from_utf8_lossy(pem);
-        for enc in [pem_body(&text), BASE64.encode(pem)] {
-            let from = enc.len() * 45 / 100;
-            self.add_windows(label, &enc.as_bytes()[from..]);
-        }
-    }
-
-    /// Adds all of a certificate's material (for the command-line checks).
-    pub fn add_cert(&mut self, label: &str, pem: &[u8]) {
-        let text = String::from_utf8_lossy(pem);
-        for enc in [pem_body(&text), BASE64.encode(pem)] {
-            // Skip the DER header common to every certificate.
-            self.add_windows(label, &enc.as_bytes()[8.min(enc.len())..]);
-        }
-    }
-
-    fn add_windows(&mut self, label: &str, bytes: &[u8]) {
-        for w in bytes.windows(RUN) {
-            self.windows.entry(w.to_vec()).or_insert_with(|| label.to_string());
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.windows.len()
-    }
-
-    /// Labels of the needles found in `hay` (whitespace and JSON `\n` escapes removed first, so
-    /// a PEM broken over lines is still found).
-    pub fn found_in(&self, hay: &str) -> Vec<String> {
-        let flat: Vec<u8> = hay
-            .replace("\\n", "")
-            .replace("\\r", "")
-            .bytes()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect();
-        let mut found: Vec<String> =
-            flat.windows(RUN).filter_map(|w| self.windows.get(w).cloned()).collect();
-        found.sort();
-        found.dedup();
-        found
-    }
-}
 
 /// Every private key PEM of the asset dir: `tls/**/*.key` and the admission webhook key
 /// (base64 inside `charts/lokomotive-system/lokomotive.yaml`).
