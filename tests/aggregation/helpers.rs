@@ -28,6 +28,7 @@ use kube::api::{Api, ListParams};
 use openssl::x509::X509;
 use serde_json::Value;
 
+pub use crate::support::mode;
 use crate::support::{Cmd, ExtApiServer, Helm, Output, TestEnv, Tools, fingerprints, wait_for};
 
 /// The built plugin, as cargo names it to integration tests.
@@ -234,14 +235,6 @@ pub fn is_run_name(name: &str) -> bool {
         && b[8] == b'T'
         && b[9..15].iter().all(u8::is_ascii_digit)
         && b[15] == b'Z'
-}
-
-pub fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 // ---------------------------------------------------------------------------------------

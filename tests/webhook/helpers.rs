@@ -22,6 +22,7 @@ use openssl::pkey::PKey;
 use openssl::x509::X509;
 use serde_json::Value;
 
+pub use crate::support::mode;
 use crate::support::{Cmd, Helm, Output, TestEnv, fingerprints, wait_for};
 
 pub const NS: &str = "lokomotive-system";
@@ -218,14 +219,6 @@ pub fn phase_outcomes(journal: &Value) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-pub fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 // ---------------------------------------------------------------------------- commands ---
