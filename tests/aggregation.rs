@@ -43,18 +43,6 @@ use helpers::*;
 // ---------------------------------------------------------------------------------------
 // Setup and shared checks
 
-/// A realistic cluster: the kube-apiserver chart installed with helm 3 (as lokoctl does) and
-/// metrics-server deployed and Available.
-fn cluster(name: &str) -> TestEnv {
-    let env = TestEnv::start(name);
-    env.install_kube_apiserver_chart(Helm::V3);
-    env.deploy_ext_apiserver(&ExtApiServer::metrics_server());
-    env.wait_rollout("kube-system", "deploy/metrics-server");
-    env.wait_apiservice(APISERVICE, true, Duration::from_secs(120));
-    env.step("kube-apiserver chart installed (helm 3), metrics-server Available");
-    env
-}
-
 /// A copy of the admin kubeconfig whose server is a closed loopback port: this cluster's
 /// credentials, no cluster behind them.
 fn unreachable_kubeconfig(env: &TestEnv) -> PathBuf {
@@ -73,93 +61,6 @@ fn run_timed(env: &TestEnv, what: &str, cmd: support::Cmd) -> Output {
     let out = cmd.run();
     env.step(&format!("… exited {:?} after {:.1?}", out.code(), t.elapsed()));
     out
-}
-
-fn status_ok(env: &TestEnv) {
-    let out = env.certrotate().arg("status").run();
-    assert_eq!(out.code(), Some(0), "`certrotate status` after the rotation: {out}");
-}
-
-/// The run folder's files: modes, name, and backups equal to the original CA byte for byte.
-fn check_run_folder(env: &TestEnv, orig: &Original) {
-    let dir = run_dir(env);
-    let name = dir.file_name().unwrap().to_str().unwrap().to_string();
-    assert!(is_run_name(&name), "run folder name {name:?} is aggregation-<UTC YYYYMMDDTHHMMSSZ>");
-    assert_eq!(mode(&dir), 0o700, "{} is 0700", dir.display());
-    assert_eq!(mode(&dir.join("journal.json")), 0o600, "journal.json is 0600");
-    let (crt, key) = (dir.join("backup/aggregation-ca.crt"), dir.join("backup/aggregation-ca.key"));
-    assert!(
-        read(&crt) == orig.ca,
-        "{} is the original CA certificate byte for byte",
-        crt.display()
-    );
-    assert!(read(&key) == orig.key, "{} is the original CA key byte for byte", key.display());
-    assert_eq!(mode(&crt), 0o600, "{}", crt.display());
-    assert_eq!(mode(&key), 0o600, "{}", key.display());
-    let j = journal(env);
-    assert_eq!(j["apiVersion"], "certrotate.lokomotive.io/v1", "{j:#}");
-    assert_eq!(j["kind"], "RotationJournal", "{j:#}");
-    assert_eq!(j["rotation"], "aggregation", "{j:#}");
-    assert_eq!(j["run"], name.as_str(), "{j:#}");
-    assert_eq!(j["fingerprints"]["oldCa"], orig.ca_fp.as_str(), "oldCa is the original CA: {j:#}");
-    assert_eq!(j["fingerprints"]["oldClient"], orig.client_fp.as_str(), "{j:#}");
-    for event in j["events"].as_array().unwrap_or_else(|| panic!("no events: {j:#}")) {
-        for field in ["at", "phase", "kind", "what", "outcome"] {
-            assert!(!event[field].is_null(), "event without {field}: {event:#}");
-        }
-        let kind = event["kind"].as_str().unwrap_or_default();
-        assert!(KINDS.contains(&kind), "event kind {kind:?}: {event:#}");
-    }
-}
-
-/// What a completed not-expired rotation leaves, however it got there (one run or a re-run
-/// after a fault). Returns the new CA's fingerprint.
-fn check_rotated(env: &TestEnv, orig: &Original, module: &str, cleanup: bool) -> String {
-    env.step("checking the rotated cluster");
-    let ca = read(&env.assets.tls("aggregation-ca.crt"));
-    let key = read(&env.assets.tls("aggregation-ca.key"));
-    let client = read(&env.assets.tls("aggregation-client.crt"));
-    let (new, new_client) = (fp(&ca), fp(&client));
-    assert_ne!(new, orig.ca_fp, "tls/aggregation-ca.crt holds a new CA");
-    assert_ne!(cert_key_der(&ca), cert_key_der(&orig.ca), "the new CA has a new key");
-    assert!(key_matches(&key, &ca), "tls/aggregation-ca.key is the new CA's key");
-    assert!(valid_for_days(&ca, 300), "the new CA is valid for about a year");
-    let st = state(env);
-    let state_ca = state_attr(&st, module, "tls_self_signed_cert.aggregation-ca[0]", "cert_pem");
-    assert_eq!(fp(state_ca.as_bytes()), new, "the state's CA is the file's");
-    let state_key = state_attr(&st, module, "tls_private_key.aggregation-ca[0]", "private_key_pem");
-    assert!(state_key.as_bytes() == key.as_slice(), "the state's CA key is tls/aggregation-ca.key");
-    assert_ne!(new_client, orig.client_fp, "a new client certificate");
-    assert!(signed_by(&client, &ca), "the client certificate is signed by the new CA");
-    assert!(!signed_by(&client, &orig.ca), "… and not by the old one");
-
-    check_run_folder(env, orig);
-    let j = journal(env);
-    assert_eq!(j["path"], "not-expired", "{j:#}");
-    assert_eq!(j["fingerprints"]["newCa"], new.as_str(), "{j:#}");
-    assert_eq!(j["fingerprints"]["newClient"], new_client.as_str(), "{j:#}");
-    let phases = if cleanup { &PHASES[..] } else { &PHASES[..6] };
-    for phase in phases {
-        assert_eq!(outcome(&j, phase), "done", "journal phase {phase}: {j:#}");
-    }
-    if cleanup {
-        assert_eq!(j["state"], "finished", "{j:#}");
-    }
-
-    let secret_ca = secret_cas(env, "aggregation-ca.crt");
-    assert!(secret_ca.contains(&new), "Secret kube-apiserver aggregation-ca.crt has the new CA");
-    assert_eq!(secret_cas(env, "aggregation-client.crt"), vec![new_client.clone()]);
-    let cm = configmap_cas(env);
-    if cleanup {
-        assert_eq!(cm, vec![new.clone()], "after cleanup the ConfigMap holds only the new CA");
-    } else {
-        assert!(
-            cm.contains(&new) && cm.contains(&orig.ca_fp),
-            "without cleanup old and new stay trusted: {cm:?}"
-        );
-    }
-    api_works(env);
-    new
 }
 
 /// The `-o json` summary of a completed run.

@@ -30,6 +30,6 @@ pub use audit::AuditedRequest;
 pub use cmd::{Cmd, Output, Spawned};
 pub use env::{EnvOptions, ExtApiServer, Helm, TestEnv, helm_history_rows};
 pub use kubelet::{KubeletConfig, NEVER_READY_LABEL, PodPredicate, READY_DELAY_ANNOTATION};
-pub use pki::{file_fingerprints, fingerprints};
+pub use pki::{file_fingerprints, fingerprints, mode};
 pub use tools::Tools;
 pub use wait::{wait_for, wait_for_async};

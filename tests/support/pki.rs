@@ -111,6 +111,17 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The permission bits of a file (`0o600`, …), for the checks that keys and journals are
+/// private.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 /// SHA-256 fingerprints (hex) of every certificate in a PEM bundle, in bundle order; the way
 /// to compare "which CAs does this ConfigMap hold" with the asset dir's files.
 pub fn fingerprints(pem: &[u8]) -> Vec<String> {
