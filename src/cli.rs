@@ -26,8 +26,8 @@ pub const DISPLAY_NAME: &str = "kubectl certrotate";
     propagate_version = true,
     max_term_width = 100,
     after_help = "Exit codes: 0 fine, 1 error, 2 usage, 3 something expires within the window, \
-                  4 something has expired or is invalid, 130 a rotation was interrupted (run it \
-                  again to go on)."
+                  4 something has expired or is invalid, 130 a rotation was interrupted (Ctrl-C, \
+                  SIGTERM or SIGHUP; run it again to go on)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -228,7 +228,8 @@ pub enum PhaseArg {
 #[command(after_help = "Phases, not yet expired: backup, ca, bundle, restart, client, apply, \
                   [cleanup]. Already expired: backup, ca, apply, restart. The journal and backups \
                   are in <assets>/certrotate/<run>/. Exit codes: 0 done, 1 error, 2 usage, 130 \
-                  interrupted (run the same command again to go on).")]
+                  interrupted by Ctrl-C, SIGTERM or SIGHUP (run the same command again to go \
+                  on).")]
 pub struct AggregationArgs {
     /// Which phase to run; a single phase needs its predecessors done.
     #[arg(long, value_enum, default_value_t = PhaseArg::All)]
@@ -268,7 +269,8 @@ pub enum WebhookPhaseArg {
 #[command(after_help = "Phases, not yet expired: backup, certificate, restart, verify. Already \
                   expired: backup, unhook, certificate, restart, verify. A rotation stopped after \
                   unhook is completed by running the same command again, or undone with \
-                  --restore-webhook. Exit codes: 0 done, 1 error, 2 usage, 130 interrupted.")]
+                  --restore-webhook. Exit codes: 0 done, 1 error, 2 usage, 130 interrupted (Ctrl-C, \
+                  SIGTERM or SIGHUP).")]
 pub struct WebhookArgs {
     /// Which phase to run; a single phase needs its predecessors done.
     #[arg(long, value_enum, default_value_t = WebhookPhaseArg::All)]

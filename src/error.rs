@@ -102,6 +102,43 @@ pub enum Error {
     )]
     TerraformLocked { dir: PathBuf, holder: String },
 
+    #[error(
+        "lokocfg {}: {reason}. Nothing was changed: fix it, or pass --config-dir DIR, the \
+         folder whose *.lokocfg names this asset dir",
+        path.display()
+    )]
+    Lokocfg { path: PathBuf, reason: String },
+
+    #[error(
+        "refusing to run lokoctl in the config dir {} (from {from}): its lokocfg ({at}) names \
+         the asset dir {named}, not {}, so `lokoctl cluster apply` there would change another \
+         cluster. Nothing was changed: pass --config-dir DIR, the folder whose *.lokocfg names \
+         {}",
+        config_dir.display(),
+        assets.display(),
+        assets.display()
+    )]
+    OtherCluster {
+        config_dir: PathBuf,
+        from: &'static str,
+        at: String,
+        named: String,
+        assets: PathBuf,
+    },
+
+    #[error(
+        "{source}\nthe Terraform state from before this command is kept in {} (0600: it holds \
+         every private key); if {}/terraform.tfstate is now empty or cut, put it back with \
+         `terraform state push -force {}` there",
+        kept.display(), dir.display(), kept.display()
+    )]
+    TerraformChange {
+        #[source]
+        source: Box<Error>,
+        kept: PathBuf,
+        dir: PathBuf,
+    },
+
     #[error("the Terraform state in {} {reason}", dir.display())]
     TerraformState { dir: PathBuf, reason: String },
 
@@ -128,13 +165,22 @@ pub enum Error {
     Verification { phase: &'static str, reason: String },
 
     #[error(
-        "interrupted during phase {phase}{}; run the same command again to go on from there",
+        "interrupted ({signal}) during phase {phase}{}; run the same command again to go on from there",
         if stopped.is_empty() { String::new() } else { format!(" (stopped: {})", stopped.join(", ")) }
     )]
-    Interrupted { phase: String, stopped: Vec<String> },
+    Interrupted { signal: &'static str, phase: String, stopped: Vec<String> },
+
+    #[error(
+        "the API server {server} did not answer within {secs}s (--timeout): {last}; once \
+         kube-apiserver runs again, run the same command again to go on"
+    )]
+    ApiDown { server: String, secs: u64, last: String },
 
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+
+    #[error("cannot listen for SIGINT, SIGTERM and SIGHUP: {0}")]
+    Signals(#[source] std::io::Error),
 
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
@@ -186,6 +232,23 @@ impl Error {
         Self::Kube { action: action.into(), source: Box::new(source) }
     }
 
+    /// Whether the API server did not answer (down, restarting, overloaded), as opposed to
+    /// answering with a refusal: waiting can heal the first, never the second.
+    pub fn is_api_outage(&self) -> bool {
+        match self {
+            Self::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) => status.code >= 500,
+                // The transport: refused, reset, a cut handshake, no answer in time.
+                kube::Error::HyperError(_)
+                | kube::Error::Service(_)
+                | kube::Error::ReadEvents(_) => true,
+                _ => false,
+            },
+            Self::KubeTimeout { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => exit::USAGE,
@@ -202,4 +265,33 @@ fn tail_block(tail: &str) -> String {
     }
     let lines: String = tail.lines().map(|l| format!("\n    {l}")).collect();
     format!("; its last output:{lines}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> Error {
+        let status = kube::core::Status::failure("m", "r").with_code(code);
+        Error::kube("list things", kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn only_an_api_that_does_not_answer_is_an_outage() {
+        assert!(api(503).is_api_outage(), "kube-apiserver starting: 503");
+        assert!(!api(401).is_api_outage(), "a refusal never heals by waiting");
+        assert!(!api(403).is_api_outage());
+        assert!(!api(404).is_api_outage());
+        let refused = kube::Error::Service(Box::new(Transport::Unreachable {
+            server: "https://127.0.0.1:6443".into(),
+            reason: "Connection refused".into(),
+        }));
+        assert!(Error::kube("list things", refused).is_api_outage());
+        assert!(Error::KubeTimeout { action: "x".into(), secs: 1 }.is_api_outage());
+        assert!(!Error::Usage("x".into()).is_api_outage());
+        let auth = kube::Error::Auth(kube::client::AuthError::InvalidBasicAuth(
+            http::HeaderValue::from_bytes(b"\n").unwrap_err(),
+        ));
+        assert!(!Error::kube("auth", auth).is_api_outage(), "credentials are not an outage");
+    }
 }

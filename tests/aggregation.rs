@@ -10,13 +10,18 @@
 //! |---|---|
 //! | `full_rotation_with_helm3_…` | `--phase all --cleanup -y` with helm 3: new CA in files and state, backups, journal, only the new CA trusted at the end, API works, `status` exits 0, a further run changes nothing |
 //! | `full_rotation_with_helm4_…` | the same with helm 4 at `-vvv` through argv-recording wrappers: no private key in stdout, stderr, journal or any argv; helm values only in 0600 files, removed; children get the verified kubeconfig explicitly |
+//! | `a_rotation_with_helm_debug_…` | `HELM_DEBUG=1`, `TF_LOG=TRACE`, a 0755 kubeconfig: the rotation completes (stdout alone is parsed), `-v` streams stderr too, no key shown |
 //! | `phases_one_by_one_…` | each phase alone, its dry run first (plan, nothing changed), then twice (second: already done, nothing changed); what each phase leaves; predecessors enforced |
 //! | `an_expired_aggregation_ca_…` | certificates issued two years ago: auto-detected expired path, plan, run, API works again |
-//! | `kill9_during_the_ca_apply_…` | one rotation at a time (pid in the refusal); kill -9 in the `ca` phase's terraform apply: the child dies too, the re-run completes with exactly one new CA |
-//! | `kill9_during_the_bundle_helm_wait_…` | kill -9 in `helm upgrade --wait`: helm dies too, release `pending-upgrade`; the re-run rolls back and completes |
+//! | `kill9_during_the_ca_apply_…` | one rotation at a time (pid in the refusal); kill -9 in the `ca` phase's terraform apply: the child gets SIGINT and dies too, the state stays valid and was kept in the run folder (0600), the re-run completes with exactly one new CA |
+//! | `kill9_during_the_bundle_helm_wait_…` | kill -9 in `helm upgrade --wait`: helm gets SIGINT and stops, release `failed` or `pending-upgrade`; the re-run (rolling back a pending one) completes |
+//! | `a_release_left_pending_behind_lokoctl_…` | lokoctl's helm killed in `apply`, release `pending-upgrade`: the re-run rolls it back before lokoctl and completes |
+//! | `sigterm_and_sighup_stop_the_run_…` | SIGTERM in terraform apply, SIGHUP in helm `--wait`: exit 130, children got SIGINT and are gone, state valid and kept; the re-run completes with one new CA |
+//! | `cut_off_runs_destroyed_resources_…` | a run folder without journal passed over; a CA key destroyed and not re-created; a re-run while kube-apiserver restarts waits; a failed cleanup's run finished by the next invocation, `--new-run` accepted; a cleanup half done by hand is completed (extension servers restarted) |
 //! | `a_failing_helm_is_retried_and_sigint_…` | a helm upgrade failing once is retried; SIGINT in the restart wait: exit 130, nothing left running, journal says interrupted; the re-run completes |
 //! | `refusals_and_dry_runs_without_a_cluster_…` | another cluster's kubeconfig, missing helm/terraform/lokoctl, a wrong --module, no -y, a held Terraform state lock: exit 1, clear message, nothing changed; dry runs with an unreachable cluster or no terraform |
 
+mod common;
 mod support;
 
 #[path = "aggregation/helpers.rs"]
@@ -26,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::leaks::{self, Needles};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use support::{
@@ -36,18 +42,6 @@ use helpers::*;
 
 // ---------------------------------------------------------------------------------------
 // Setup and shared checks
-
-/// A realistic cluster: the kube-apiserver chart installed with helm 3 (as lokoctl does) and
-/// metrics-server deployed and Available.
-fn cluster(name: &str) -> TestEnv {
-    let env = TestEnv::start(name);
-    env.install_kube_apiserver_chart(Helm::V3);
-    env.deploy_ext_apiserver(&ExtApiServer::metrics_server());
-    env.wait_rollout("kube-system", "deploy/metrics-server");
-    env.wait_apiservice(APISERVICE, true, Duration::from_secs(120));
-    env.step("kube-apiserver chart installed (helm 3), metrics-server Available");
-    env
-}
 
 /// A copy of the admin kubeconfig whose server is a closed loopback port: this cluster's
 /// credentials, no cluster behind them.
@@ -67,93 +61,6 @@ fn run_timed(env: &TestEnv, what: &str, cmd: support::Cmd) -> Output {
     let out = cmd.run();
     env.step(&format!("… exited {:?} after {:.1?}", out.code(), t.elapsed()));
     out
-}
-
-fn status_ok(env: &TestEnv) {
-    let out = env.certrotate().arg("status").run();
-    assert_eq!(out.code(), Some(0), "`certrotate status` after the rotation: {out}");
-}
-
-/// The run folder's files: modes, name, and backups equal to the original CA byte for byte.
-fn check_run_folder(env: &TestEnv, orig: &Original) {
-    let dir = run_dir(env);
-    let name = dir.file_name().unwrap().to_str().unwrap().to_string();
-    assert!(is_run_name(&name), "run folder name {name:?} is aggregation-<UTC YYYYMMDDTHHMMSSZ>");
-    assert_eq!(mode(&dir), 0o700, "{} is 0700", dir.display());
-    assert_eq!(mode(&dir.join("journal.json")), 0o600, "journal.json is 0600");
-    let (crt, key) = (dir.join("backup/aggregation-ca.crt"), dir.join("backup/aggregation-ca.key"));
-    assert!(
-        read(&crt) == orig.ca,
-        "{} is the original CA certificate byte for byte",
-        crt.display()
-    );
-    assert!(read(&key) == orig.key, "{} is the original CA key byte for byte", key.display());
-    assert_eq!(mode(&crt), 0o600, "{}", crt.display());
-    assert_eq!(mode(&key), 0o600, "{}", key.display());
-    let j = journal(env);
-    assert_eq!(j["apiVersion"], "certrotate.lokomotive.io/v1", "{j:#}");
-    assert_eq!(j["kind"], "RotationJournal", "{j:#}");
-    assert_eq!(j["rotation"], "aggregation", "{j:#}");
-    assert_eq!(j["run"], name.as_str(), "{j:#}");
-    assert_eq!(j["fingerprints"]["oldCa"], orig.ca_fp.as_str(), "oldCa is the original CA: {j:#}");
-    assert_eq!(j["fingerprints"]["oldClient"], orig.client_fp.as_str(), "{j:#}");
-    for event in j["events"].as_array().unwrap_or_else(|| panic!("no events: {j:#}")) {
-        for field in ["at", "phase", "kind", "what", "outcome"] {
-            assert!(!event[field].is_null(), "event without {field}: {event:#}");
-        }
-        let kind = event["kind"].as_str().unwrap_or_default();
-        assert!(KINDS.contains(&kind), "event kind {kind:?}: {event:#}");
-    }
-}
-
-/// What a completed not-expired rotation leaves, however it got there (one run or a re-run
-/// after a fault). Returns the new CA's fingerprint.
-fn check_rotated(env: &TestEnv, orig: &Original, module: &str, cleanup: bool) -> String {
-    env.step("checking the rotated cluster");
-    let ca = read(&env.assets.tls("aggregation-ca.crt"));
-    let key = read(&env.assets.tls("aggregation-ca.key"));
-    let client = read(&env.assets.tls("aggregation-client.crt"));
-    let (new, new_client) = (fp(&ca), fp(&client));
-    assert_ne!(new, orig.ca_fp, "tls/aggregation-ca.crt holds a new CA");
-    assert_ne!(cert_key_der(&ca), cert_key_der(&orig.ca), "the new CA has a new key");
-    assert!(key_matches(&key, &ca), "tls/aggregation-ca.key is the new CA's key");
-    assert!(valid_for_days(&ca, 300), "the new CA is valid for about a year");
-    let st = state(env);
-    let state_ca = state_attr(&st, module, "tls_self_signed_cert.aggregation-ca[0]", "cert_pem");
-    assert_eq!(fp(state_ca.as_bytes()), new, "the state's CA is the file's");
-    let state_key = state_attr(&st, module, "tls_private_key.aggregation-ca[0]", "private_key_pem");
-    assert!(state_key.as_bytes() == key.as_slice(), "the state's CA key is tls/aggregation-ca.key");
-    assert_ne!(new_client, orig.client_fp, "a new client certificate");
-    assert!(signed_by(&client, &ca), "the client certificate is signed by the new CA");
-    assert!(!signed_by(&client, &orig.ca), "… and not by the old one");
-
-    check_run_folder(env, orig);
-    let j = journal(env);
-    assert_eq!(j["path"], "not-expired", "{j:#}");
-    assert_eq!(j["fingerprints"]["newCa"], new.as_str(), "{j:#}");
-    assert_eq!(j["fingerprints"]["newClient"], new_client.as_str(), "{j:#}");
-    let phases = if cleanup { &PHASES[..] } else { &PHASES[..6] };
-    for phase in phases {
-        assert_eq!(outcome(&j, phase), "done", "journal phase {phase}: {j:#}");
-    }
-    if cleanup {
-        assert_eq!(j["state"], "finished", "{j:#}");
-    }
-
-    let secret_ca = secret_cas(env, "aggregation-ca.crt");
-    assert!(secret_ca.contains(&new), "Secret kube-apiserver aggregation-ca.crt has the new CA");
-    assert_eq!(secret_cas(env, "aggregation-client.crt"), vec![new_client.clone()]);
-    let cm = configmap_cas(env);
-    if cleanup {
-        assert_eq!(cm, vec![new.clone()], "after cleanup the ConfigMap holds only the new CA");
-    } else {
-        assert!(
-            cm.contains(&new) && cm.contains(&orig.ca_fp),
-            "without cleanup old and new stay trusted: {cm:?}"
-        );
-    }
-    api_works(env);
-    new
 }
 
 /// The `-o json` summary of a completed run.
@@ -263,7 +170,18 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
     let values_log = env.dir().join("helm-values-files.log");
     let tools = Tools::get();
     let helm = Wrapper::new(&env, "helm", Helm::V4.path(), &log_values_files(&values_log));
-    let terraform = Wrapper::new(&env, "terraform", &tools.terraform, &terraform_013_plan_diff());
+    // On top of the 0.13 plan diff, every other way a key gets printed: on stdout during an
+    // apply, and on stderr (as `TF_LOG` would) during every call, `state pull` included.
+    let printing_keys = format!(
+        "{}\n{}\n\
+         case \" $* \" in *\" apply \"*)\n\
+           place_every_key ../cluster-assets/tls/*.key ../cluster-assets/tls/etcd/*.key;;\n\
+         esac\n\
+         place_every_key ../cluster-assets/tls/aggregation-*.key >&2",
+        terraform_013_plan_diff(),
+        leaks::place_every_key(),
+    );
+    let terraform = Wrapper::new(&env, "terraform", &tools.terraform, &printing_keys);
     let lokoctl = Wrapper::new(&env, "lokoctl", &tools.lokoctl_double, "");
     // $KUBECONFIG leads nowhere; only --kubeconfig names this cluster, so helm and lokoctl
     // work only if the plugin hands them the kubeconfig it resolved and verified.
@@ -315,42 +233,11 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
     status_ok(&env);
 
     env.step("no private key material anywhere");
-    let mut keys = keys_before;
-    keys.extend(asset_keys(&env));
-    // The run's backup folder holds keys by design (the CA's and the client's): they are
-    // needles, not haystacks.
-    let backup = run_dir(&env).join("backup");
-    for (rel, _) in file_tree(&backup, &|_: &Path| false) {
-        if rel.ends_with(".key") {
-            keys.push((format!("the backup {rel}"), read(&backup.join(&rel))));
-        }
-    }
-    let mut needles = Needles::new();
-    for (label, pem) in &keys {
-        needles.add_key(label, pem);
-    }
-    let mut hay: Vec<(String, String)> = Vec::new();
-    for (i, o) in outs.iter().enumerate() {
-        hay.push((format!("stdout of run {}", i + 1), o.stdout.clone()));
-        hay.push((format!("stderr of run {}", i + 1), o.stderr.clone()));
-    }
-    hay.extend([
-        (helm.log.display().to_string(), helm.log_text()),
-        (terraform.log.display().to_string(), terraform.log_text()),
-        (lokoctl.log.display().to_string(), lokoctl.log_text()),
-    ]);
-    let is_backup_key =
-        move |p: &Path| p.starts_with(&backup) && p.extension().is_some_and(|e| e == "key");
-    for (path, text) in texts_under(&certrotate_dir(&env), &is_backup_key) {
-        hay.push((path.display().to_string(), text));
-    }
-    let mut leaks = Vec::new();
-    for (place, text) in &hay {
-        for label in needles.found_in(text) {
-            leaks.push(format!("{place}: a 16-character run of {label}"));
-        }
-    }
-    assert!(leaks.is_empty(), "private key material leaked:\n  {}", leaks.join("\n  "));
+    let argv_logs = [&helm, &terraform, &lokoctl]
+        .iter()
+        .map(|w| (w.log.display().to_string(), w.log_text()))
+        .collect();
+    assert_no_key_shown(&env, keys_before, &outs, argv_logs);
     // The wrapper printed every key as terraform 0.13 does; at -vvv the plugin streams child
     // output, so the keys went through the redaction (and were shown as redacted).
     assert!(
@@ -394,6 +281,101 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
     if let Some(failure) = first_run_failed {
         panic!("{failure}");
     }
+}
+
+/// Fails when a 16-character run of a private key (any the asset dir held before the
+/// rotation or holds now, and the run's backups) is in the runs' stdout or stderr, in
+/// `more`, or in any file under `certrotate/` (the journal) but the backed-up keys and
+/// Terraform states.
+fn assert_no_key_shown(
+    env: &TestEnv,
+    keys_before: Vec<(String, Vec<u8>)>,
+    outs: &[Output],
+    more: Vec<(String, String)>,
+) {
+    let mut keys = keys_before;
+    keys.extend(asset_keys(env));
+    // The run's backup folder holds keys by design (the CA's and the client's): they are
+    // needles, not haystacks.
+    let backup = run_dir(env).join("backup");
+    for (rel, _) in file_tree(&backup, &|_: &Path| false) {
+        if rel.ends_with(".key") {
+            keys.push((format!("the backup {rel}"), read(&backup.join(&rel))));
+        }
+    }
+    let mut needles = Needles::new();
+    for (label, pem) in &keys {
+        needles.add_key(label, pem);
+    }
+    let mut hay = more;
+    for (i, o) in outs.iter().enumerate() {
+        hay.push((format!("stdout of run {}", i + 1), o.stdout.clone()));
+        hay.push((format!("stderr of run {}", i + 1), o.stderr.clone()));
+    }
+    // So do the Terraform state backups (a whole state, to be pushed back).
+    let states = run_dir(env).join("terraform-state");
+    let holds_keys = move |p: &Path| {
+        p.starts_with(&states)
+            || (p.starts_with(&backup) && p.extension().is_some_and(|e| e == "key"))
+    };
+    for (path, text) in texts_under(&certrotate_dir(env), &holds_keys) {
+        hay.push((path.display().to_string(), text));
+    }
+    let mut leaks = Vec::new();
+    for (place, text) in &hay {
+        for label in needles.found_in(text) {
+            leaks.push(format!("{place}: a 16-character run of {label}"));
+        }
+    }
+    assert!(leaks.is_empty(), "private key material leaked:\n  {}", leaks.join("\n  "));
+}
+
+/// Issue 14, item 6: what helm and terraform print on stderr (`HELM_DEBUG=1` debug lines,
+/// `TF_LOG=TRACE` traces, helm's warning about a group-readable kubeconfig, which Lokomotive's
+/// `auth/kubeconfig` is: a `local_file` with the provider's default mode) is never parsed. A
+/// whole rotation completes; `-v` streams both streams; no key shows.
+#[test]
+fn a_rotation_with_helm_debug_tf_log_trace_and_a_0755_kubeconfig_completes() {
+    let env = cluster("agg-noisy");
+    let orig = Original::of(&env);
+    let module = env.assets.bootkube_module();
+    let keys_before = asset_keys(&env);
+    let group_readable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(env.kubeconfig(), group_readable).unwrap();
+    let out = run_timed(
+        &env,
+        "aggregation --cleanup -y -v with HELM_DEBUG=1, TF_LOG=TRACE, a 0755 kubeconfig",
+        agg(&env)
+            .env("HELM_DEBUG", "1")
+            .env("TF_LOG", "TRACE")
+            .args(["--cleanup", "-y", "-v"])
+            .args(WAIT),
+    );
+    let last_lines = || {
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "the rotation completes; stdout:\n{}\nlast lines of stderr:\n{}",
+        out.stdout,
+        last_lines()
+    );
+    for phase in PHASES {
+        assert!(out.stdout.contains(phase), "the summary lists {phase}:\n{}", out.stdout);
+    }
+    check_rotated(&env, &orig, &module, true);
+    status_ok(&env);
+    // Kept from stdout alone (no TF_LOG line), unredacted.
+    check_state_backups(&env);
+    let streamed = |program: &str, marker: &str| {
+        let prefix = format!("    {program}: ");
+        out.stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(marker))
+    };
+    assert!(streamed("helm", "[debug]"), "-v streams helm's stderr:\n{}", last_lines());
+    assert!(streamed("terraform", "[TRACE]"), "-v streams terraform's stderr");
+    assert_no_key_shown(&env, keys_before, std::slice::from_ref(&out), Vec::new());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -723,11 +705,12 @@ fn kill9_during_the_ca_apply_then_a_rerun_completes_with_one_new_ca() {
     let watch = CaWatch::start(env.assets.tls("aggregation-ca.crt"));
     let marker = env.dir().join("terraform-apply-held");
     let release = env.dir().join("terraform-apply-release");
+    let sigs = env.dir().join("terraform-signals.log");
     let terraform = Wrapper::new(
         &env,
         "terraform",
         &Tools::get().terraform,
-        &hold_once("apply", &marker, &release),
+        &format!("{}\n{}", record_sigint(&sigs), hold_once("apply", &marker, &release)),
     );
     let rotation = || agg(&env).args(["-y"]).args(WAIT).arg("--terraform").arg(&terraform.path);
 
@@ -761,6 +744,13 @@ fn kill9_during_the_ca_apply_then_a_rerun_completes_with_one_new_ca() {
     let killed = first.wait();
     assert_eq!(killed.code(), None, "killed by SIGKILL: {killed}");
     assert_children_died(&env, wrapper_pid, "terraform apply");
+    assert!(
+        std::fs::read_to_string(&sigs).unwrap_or_default().contains("INT"),
+        "the orphaned terraform apply got SIGINT (its death signal), so it could save its state"
+    );
+    assert_state_valid(&env);
+    let kept = check_state_backups(&env);
+    env.step(&format!("the orphan got SIGINT; {kept} state backup(s) kept, 0600"));
     let j = journal(&env);
     assert_ne!(outcome(&j, "ca"), "done", "{j:#}");
     assert!(read(&env.assets.tls("aggregation-ca.crt")) == orig.ca, "the apply never ran");
@@ -839,9 +829,15 @@ fn kill9_during_the_bundle_helm_wait_then_a_rerun_rolls_back_and_completes() {
     signal(tool, "KILL");
     let killed = first.wait();
     assert_eq!(killed.code(), None, "killed by SIGKILL: {killed}");
+    // Its death signal is SIGINT: helm cancels the upgrade and marks the release failed, or
+    // is cut off in the middle of that and leaves it pending-upgrade.
     assert_children_died(&env, helm_pid, "helm upgrade");
     let (rev, status, _) = helm_history(&env, "kube-apiserver", "kube-system").pop().unwrap();
-    assert_eq!(status, "pending-upgrade", "the release is left pending-upgrade");
+    assert!(
+        status == "pending-upgrade" || status == "failed",
+        "the release is left pending-upgrade or failed, not deployed: {status}"
+    );
+    env.step(&format!("after the kill: release revision {rev} {status}"));
     assert_ne!(outcome(&journal(&env), "bundle"), "done");
 
     env.step("release the held pod");
@@ -851,15 +847,17 @@ fn kill9_during_the_bundle_helm_wait_then_a_rerun_rolls_back_and_completes() {
     let out = run_timed(&env, "the same command again", rotation().args(["-o", "json"]));
     assert_eq!(out.code(), Some(0), "{out}");
     let history = helm_history(&env, "kube-apiserver", "kube-system");
-    assert!(
-        history.iter().any(|(_, _, d)| d.contains(&format!("Rollback to {rev}"))),
-        "the re-run rolled back to the pending revision {rev}: {history:?}"
-    );
-    assert!(
-        helm.calls()[calls..].iter().any(|(_, _, a)| a.split(' ').any(|w| w == "rollback")),
-        "helm rollback was run: {}",
-        helm.log_text()
-    );
+    if status == "pending-upgrade" {
+        assert!(
+            history.iter().any(|(_, _, d)| d.contains(&format!("Rollback to {rev}"))),
+            "the re-run rolled back to the pending revision {rev}: {history:?}"
+        );
+        assert!(
+            helm.calls()[calls..].iter().any(|(_, _, a)| a.split(' ').any(|w| w == "rollback")),
+            "helm rollback was run: {}",
+            helm.log_text()
+        );
+    }
     assert_eq!(history.last().unwrap().1, "deployed", "{history:?}");
     let new = check_rotated(&env, &orig, &module, false);
     let bundle = outcomes(&journal(&env), "bundle");
@@ -1104,4 +1102,304 @@ fn refusals_and_dry_runs_without_a_cluster_change_nothing() {
     }
 
     assert!(failures.is_empty(), "{} failure(s):\n\n{}", failures.len(), failures.join("\n\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Interruptions an operator's machine has: releases left pending behind lokoctl, SIGTERM and
+// SIGHUP, an API server restarting under the re-run, a cleanup that fails
+
+/// Shell for a wrapper: on SIGINT, record it in `log` and exit 130 (what terraform does after
+/// saving its state). Proves which signal a child got: SIGKILL would leave no line.
+fn record_sigint(log: &Path) -> String {
+    format!("trap 'echo INT >> {}; exit 130' INT", log.display())
+}
+
+/// The run's Terraform state backups: each is 0600 in a 0700 folder and a whole state, as
+/// terraform wrote it (with its keys, so `terraform state push` of it restores them).
+fn check_state_backups(env: &TestEnv) -> usize {
+    let dir = run_dir(env).join("terraform-state");
+    assert_eq!(mode(&dir), 0o700, "{} is 0700", dir.display());
+    let kept: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!kept.is_empty(), "the state is kept before terraform changes it");
+    for path in &kept {
+        assert_eq!(mode(path), 0o600, "{} is 0600", path.display());
+        let text = read(path);
+        let state: Value = serde_json::from_slice(&text)
+            .unwrap_or_else(|e| panic!("{} is not a whole state: {e}", path.display()));
+        let text = String::from_utf8_lossy(&text);
+        assert!(!text.contains("[REDACTED"), "{} holds the keys, not markers", path.display());
+        assert!(text.contains("PRIVATE KEY-----"), "{} holds the keys", path.display());
+        assert!(state["resources"].as_array().is_some_and(|r| !r.is_empty()), "{}", path.display());
+    }
+    kept.len()
+}
+
+/// The asset dir's terraform.tfstate parses as a state.
+fn assert_state_valid(env: &TestEnv) {
+    let path = env.assets.dir.join("terraform/terraform.tfstate");
+    let state: Result<Value, _> = serde_json::from_slice(&read(&path));
+    assert!(state.is_ok_and(|s| s["resources"].is_array()), "{} is a valid state", path.display());
+}
+
+/// Waits until the helm upgrade of kube-apiserver that `what` started is `pending-upgrade`
+/// with a pod held Pending (`run` must still be running).
+fn wait_upgrade_held(env: &TestEnv, what: &str, run: &mut support::Spawned, revisions: usize) {
+    wait_for(what, Duration::from_secs(180), || {
+        if !run.is_running() {
+            panic!("the rotation ended by itself: {}", run.kill());
+        }
+        let history = helm_history(env, "kube-apiserver", "kube-system");
+        let last = history.last().cloned().unwrap_or_default();
+        let pending = pods(env, "k8s-app=kube-apiserver").iter().any(|p| pod_phase(p) == "Pending");
+        if history.len() > revisions && last.1 == "pending-upgrade" && pending {
+            Ok(())
+        } else {
+            Err(format!("history {history:?}, a Pending pod: {pending}"))
+        }
+    });
+}
+
+fn hold_kube_apiserver_pods(env: &TestEnv) {
+    env.kubelet
+        .set_never_started(Some(Arc::new(|pod: &Pod| label_is(pod, "k8s-app", "kube-apiserver"))));
+}
+
+/// Issue 14 item 1: lokoctl runs with --skip-pre-update-health-check, which is what would
+/// roll back a release a killed helm left pending; so the tool recovers every pending release
+/// before each lokoctl run.
+#[test]
+fn a_release_left_pending_behind_lokoctl_is_recovered_before_lokoctl_runs_again() {
+    let env = cluster("agg-lokoctl-pending");
+    let orig = Original::of(&env);
+    let module = env.assets.bootkube_module();
+    for phase in ["backup", "ca", "bundle", "restart", "client"] {
+        let out = run_timed(
+            &env,
+            &format!("--phase {phase}"),
+            agg(&env).args(["-y", "--phase", phase]).args(WAIT),
+        );
+        assert_eq!(out.code(), Some(0), "--phase {phase}: {out}");
+    }
+    let revisions = helm_history(&env, "kube-apiserver", "kube-system").len();
+
+    env.step("kube-apiserver pods held Pending; aggregation -y until lokoctl's helm upgrade waits");
+    hold_kube_apiserver_pods(&env);
+    let mut first = agg(&env).args(["-y"]).args(WAIT).spawn();
+    wait_upgrade_held(&env, "lokoctl's helm upgrade on a pod held Pending", &mut first, revisions);
+    let tool = plugin_pid(&env).expect("the running plugin in /proc");
+    signal(tool, "KILL");
+    first.wait();
+    // lokoctl's helm is the tool's grandchild: killed with -9 (an OOM kill, a lost session),
+    // it leaves the release pending-upgrade.
+    let helms: Vec<Tagged> =
+        tagged(&tag(&env)).into_iter().filter(|p| p.comm.starts_with("helm")).collect();
+    assert!(!helms.is_empty(), "lokoctl's helm upgrade runs: {:?}", tagged(&tag(&env)));
+    for h in &helms {
+        signal(h.pid, "KILL");
+    }
+    if let Err(left) = wait_all_gone(&env, Duration::from_secs(15)) {
+        kill_leftovers(&env);
+        panic!("left running: {left}");
+    }
+    let (rev, status, _) = helm_history(&env, "kube-apiserver", "kube-system").pop().unwrap();
+    assert_eq!(status, "pending-upgrade", "the release is left pending-upgrade");
+    env.step(&format!("kube-apiserver release left pending-upgrade at revision {rev}"));
+
+    env.kubelet.set_never_started(None);
+    env.wait_rollout("kube-system", "deploy/kube-apiserver");
+    let out = run_timed(&env, "the same command again", agg(&env).args(["-y"]).args(WAIT));
+    assert_eq!(out.code(), Some(0), "{out}");
+    let history = helm_history(&env, "kube-apiserver", "kube-system");
+    assert!(
+        history.iter().any(|(_, _, d)| d.contains(&format!("Rollback to {rev}"))),
+        "the re-run rolled back the pending revision {rev} before lokoctl: {history:?}"
+    );
+    assert_eq!(history.last().unwrap().1, "deployed", "{history:?}");
+    let j = journal(&env);
+    let recovered = j["events"].as_array().unwrap().iter().any(|e| {
+        e["phase"] == "apply" && e["outcome"].as_str().unwrap_or("").contains("rolled back")
+    });
+    assert!(recovered, "the journal records the recovery: {j:#}");
+    check_rotated(&env, &orig, &module, false);
+}
+
+/// Sends `sig` to the running plugin: it must stop as on Ctrl-C (exit 130, saying which
+/// signal) and leave no child running.
+fn stop_like_ctrl_c(env: &TestEnv, run: support::Spawned, sig: &str) {
+    signal(plugin_pid(env).expect("the running plugin"), sig);
+    let out = run.wait();
+    assert_eq!(out.code(), Some(130), "SIG{sig} is handled as Ctrl-C: {out}");
+    assert!(text(&out).contains(&format!("interrupted (SIG{sig})")), "{out}");
+    if let Err(left) = wait_all_gone(env, Duration::from_secs(15)) {
+        kill_leftovers(env);
+        panic!("children outlived the SIG{sig}'d run: {left}");
+    }
+}
+
+/// Issue 14 item 4: SIGTERM (during terraform apply) and SIGHUP (during helm upgrade --wait)
+/// stop the run as Ctrl-C does; children get SIGINT; the state stays whole and is kept in the
+/// run folder; a re-run completes with one new CA.
+#[test]
+fn sigterm_and_sighup_stop_the_run_as_ctrl_c_and_the_state_is_kept() {
+    let env = cluster("agg-sigterm-sighup");
+    let orig = Original::of(&env);
+    let module = env.assets.bootkube_module();
+    let watch = CaWatch::start(env.assets.tls("aggregation-ca.crt"));
+    let (marker, release) = (env.dir().join("apply-held"), env.dir().join("apply-release"));
+    let sigs = env.dir().join("terraform-signals.log");
+    let hold = format!("{}\n{}", record_sigint(&sigs), hold_once("apply", &marker, &release));
+    let terraform = Wrapper::new(&env, "terraform", &Tools::get().terraform, &hold);
+    let helm = Wrapper::new(&env, "helm", Helm::V3.path(), "");
+    let rotation = || {
+        agg(&env)
+            .args(["-y"])
+            .args(WAIT)
+            .arg("--terraform")
+            .arg(&terraform.path)
+            .arg("--helm")
+            .arg(&helm.path)
+    };
+
+    env.step("aggregation -y, held in the ca phase's terraform apply; then SIGTERM");
+    let mut first = rotation().spawn();
+    wait_for("the ca phase's terraform apply", Duration::from_secs(120), || {
+        if !first.is_running() {
+            panic!("the rotation ended before its terraform apply: {}", first.kill());
+        }
+        read_marker(&marker).ok_or_else(|| "not yet".to_string())
+    });
+    stop_like_ctrl_c(&env, first, "TERM");
+    assert!(
+        std::fs::read_to_string(&sigs).unwrap_or_default().contains("INT"),
+        "terraform's wrapper was stopped with SIGINT"
+    );
+    assert_eq!(outcome(&journal(&env), "ca"), "interrupted");
+    assert_state_valid(&env);
+    let kept = check_state_backups(&env);
+    env.step(&format!("{kept} state backup(s) in the run folder"));
+    std::fs::write(&release, "").unwrap();
+
+    env.step("the same command, held in bundle's helm upgrade --wait; then SIGHUP");
+    let revisions = helm_history(&env, "kube-apiserver", "kube-system").len();
+    hold_kube_apiserver_pods(&env);
+    let mut second = rotation().spawn();
+    wait_upgrade_held(&env, "bundle's helm upgrade --wait", &mut second, revisions);
+    stop_like_ctrl_c(&env, second, "HUP");
+    assert_eq!(outcome(&journal(&env), "bundle"), "interrupted");
+    assert_state_valid(&env);
+
+    env.kubelet.set_never_started(None);
+    env.wait_rollout("kube-system", "deploy/kube-apiserver");
+    let out = run_timed(&env, "the same command again", rotation());
+    assert_eq!(out.code(), Some(0), "{out}");
+    let new = check_rotated(&env, &orig, &module, false);
+    assert_eq!(watch.generations(), vec![orig.ca_fp.clone(), new], "exactly one new CA");
+    check_state_backups(&env);
+}
+
+/// Waits until nothing listens on the API port any more (the API server is down).
+fn wait_api_down(env: &TestEnv) {
+    let addr = format!("127.0.0.1:{}", env.assets.api_port);
+    wait_for("kube-apiserver to go down", Duration::from_secs(30), || {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(_) => Err("still listening".to_string()),
+            Err(_) => Ok(()),
+        }
+    });
+}
+
+/// Issue 14 items 2, 4 and 5 on one cluster: a cut-off run folder is passed over; a taint of a
+/// resource terraform destroyed and never re-created; a re-run while kube-apiserver restarts
+/// waits for it; a cleanup that fails leaves a run that the next invocation finishes (so
+/// --new-run works), and --phase cleanup can be run again; a cleanup found half done by hand
+/// (ConfigMap re-created, extension servers not restarted) is not taken for done.
+#[test]
+fn cut_off_runs_destroyed_resources_restarting_apis_and_failed_cleanups_are_all_finished() {
+    let env = cluster("agg-finish-runs");
+    let orig = Original::of(&env);
+    let module = env.assets.bootkube_module();
+    let watch = CaWatch::start(env.assets.tls("aggregation-ca.crt"));
+
+    env.step("a run folder whose creation was cut off (no journal.json), then --phase backup");
+    let cut_off = certrotate_dir(&env).join("aggregation-29991231T235959Z");
+    std::fs::create_dir_all(cut_off.join("backup")).unwrap();
+    let out = agg(&env).args(["-y", "--phase", "backup"]).run();
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stderr.contains("passed over"), "says what the cut-off folder is: {out}");
+    std::fs::remove_dir_all(&cut_off).unwrap();
+
+    env.step("terraform state rm of the CA key: destroyed by an apply that never created it");
+    let key = format!("{module}.tls_private_key.aggregation-ca[0]");
+    let out = env.terraform().args(["state", "rm", &key]).run();
+    assert_eq!(out.code(), Some(0), "{out}");
+
+    env.step("kube-apiserver restarting while the run goes on (ca phase, then the rest)");
+    let hold = "k8s.io/certrotate-test";
+    let out = env
+        .kubectl()
+        .args(["-n", "kube-system", "patch", "configmap", AUTH_CM, "--type=merge", "-p"])
+        .arg(format!("{{\"metadata\":{{\"finalizers\":[\"{hold}\"]}}}}"))
+        .run();
+    assert_eq!(out.code(), Some(0), "{out}");
+    let out = std::thread::scope(|s| {
+        let restart = s.spawn(|| env.block_on(env.apiserver.restart("by the test")));
+        wait_api_down(&env);
+        let out = agg(&env).args(["-y", "--cleanup", "--timeout", "60s"]).run();
+        restart.join().unwrap().unwrap();
+        out
+    });
+    env.step(&format!("aggregation --cleanup -y: exit {:?}", out.code()));
+    assert!(
+        out.stderr.contains("waiting for the API server"),
+        "the re-run waited for kube-apiserver instead of failing: {out}"
+    );
+    let j = journal(&env);
+    let taint = j["events"].as_array().unwrap().iter().find(|e| e["phase"] == "ca").cloned();
+    assert!(
+        taint
+            .as_ref()
+            .is_some_and(|e| e["outcome"].as_str().unwrap_or("").contains("the apply creates it")),
+        "the taint of a destroyed key is skipped: {j:#}"
+    );
+    // The finalizer keeps the deleted ConfigMap with both CAs: the cleanup cannot verify.
+    assert_eq!(out.code(), Some(1), "the cleanup fails: {out}");
+    assert_eq!(outcome(&j, "cleanup"), "failed", "{j:#}");
+    for phase in &PHASES[..6] {
+        assert_eq!(outcome(&j, phase), "done", "{phase}: {j:#}");
+    }
+
+    env.step("aggregation -y: nothing to do, and the run is finished; --new-run is accepted");
+    let out = agg(&env).args(["-y"]).run();
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("nothing to do"), "{out}");
+    assert_eq!(journal(&env)["state"], "finished", "a run whose path is done is finished");
+    let out = agg(&env).args(["--new-run", "--dry-run"]).run();
+    assert_eq!(out.code(), Some(0), "--new-run is no longer refused: {out}");
+
+    env.step("by hand: finalizer dropped; kube-apiserver re-creates the ConfigMap at once");
+    let out = env
+        .kubectl()
+        .args(["-n", "kube-system", "patch", "configmap", AUTH_CM, "--type=json", "-p"])
+        .arg(r#"[{"op":"remove","path":"/metadata/finalizers"}]"#)
+        .run();
+    assert_eq!(out.code(), Some(0), "{out}");
+    let new = fp(&read(&env.assets.tls("aggregation-ca.crt")));
+    wait_configmap(&env, &[new.as_str()], Duration::from_secs(60));
+    let restarted = restarted_at(&env, "metrics-server");
+
+    env.step("--phase cleanup: the extension servers still run from before the ConfigMap");
+    let out = run_timed(
+        &env,
+        "--phase cleanup",
+        agg(&env).args(["-y", "--phase", "cleanup", "-o", "json"]).args(WAIT),
+    );
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(result_of(&summary(&out), "cleanup"), "done", "not already-done: {out}");
+    assert_ne!(restarted_at(&env, "metrics-server"), restarted, "metrics-server restarted again");
+    let new = check_rotated(&env, &orig, &module, true);
+    assert_eq!(watch.generations(), vec![orig.ca_fp.clone(), new], "exactly one new CA");
 }

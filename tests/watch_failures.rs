@@ -2,21 +2,26 @@
 //! once with the API's message, on the real control plane, in the words kubectl logs; one
 //! that keeps failing for a transient reason is retried until `--timeout`, whose message then
 //! carries the last error. `--timeout 0` means no limit, as for `kubectl rollout status`, and a
-//! watch that is idle for longer than `--request-timeout` is not cut by it.
+//! watch that is idle for longer than `--request-timeout` is not cut by it. A wait across a
+//! kube-apiserver restart asks the restarted server for a handful of requests a second, counted
+//! by the server's own audit log.
 
 mod common;
 mod support;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use certrotate::cli::KubeOpts;
 use certrotate::k8s::{Connection, rollout};
 use common::sample_assets::{SampleOptions, write_sample_assets};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::Api;
 use serde_json::{Value, json};
-use support::{EnvOptions, ExtApiServer, KubeletConfig, TestEnv};
+use support::{AuditedRequest, EnvOptions, ExtApiServer, KubeletConfig, TestEnv, wait_for};
 
 const MINUTES_3: Duration = Duration::from_secs(180);
 const USER: &str = "certrotate-no-watch";
@@ -70,40 +75,6 @@ fn a_wait_that_runs_out_says_what_its_watch_last_failed_on() {
     let cut =
         runtime.block_on(async { tokio::time::timeout(Duration::from_secs(4), unbounded).await });
     assert!(cut.is_err(), "a zero --timeout must not end the wait: {cut:?}");
-}
-
-/// A kubeconfig for a client-certificate user `USER`, issued by the asset dir's kube CA.
-fn user_kubeconfig(env: &TestEnv) -> std::path::PathBuf {
-    use openssl::{asn1::Asn1Time, bn::BigNum, hash::MessageDigest, pkey::PKey, rsa::Rsa};
-    let read = |name: &str| std::fs::read(env.assets.tls(name)).unwrap();
-    let ca = openssl::x509::X509::from_pem(&read("ca.crt")).unwrap();
-    let ca_key = PKey::private_key_from_pem(&read("ca.key")).unwrap();
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", USER).unwrap();
-    let name = name.build();
-    let mut cert = openssl::x509::X509::builder().unwrap();
-    cert.set_version(2).unwrap();
-    cert.set_serial_number(&BigNum::from_u32(4242).unwrap().to_asn1_integer().unwrap()).unwrap();
-    cert.set_subject_name(&name).unwrap();
-    cert.set_issuer_name(ca.subject_name()).unwrap();
-    cert.set_pubkey(&key).unwrap();
-    cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    cert.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
-    cert.sign(&ca_key, MessageDigest::sha256()).unwrap();
-    let b64 = |pem: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(pem);
-    let kubeconfig = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {
-            "server": format!("https://127.0.0.1:{}", env.assets.api_port),
-            "certificate-authority-data": b64(ca.to_pem().unwrap())}}],
-        "users": [{"name": USER, "user": {
-            "client-certificate-data": b64(cert.build().to_pem().unwrap()),
-            "client-key-data": b64(key.private_key_to_pem_pkcs8().unwrap())}}],
-        "contexts": [{"name": USER, "context": {"cluster": "c", "user": USER}}],
-        "current-context": USER,
-    });
-    env.values_file("no-watch-kubeconfig", &kubeconfig)
 }
 
 /// Everything `extension-servers --restart` reads, and patching deployments, but no watch of
@@ -161,7 +132,7 @@ fn refused_watch_fails_at_once_and_timeout_0_waits_for_the_rollout() {
     env.step(&format!("--timeout 0, --request-timeout 1s: rolled out in {:?}", started.elapsed()));
 
     rbac_without_deployment_watch(&env);
-    let kubeconfig = user_kubeconfig(&env);
+    let kubeconfig = env.user_kubeconfig(USER, &[]);
     let generation = || {
         env.kubectl()
             .args(["-n", "kube-system", "get", "deployment", "metrics-server", "-o"])
@@ -211,4 +182,107 @@ fn refused_watch_fails_at_once_and_timeout_0_waits_for_the_rollout() {
     // klog quotes the error, so its quotes come escaped.
     let logged = format!("Failed to watch *unstructured.Unstructured: {refusal}");
     assert!(kubectl.stderr.contains(&logged.replace('"', "\\\"")), "{kubectl}");
+}
+
+/// The user the tool runs as in the restart test, so that the audit log tells its requests from
+/// the harness's (which uses the admin kubeconfig).
+const WAITER: &str = "certrotate-waiter";
+/// How long the rollout stays held once kube-apiserver is back: the wait goes on meanwhile.
+const HELD_AFTER_RESTART: Duration = Duration::from_secs(10);
+/// "A handful of requests a second", on average over the restart and the hold.
+const MAX_REQUESTS_PER_SECOND: u64 = 5;
+
+/// `observedGeneration generation replicas updatedReplicas` of deployment
+/// kube-system/metrics-server.
+fn rollout_status(env: &TestEnv) -> String {
+    let fields = "{.status.observedGeneration} {.metadata.generation} {.status.replicas} \
+                  {.status.updatedReplicas}";
+    let out = env.kubectl().args(["-n", "kube-system", "get", "deployment", "metrics-server"]);
+    out.arg("-o").arg(format!("jsonpath={fields}")).ok().stdout
+}
+
+/// The requests received from `from` to `to`, and how many fell in each second of it.
+fn received_between(
+    requests: &[AuditedRequest],
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+) -> (Vec<&AuditedRequest>, BTreeMap<i64, usize>) {
+    let within: Vec<&AuditedRequest> =
+        requests.iter().filter(|r| r.received >= from && r.received <= to).collect();
+    let mut per_second = BTreeMap::new();
+    for r in &within {
+        *per_second.entry(r.received.duration_since(from).as_secs()).or_default() += 1;
+    }
+    (within, per_second)
+}
+
+#[test]
+fn a_wait_across_an_api_server_restart_makes_a_handful_of_requests_a_second() {
+    let options = EnvOptions { audit_users: vec![WAITER.into()], ..Default::default() };
+    let env = TestEnv::start_with("watch-restart", options);
+    let metrics = ExtApiServer::metrics_server();
+    env.deploy_ext_apiserver(&metrics);
+    env.wait_apiservice(&metrics.apiservice(), true, MINUTES_3);
+    // New metrics-server pods run but stay not Ready until released: the rollout, and the
+    // wait, go on across the restart, on a Deployment that does not change meanwhile.
+    let held = |pod: &Pod| pod.labels().get("app").is_some_and(|app| app == "metrics-server");
+    env.kubelet.set_never_ready(Some(Arc::new(held)));
+    let kubeconfig = env.user_kubeconfig(WAITER, &["system:masters"]);
+    let wait = env
+        .certrotate()
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["extension-servers", "--restart", "-y", "--timeout", "3m", "-v"])
+        .spawn();
+    wait_for("the rollout held: 2 replicas, 1 updated, status observed", MINUTES_3, || {
+        let status = rollout_status(&env);
+        let fields: Vec<&str> = status.split(' ').collect();
+        match fields[..] {
+            [observed, generation, "2", "1"] if observed == generation => Ok(()),
+            _ => Err(status),
+        }
+    });
+    wait_for("the tool's watch of the rollout", MINUTES_3, || {
+        let requests = env.audited_requests();
+        let watching =
+            requests.iter().any(|r| r.verb == "watch" && r.uri.contains("/deployments?"));
+        if watching { Ok(()) } else { Err(format!("{} requests, no watch yet", requests.len())) }
+    });
+    env.step("the tool waits for the held rollout");
+
+    let from = jiff::Timestamp::now();
+    env.block_on(env.apiserver.restart("test: the API restarts under a rollout wait")).unwrap();
+    env.step("kube-apiserver restarted");
+    std::thread::sleep(HELD_AFTER_RESTART);
+    let to = jiff::Timestamp::now();
+    env.kubelet.set_never_ready(None);
+    let wait = wait.wait();
+    assert!(wait.success(), "the wait completes once the rollout does: {wait}");
+    assert!(wait.stdout.contains("restarted 1 workload(s), 0 failed"), "{wait}");
+
+    let requests = env.audited_requests();
+    let (within, per_second) = received_between(&requests, from, to);
+    let secs = to.duration_since(from).as_secs_f64();
+    let gone = wait.stderr.lines().filter(|l| l.contains("(410 Gone)")).count();
+    env.step(&format!(
+        "{} requests of the tool in the {secs:.1} s from the restart to the release \
+         (per second: {per_second:?}); {gone} lines of its -v said 410 Gone",
+        within.len()
+    ));
+    let listing: Vec<String> = within.iter().take(40).map(|r| r.to_string()).collect();
+    assert!(
+        within.len() as f64 <= MAX_REQUESTS_PER_SECOND as f64 * secs,
+        "{} requests in {secs:.1} s, more than {MAX_REQUESTS_PER_SECOND} a second; the first \
+         ones:\n{}",
+        within.len(),
+        listing.join("\n")
+    );
+    // After the restart the wait read the present state by a list of that one Deployment.
+    assert!(
+        within.iter().any(|r| r.verb == "list"
+            && r.uri.contains("/namespaces/kube-system/deployments?")
+            && r.uri.contains("fieldSelector=metadata.name%3Dmetrics-server")),
+        "no list of deployment metrics-server after the restart:\n{}",
+        listing.join("\n")
+    );
 }

@@ -81,7 +81,7 @@ impl Procedure for Aggregation {
     fn needs(phase: Phase) -> Needs {
         Needs {
             terraform: matches!(phase, Phase::Ca | Phase::Client | Phase::Apply),
-            helm: matches!(phase, Phase::Bundle | Phase::Client),
+            helm: matches!(phase, Phase::Bundle | Phase::Client | Phase::Apply),
             lokoctl: phase == Phase::Apply,
         }
     }

@@ -77,6 +77,9 @@ pub enum Action {
     /// Wait for the kube-apiserver rollout the upgrade started.
     WaitKubeApiserver,
     RestartExtensionServers,
+    /// Every release a killed helm or lokoctl left `pending-*` rolled back to its latest
+    /// revision: lokoctl, run with `--skip-pre-update-health-check`, would not.
+    RecoverReleases,
     Lokoctl,
     DeleteAuthConfigMap,
     RestartKubeApiserver,
@@ -104,7 +107,8 @@ pub enum Check {
     ClientServed,
     /// Secret and ConfigMap trust the new CA (the expired path replaces, not bundles).
     NewCaServed,
-    /// `terraform plan` has no aggregation change left and the files equal the state.
+    /// `terraform plan` has no aggregation change left, the files equal the state, and the
+    /// Secret holds what lokoctl applied from them.
     NothingPending,
     /// The ConfigMap trusts only the new CA.
     OnlyNewCaTrusted,
@@ -212,17 +216,20 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
         .flatten()
         .collect(),
         Phase::Apply => {
-            let mut steps = vec![Planned::new(K::Command, ctx.lokoctl_line(true), A::Lokoctl)];
+            let mut steps = vec![
+                Planned::new(K::Command, ctx.recover_releases_line(), A::RecoverReleases),
+                Planned::new(K::Command, ctx.lokoctl_line(true), A::Lokoctl),
+            ];
             if expired {
                 steps.push(Planned::new(
                     K::Check,
-                    format!("the files equal the state; secret {NAMESPACE}/{SECRET} and configmap {AUTH_CONFIGMAP} trust the new CA"),
+                    format!("the files equal the state; secret {NAMESPACE}/{SECRET} holds the files' CA and client certificate (what lokoctl applied); configmap {AUTH_CONFIGMAP} trusts the new CA"),
                     A::Verify(Check::NewCaServed),
                 ));
             } else {
                 steps.push(Planned::new(
                     K::Check,
-                    "terraform plan shows no change left to the aggregation resources; the files equal the state".into(),
+                    format!("terraform plan shows no change left to the aggregation resources; the files equal the state; secret {NAMESPACE}/{SECRET} holds the new CA and serves the new client certificate (what lokoctl applied)"),
                     A::Verify(Check::NothingPending),
                 ));
             }
@@ -316,8 +323,28 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
         Phase::Cleanup => {
             let new = new_ca(ctx)?;
             let trusted = trusted_cas(ctx).await?;
-            Ok((trusted.len() == 1 && trusted[0].sha256 == new.sha256)
-                .then(|| format!("{AUTH_CONFIGMAP} already trusts only the new CA")))
+            if !(trusted.len() == 1 && trusted[0].sha256 == new.sha256) {
+                return Ok(None);
+            }
+            // The cleanup ends with the extension servers' restart: done only once every one
+            // of their pods is younger than the ConfigMap they must load.
+            let client = &ctx.conn()?.client;
+            let Some(created) =
+                objects::configmap_created(client, NAMESPACE, AUTH_CONFIGMAP).await?
+            else {
+                return Ok(None);
+            };
+            let found = crate::k8s::discovery::discover(client).await?;
+            let restarted = found
+                .servers
+                .iter()
+                .flat_map(|s| &s.pods)
+                .all(|pod| pod.created.is_some_and(|at| at >= created));
+            Ok(restarted.then(|| {
+                format!(
+                    "{AUTH_CONFIGMAP} already trusts only the new CA, and every extension server was restarted after it"
+                )
+            }))
         }
         Phase::Restart | Phase::Apply => Ok(None),
     }
@@ -338,12 +365,9 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         Action::TaintCaKey => {
             let state = ctx.terraform()?.state().await?;
             let address = ctx.addr(ca_key());
-            let key = state.instance(&address).ok_or_else(|| Error::Precondition {
-                phase: phase.name(),
-                reason: format!(
-                    "the state has no {address}: is aggregation enabled, and --module right?"
-                ),
-            })?;
+            let Some(key) = state.instance(&address) else {
+                return Ok(destroyed_not_created(&address));
+            };
             if key.tainted {
                 return Ok("skipped: the CA key is already tainted (an earlier run stopped before applying)".into());
             }
@@ -362,10 +386,9 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         Action::TaintClientCert => {
             let state = ctx.terraform()?.state().await?;
             let address = ctx.addr(client_cert());
-            let instance = state.instance(&address).ok_or_else(|| Error::Precondition {
-                phase: phase.name(),
-                reason: format!("the state has no {address}"),
-            })?;
+            let Some(instance) = state.instance(&address) else {
+                return Ok(destroyed_not_created(&address));
+            };
             if instance.tainted {
                 return Ok("skipped: already tainted".into());
             }
@@ -414,7 +437,10 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
             };
             Ok(format!("restarted {} workload(s), APIServices Available{loaded}", done.restarted))
         }
+        Action::RecoverReleases => ctx.helm()?.recover_pending_releases().await,
         Action::Lokoctl => {
+            // lokoctl's terraform apply changes the state too.
+            ctx.terraform()?.keep_state().await?;
             ctx.lokoctl()?.apply(true).await?;
             Ok("applied".into())
         }
@@ -432,6 +458,15 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
         }
         Action::Verify(check) => verify(ctx, phase, *check).await,
     }
+}
+
+/// A taint step's outcome when its resource is missing from the state: terraform was killed
+/// between destroying the tainted instance and creating the new one, and the apply that
+/// follows creates it.
+fn destroyed_not_created(address: &str) -> String {
+    format!(
+        "skipped: the state has no {address} (destroyed by an interrupted apply); the apply creates it"
+    )
 }
 
 /// The extension servers' workloads, as the plan names them.
@@ -476,10 +511,11 @@ fn state_ca(ctx: &Ctx, state: &crate::tools::terraform::State) -> Result<CertInf
 
 fn upgrade_line(ctx: &Ctx, value: &str) -> String {
     format!(
-        "{} upgrade -n {NAMESPACE} {RELEASE} {} --reuse-values -f <0600 values file: {value}> --wait --timeout {}s (a release left pending is rolled back to its latest revision first; a failed upgrade is retried)",
+        "{} upgrade -n {NAMESPACE} {RELEASE} {} --reuse-values -f <0600 values file: {value}> --wait --timeout {}s {} (a release left pending is rolled back to its latest revision first; a failed upgrade is retried)",
         ctx.helm_name,
         ctx.asset(CHART).display(),
-        ctx.timeout.as_secs()
+        ctx.timeout.as_secs(),
+        crate::tools::helm::kubeconfig_in_plan(ctx.helm.as_ref())
     )
 }
 
@@ -671,6 +707,7 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
         }
         Check::NewCaServed => {
             files_equal_state(ctx, phase).await?;
+            lokoctl_applied_the_files(ctx, phase).await?;
             let new = ctx.file_cert(CA_CERT)?;
             ctx.fingerprint("newCa", &new.sha256)?;
             until(ctx, phase, "the cluster trusting the new CA", async || {
@@ -708,7 +745,9 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
                 return Err(fail(format!("terraform plan still changes {}", pending.join(", "))));
             }
             files_equal_state(ctx, phase).await?;
-            Ok("no aggregation change pending; files equal the state".into())
+            lokoctl_applied_the_files(ctx, phase).await?;
+            Ok("no aggregation change pending; files equal the state; the secret serves them"
+                .into())
         }
         Check::OnlyNewCaTrusted => {
             let new = new_ca(ctx)?;
@@ -724,6 +763,46 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
             Ok("only the new CA is trusted".into())
         }
     }
+}
+
+/// Secret kube-system/kube-apiserver holds the asset dir's CA (alone or in a bundle) and its
+/// client certificate: lokoctl applies the values of the asset dir its lokocfg names, so other
+/// values mean it applied another one, and the checks of the files alone would not see it.
+/// Read once the API answers (kube-apiserver restarts for the new Secret), judged at once.
+async fn lokoctl_applied_the_files(ctx: &Ctx, phase: Phase) -> Result<()> {
+    let fail = |reason: String| Error::Verification { phase: phase.name(), reason };
+    let (ca, client) = (ctx.file_cert(CA_CERT)?, ctx.file_cert(CLIENT_CERT)?);
+    let read = async |key: &str| {
+        objects::secret_certificates(&ctx.conn()?.client, NAMESPACE, SECRET, key).await
+    };
+    let (cas, served) = crate::duration::poll(ctx.timeout, POLL, async || {
+        match (read("aggregation-ca.crt").await, read("aggregation-client.crt").await) {
+            (Ok(cas), Ok(served)) => Ok((cas, served)),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        }
+    })
+    .await
+    .map_err(|last| {
+        fail(format!("secret {NAMESPACE}/{SECRET} unreadable until --timeout: {last}"))
+    })?;
+    let mut wrong = Vec::new();
+    if !holds(&cas, &ca) {
+        wrong.push(format!("its aggregation-ca.crt does not hold the CA of {CA_CERT}"));
+    }
+    if served.first().map(|c| &c.sha256) != Some(&client.sha256) {
+        wrong.push(format!("its aggregation-client.crt is not {CLIENT_CERT}"));
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(fail(format!(
+        "secret {NAMESPACE}/{SECRET}: {}: lokoctl applied other values than this asset dir's \
+         (does a lokocfg in {} name another asset dir?); run this phase again once lokoctl \
+         applies {}",
+        wrong.join(" and "),
+        ctx.config_dir.display(),
+        ctx.assets.root().display()
+    )))
 }
 
 /// The asset dir's aggregation files hold what the state holds.

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use kube::client::ClientBuilder;
-use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError};
+use kube::config::{
+    KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError, NamedAuthInfo, NamedCluster,
+    NamedContext,
+};
 use kube::{Client, Config};
 
 use super::bound::{DEFAULT_REQUEST_TIMEOUT, RequestBound};
@@ -41,6 +44,14 @@ pub struct Connection {
     pub source: KubeconfigSource,
     root_certs: Vec<Vec<u8>>,
     insecure: bool,
+    /// The context, cluster and user this connection uses, alone: what children get.
+    selected: Selected,
+}
+
+/// One context of a kubeconfig with its cluster and user, as a kubeconfig of its own.
+struct Selected {
+    kubeconfig: Kubeconfig,
+    description: String,
 }
 
 impl Connection {
@@ -59,9 +70,13 @@ impl Connection {
             cluster: opts.cluster.clone(),
             user: opts.user.clone(),
         };
+        let selected = select(&kubeconfig, &options);
         let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| {
             Error::Kubeconfig { path: PathBuf::from(&label), reason: kubeconfig_problem(&e) }
         })?;
+        // kube accepted the same choice, so only a kubeconfig kube reads otherwise fails here.
+        let selected =
+            selected.map_err(|reason| Error::Kubeconfig { path: PathBuf::from(&label), reason })?;
         let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
         if verbose > 0 {
             eprintln!("using kubeconfig {label} ({}), server {server}", source.describe());
@@ -88,7 +103,19 @@ impl Connection {
                     None => Error::kube("build a client", e),
                 }
             })?;
-        Ok(Self { client, server, kubeconfig: label, source, root_certs, insecure })
+        Ok(Self { client, server, kubeconfig: label, source, root_certs, insecure, selected })
+    }
+
+    /// A kubeconfig (JSON, which is YAML) holding only the context, cluster and user this
+    /// connection uses, for the children that must act on this cluster alone. It holds the
+    /// user's credentials: write it only to a private file.
+    pub fn child_kubeconfig(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.selected.kubeconfig).expect("a kubeconfig serializes")
+    }
+
+    /// `context C (cluster S, user U)`, for plans and messages.
+    pub fn selection(&self) -> &str {
+        &self.selected.description
     }
 
     pub fn kubeconfig_description(&self) -> String {
@@ -131,6 +158,58 @@ impl Connection {
             assets.root().display()
         ))
     }
+}
+
+/// The context `options` (else the current context) picks, with its cluster and user, or those
+/// `options` name instead, as kube picks them (`ConfigLoader`).
+fn select(
+    kubeconfig: &Kubeconfig,
+    options: &KubeConfigOptions,
+) -> std::result::Result<Selected, String> {
+    let context_name = options
+        .context
+        .clone()
+        .or_else(|| kubeconfig.current_context.clone())
+        .ok_or("it sets no current-context: pass --context")?;
+    let named = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .ok_or_else(|| format!("it has no context {context_name:?}"))?;
+    let mut context = named.context.clone().unwrap_or_default();
+    if let Some(cluster) = &options.cluster {
+        context.cluster = cluster.clone();
+    }
+    if let Some(user) = &options.user {
+        context.user = Some(user.clone());
+    }
+    let cluster: NamedCluster = kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .cloned()
+        .ok_or_else(|| format!("it has no cluster {:?}", context.cluster))?;
+    // As kube and client-go: a context without (a known) user talks anonymously.
+    let user: Option<NamedAuthInfo> = context
+        .user
+        .as_ref()
+        .and_then(|name| kubeconfig.auth_infos.iter().find(|u| &u.name == name).cloned());
+    context.user = user.as_ref().map(|u| u.name.clone());
+    let description = format!(
+        "context {context_name} (cluster {}, user {})",
+        cluster.name,
+        context.user.as_deref().unwrap_or("none")
+    );
+    let kubeconfig = Kubeconfig {
+        kind: Some("Config".into()),
+        api_version: Some("v1".into()),
+        clusters: vec![cluster],
+        auth_infos: user.into_iter().collect(),
+        contexts: vec![NamedContext { context: Some(context), ..named.clone() }],
+        current_context: Some(context_name),
+        ..Kubeconfig::default()
+    };
+    Ok(Selected { kubeconfig, description })
 }
 
 fn load_kubeconfig(
@@ -192,5 +271,76 @@ fn kubeconfig_problem(err: &KubeconfigError) -> String {
              key); {fix}"
         ),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two clusters with a context each, the current one `staging`.
+    const MERGED: &str = "apiVersion: v1\nkind: Config\ncurrent-context: staging\n\
+        clusters:\n\
+        - name: staging-cluster\n  cluster:\n    server: https://127.0.0.1:1\n\
+        - name: prod-cluster\n  cluster:\n    server: https://127.0.0.1:2\n\
+        users:\n\
+        - name: staging-user\n  user:\n    token: staging-token\n\
+        - name: prod-user\n  user:\n    token: prod-token\n\
+        contexts:\n\
+        - name: staging\n  context:\n    cluster: staging-cluster\n    user: staging-user\n    namespace: kube-system\n\
+        - name: prod\n  context:\n    cluster: prod-cluster\n    user: prod-user\n";
+
+    fn selected(
+        context: Option<&str>,
+        cluster: Option<&str>,
+        user: Option<&str>,
+    ) -> (String, String) {
+        let kubeconfig = Kubeconfig::from_yaml(MERGED).unwrap();
+        let options = KubeConfigOptions {
+            context: context.map(Into::into),
+            cluster: cluster.map(Into::into),
+            user: user.map(Into::into),
+        };
+        let s = select(&kubeconfig, &options).unwrap();
+        (serde_json::to_string(&s.kubeconfig).unwrap(), s.description)
+    }
+
+    #[test]
+    fn the_child_kubeconfig_holds_the_current_context_alone() {
+        let (json, description) = selected(None, None, None);
+        assert_eq!(description, "context staging (cluster staging-cluster, user staging-user)");
+        let back = Kubeconfig::from_yaml(&json).unwrap();
+        assert_eq!(back.current_context.as_deref(), Some("staging"));
+        assert_eq!(back.contexts.len(), 1);
+        assert_eq!(back.clusters.len(), 1);
+        assert_eq!(back.auth_infos.len(), 1);
+        assert!(json.contains("https://127.0.0.1:1") && json.contains("staging-token"), "{json}");
+        assert!(json.contains("kube-system"), "the context's namespace is kept: {json}");
+        assert!(!json.contains("prod"), "{json}");
+    }
+
+    #[test]
+    fn context_cluster_and_user_flags_pick_what_goes_in() {
+        let (json, description) = selected(Some("prod"), None, None);
+        assert_eq!(description, "context prod (cluster prod-cluster, user prod-user)");
+        assert!(!json.contains("staging"), "{json}");
+        let (json, description) = selected(None, Some("prod-cluster"), Some("prod-user"));
+        assert_eq!(description, "context staging (cluster prod-cluster, user prod-user)");
+        let back = Kubeconfig::from_yaml(&json).unwrap();
+        let context = back.contexts[0].context.as_ref().unwrap();
+        assert_eq!(context.cluster, "prod-cluster");
+        assert_eq!(context.user.as_deref(), Some("prod-user"));
+        assert!(!json.contains("staging-cluster") && !json.contains("staging-token"), "{json}");
+    }
+
+    #[test]
+    fn an_unknown_context_or_cluster_is_refused() {
+        let kubeconfig = Kubeconfig::from_yaml(MERGED).unwrap();
+        let options =
+            KubeConfigOptions { context: Some("dev".into()), ..KubeConfigOptions::default() };
+        assert!(select(&kubeconfig, &options).err().unwrap().contains("no context \"dev\""));
+        let options =
+            KubeConfigOptions { cluster: Some("dev".into()), ..KubeConfigOptions::default() };
+        assert!(select(&kubeconfig, &options).err().unwrap().contains("no cluster \"dev\""));
     }
 }

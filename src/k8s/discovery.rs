@@ -45,6 +45,9 @@ pub struct PodReadiness {
     pub namespace: String,
     pub ready: bool,
     pub containers: Vec<String>,
+    /// When the pod was created: a restart's pods are newer than what it had to pick up.
+    #[serde(skip)]
+    pub created: Option<jiff::Timestamp>,
 }
 
 /// Objects found by [`discover`], kept for the restarts that may follow.
@@ -223,6 +226,7 @@ pub async fn discover(client: &Client) -> Result<Discovery> {
                 name: p.name_any(),
                 namespace: namespace.clone(),
                 ready: pod_ready(p),
+                created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 containers: p
                     .spec
                     .iter()
@@ -304,17 +308,13 @@ impl Availability {
     /// beside the work that needs it. A refused watch ends the waits of `until_available`.
     pub async fn follow(&self, client: &Client, version: &str) -> Infallible {
         let api = Api::<APIService>::all(client.clone());
-        let resync = || async {
-            let list = api.list(&ListParams::default()).await?;
-            Ok((list.items, list.metadata.resource_version.unwrap_or_default()))
-        };
-        let params = WatchParams::default();
+        let known: Vec<String> = self.state.borrow().available.keys().cloned().collect();
         let followed = watch::follow(
             &api,
             "apiservices",
-            &params,
+            &WatchParams::default(),
             version.to_string(),
-            resync,
+            known,
             &self.last_error,
             |change| {
                 if let Change::Applied(svc) = change {

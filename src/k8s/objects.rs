@@ -80,6 +80,20 @@ pub async fn configmap_certificates(
         .map_err(|p| Error::ClusterObject { object: what, reason: format!("{key}: {}", p.0) })
 }
 
+/// When ConfigMap `namespace/name` was created; `None` when it does not exist.
+pub async fn configmap_created(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<jiff::Timestamp>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let map = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("read configmap {namespace}/{name}"), e))?;
+    Ok(map.and_then(|m| m.metadata.creation_timestamp).map(|t| t.0))
+}
+
 /// MutatingWebhookConfiguration `name` as a manifest that can be created again (server-set
 /// fields dropped); `None` when it does not exist.
 pub async fn mutating_webhook_manifest(

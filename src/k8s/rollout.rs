@@ -3,7 +3,10 @@
 //! (`pkg/cmd/rollout` and `pkg/polymorphichelpers/rollout_status.go` of kubernetes/kubectl).
 //!
 //! Waiting uses one watch per workload from the restart patch's resourceVersion, resumed when it
-//! drops (an API server restart included), so a wait costs no list and no polling.
+//! drops (an API server restart included), so a wait costs no list and no polling; when that
+//! version is too old (410 Gone, as after a restart) it lists the workload by name (field
+//! selector `metadata.name`) and watches from the list's version, as kubectl does
+//! (`watch.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -368,20 +371,16 @@ async fn follow<K: Workload>(
         return Ok(());
     }
     let params = WatchParams::default().fields(&format!("metadata.name={}", workload.name));
-    let resync = || async {
-        let obj = api.get(&workload.name).await?;
-        let version = obj.resource_version().unwrap_or_default();
-        Ok((vec![obj], version))
-    };
     let version = start.resource_version().unwrap_or_default();
     let what = workload.to_string();
-    watch::follow(api, &what, &params, version, resync, last_error, |change| match change {
+    let known = [watch::key(&start)];
+    watch::follow(api, &what, &params, version, known, last_error, |change| match change {
         Change::Applied(obj) => match observe(&obj) {
             Ok(false) => ControlFlow::Continue(()),
             Ok(true) => ControlFlow::Break(Ok(())),
             Err(err) => ControlFlow::Break(Err(err)),
         },
-        Change::Deleted(_) => ControlFlow::Break(Err(Error::Rollout {
+        Change::Deleted => ControlFlow::Break(Err(Error::Rollout {
             workload: workload.to_string(),
             reason: "object has been deleted".into(),
         })),

@@ -1,19 +1,35 @@
-//! One resumable watch, shared by every wait: it resumes from the last resourceVersion after
-//! a drop (an API server restart included) and, when that version is too old to resume from
-//! (410 Gone), starts again from a fresh read.
+//! One list-and-watch, shared by every wait, with the semantics of kubectl's (client-go's
+//! reflector, which `kubectl rollout status` runs): it watches from a version the caller read,
+//! resumes from the last version seen after a drop (an API server restart included), and when
+//! that version is too old to resume from (410 Gone) it LISTS the watched objects (the wait's
+//! field selector) and watches again from the version of that list.
+//!
+//! Why the list's version and not an object's: an object's own resourceVersion is that of its
+//! last change, which may be far older than anything a freshly started API server's watch
+//! cache serves, so watching from it fails with 410 again at once, for as long as the object
+//! does not change (measured: 6,002 times in 52 s during a kube-apiserver restart). A list's
+//! version is the store's present one, which the cache serves.
 //!
 //! Failures are of two kinds. Those that cannot heal while we wait — the API refuses the
 //! request (401, 403), does not know the kind (404), or rejects it as malformed — end the watch
 //! at once with the API's message. The others — connection refused or reset while the API
-//! server restarts, 5xx, 429, a dead connection — are retried with a capped backoff, each
-//! logged at `-v`, and the last one is kept for the message of the wait's own timeout.
+//! server restarts, 5xx, 429, a dead connection, a 410 on the version a list has just given —
+//! are retried after a bounded, jittered backoff, each logged at `-v`, and the last one is kept
+//! for the message of the wait's own timeout.
+//!
+//! Not kube-runtime's `watcher`: it would need the same wrapper to end at once on refusals (it
+//! yields every failure and retries it), and a watch whose start is answered with HTTP 410 keeps
+//! it retrying the same version without listing (its `InitListed` state), the very loop this
+//! module exists to avoid; its default backoff also waits up to 30 s, long after the API is back.
 
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -26,11 +42,22 @@ use crate::output;
 /// stream that has been silent for this long plus [`SILENCE_MARGIN`] is given up.
 const WATCH_SECONDS: u32 = 60;
 const SILENCE_MARGIN: Duration = Duration::from_secs(5);
+/// A watch stream that lasted this long was a working one: the backoff starts over.
+const HEALTHY_STREAM: Duration = Duration::from_secs(1);
 
 /// A change the watch saw.
 pub enum Change<K> {
     Applied(K),
-    Deleted(K),
+    /// A followed object is gone: a watch event said so, or a list no longer has it.
+    Deleted,
+}
+
+/// How [`follow`] names an object: `namespace/name`, or `name` for a cluster-scoped one.
+pub fn key<K: Resource>(obj: &K) -> String {
+    match obj.meta().namespace.as_deref() {
+        Some(namespace) => format!("{namespace}/{}", obj.name_any()),
+        None => obj.name_any(),
+    }
 }
 
 /// What the last failed attempt of a watch said, cleared when an attempt succeeds: a wait
@@ -48,62 +75,115 @@ impl LastError {
     }
 }
 
-/// Follows the objects `params` selects from `version` on, handing every change to `seen`
-/// until it breaks with a value. `resync` reads the present state (objects and the version to
-/// go on from) after a 410. `what` names the watched objects in logs and errors.
+/// Follows the objects `params` selects from `version` on (an empty one: list them first),
+/// handing every change to `seen` until it breaks with a value. `known` are the [`key`]s of the
+/// objects the caller read at `version`, so that one deleted before a re-list is reported.
+/// `what` names the watched objects in logs and errors.
 ///
 /// Returns an error only for a failure that cannot heal; transient ones are retried forever,
 /// so callers bound the wait (`--timeout`) and read `last_error` when it runs out.
-pub async fn follow<K, T, R, F>(
+pub async fn follow<K, T>(
     api: &Api<K>,
     what: &str,
     params: &WatchParams,
-    mut version: String,
-    resync: R,
+    version: String,
+    known: impl IntoIterator<Item = String>,
     last_error: &LastError,
-    mut seen: impl FnMut(Change<K>) -> ControlFlow<T>,
+    seen: impl FnMut(Change<K>) -> ControlFlow<T>,
 ) -> Result<T>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-    R: Fn() -> F,
-    F: Future<Output = kube::Result<(Vec<K>, String)>>,
 {
-    let params = WatchParams { timeout: Some(WATCH_SECONDS), ..params.clone() };
-    let mut retry = Retry { what, last_error, backoff: Backoff::default() };
-    // Set when our version is too old to watch from: the present state must be read first.
-    let mut stale = false;
+    let mut follower = Follower {
+        api,
+        watch_params: WatchParams { timeout: Some(WATCH_SECONDS), ..params.clone() },
+        // No resourceVersion: the most recent state, read from etcd, as kubectl relists.
+        list_params: ListParams {
+            label_selector: params.label_selector.clone(),
+            field_selector: params.field_selector.clone(),
+            ..Default::default()
+        },
+        known: known.into_iter().collect(),
+        fresh_list: false,
+        retry: Retry { what, last_error, backoff: Backoff::default() },
+        seen,
+    };
+    let mut step = if version.is_empty() { Step::List } else { Step::Watch(version) };
     loop {
-        if stale {
-            match resync().await {
-                Ok((objects, fresh)) => {
-                    stale = false;
-                    version = fresh;
-                    for obj in objects {
-                        if let ControlFlow::Break(done) = seen(Change::Applied(obj)) {
-                            return Ok(done);
-                        }
-                    }
-                }
-                Err(err) => {
-                    retry.failed("re-read", err).await?;
-                    continue;
-                }
-            }
-        }
-        let opened = Instant::now();
-        let stream = match api.watch(&params, &version).await {
-            Ok(stream) => stream,
-            Err(kube::Error::Api(status)) if status.code == 410 => {
-                retry.gone(&version);
-                stale = true;
-                continue;
-            }
+        step = match step {
+            Step::Done(done) => return Ok(done),
+            Step::List => follower.list().await?,
+            Step::Watch(from) => follower.watch(from).await?,
+        };
+    }
+}
+
+/// What a [`Follower`] does next.
+enum Step<T> {
+    Done(T),
+    List,
+    /// Watch from this resourceVersion.
+    Watch(String),
+}
+
+struct Follower<'a, K: Clone, S> {
+    api: &'a Api<K>,
+    watch_params: WatchParams,
+    list_params: ListParams,
+    /// Keys of the objects present as far as we know.
+    known: BTreeSet<String>,
+    /// Whether the next watch starts from the version a list has just given: a 410 on it, before
+    /// any event, is not a stale version of ours but a server that cannot serve its present.
+    fresh_list: bool,
+    retry: Retry<'a>,
+    seen: S,
+}
+
+impl<K, T, S> Follower<'_, K, S>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    S: FnMut(Change<K>) -> ControlFlow<T>,
+{
+    /// Reads the present state, hands it over (and what is gone since), and returns the
+    /// version to watch from.
+    async fn list(&mut self) -> Result<Step<T>> {
+        let list = match self.api.list(&self.list_params).await {
+            Ok(list) => list,
             Err(err) => {
-                retry.failed("watch", err).await?;
-                continue;
+                self.retry.failed("list", err).await?;
+                return Ok(Step::List);
             }
         };
-        last_error.set(None);
+        self.retry.last_error.set(None);
+        let version = list.metadata.resource_version.unwrap_or_default();
+        let present: BTreeSet<String> = list.items.iter().map(key).collect();
+        let gone = self.known.difference(&present).count();
+        self.known = present;
+        let changes = list.items.into_iter().map(Change::Applied);
+        for change in changes.chain((0..gone).map(|_| Change::Deleted)) {
+            if let ControlFlow::Break(done) = (self.seen)(change) {
+                return Ok(Step::Done(done));
+            }
+        }
+        self.fresh_list = true;
+        Ok(Step::Watch(version))
+    }
+
+    /// Watches from `version` until the stream ends or fails, handing over every change.
+    async fn watch(&mut self, mut version: String) -> Result<Step<T>> {
+        let mut from_list = std::mem::take(&mut self.fresh_list);
+        let opened = Instant::now();
+        let stream = match self.api.watch(&self.watch_params, &version).await {
+            Ok(stream) => stream,
+            Err(kube::Error::Api(status)) if status.code == 410 => {
+                return Ok(self.gone(&version, from_list).await);
+            }
+            Err(err) => {
+                self.retry.failed("watch", err).await?;
+                return Ok(Step::Watch(version));
+            }
+        };
+        self.retry.last_error.set(None);
         futures::pin_mut!(stream);
         let silence = Duration::from_secs(WATCH_SECONDS.into()) + SILENCE_MARGIN;
         loop {
@@ -111,11 +191,13 @@ where
                 Ok(Some(event)) => event,
                 // The server ended the watch (its timeoutSeconds): re-open it from `version`.
                 Ok(None) => {
-                    if opened.elapsed() < Duration::from_secs(1) {
+                    if opened.elapsed() < HEALTHY_STREAM {
                         // Ended as soon as it began: do not hammer a server doing that.
-                        retry.backoff.sleep().await;
+                        self.retry.pause().await;
+                    } else {
+                        self.retry.backoff.reset();
                     }
-                    break;
+                    return Ok(Step::Watch(version));
                 }
                 Err(_) => {
                     let silent = format!(
@@ -123,42 +205,75 @@ where
                          open: the connection is dead",
                         silence.as_secs()
                     );
-                    retry.note("watch", &silent);
-                    break;
+                    self.retry.note("watch", &silent, None);
+                    return Ok(Step::Watch(version));
                 }
             };
             let change = match event {
                 Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
-                    retry.backoff.reset();
-                    version = obj.resource_version().unwrap_or(version);
+                    from_list = false;
+                    self.progressed(&mut version, obj.resource_version());
+                    self.known.insert(key(&obj));
                     Change::Applied(obj)
                 }
                 Ok(WatchEvent::Deleted(obj)) => {
-                    version = obj.resource_version().unwrap_or(version);
-                    Change::Deleted(obj)
+                    from_list = false;
+                    self.progressed(&mut version, obj.resource_version());
+                    self.known.remove(&key(&obj));
+                    Change::Deleted
                 }
                 Ok(WatchEvent::Bookmark(b)) => {
-                    version = b.metadata.resource_version;
+                    from_list = false;
+                    self.progressed(&mut version, Some(b.metadata.resource_version));
                     continue;
                 }
                 Ok(WatchEvent::Error(status)) if status.code == 410 => {
-                    retry.gone(&version);
-                    stale = true;
-                    break;
+                    return Ok(self.gone(&version, from_list).await);
                 }
                 Ok(WatchEvent::Error(status)) => {
-                    retry.failed("watch", kube::Error::Api(status)).await?;
-                    break;
+                    self.retry.failed("watch", kube::Error::Api(status)).await?;
+                    return Ok(Step::Watch(version));
                 }
                 Err(err) => {
-                    retry.failed("watch", err).await?;
-                    break;
+                    self.retry.failed("watch", err).await?;
+                    return Ok(Step::Watch(version));
                 }
             };
-            if let ControlFlow::Break(done) = seen(change) {
-                return Ok(done);
+            if let ControlFlow::Break(done) = (self.seen)(change) {
+                return Ok(Step::Done(done));
             }
         }
+    }
+
+    /// An event arrived: the watch works, and `version` moves on.
+    fn progressed(&mut self, version: &mut String, next: Option<String>) {
+        self.retry.backoff.reset();
+        if let Some(next) = next {
+            *version = next;
+        }
+    }
+
+    /// `version` is too old to watch from: list again, at once (as kubectl), or after the
+    /// backoff when it is the version a list has just given (`from_list`).
+    async fn gone(&mut self, version: &str, from_list: bool) -> Step<T> {
+        if from_list {
+            let reason = format!(
+                "resourceVersion {version} of a list made just before is too old to watch from \
+                 (410 Gone)"
+            );
+            let delay = self.retry.backoff.next();
+            self.retry.note("watch", &reason, Some(delay));
+            tokio::time::sleep(delay).await;
+        } else {
+            output::note(1, || {
+                format!(
+                    "watch {}: resourceVersion {version} is too old to resume from (410 Gone); \
+                     listing the present state",
+                    self.retry.what
+                )
+            });
+        }
+        Step::List
     }
 }
 
@@ -185,44 +300,48 @@ impl Retry<'_> {
         if !heals(&err) {
             return Err(Error::kube(format!("{doing} {}", self.what), err));
         }
-        self.note(doing, &describe_kube(&err));
-        self.backoff.sleep().await;
+        let delay = self.backoff.next();
+        self.note(doing, &describe_kube(&err), Some(delay));
+        tokio::time::sleep(delay).await;
         Ok(())
     }
 
-    fn note(&self, doing: &str, reason: &str) {
-        let message = format!("cannot {doing} {}: {reason}", self.what);
-        output::note(1, || format!("{message}; retrying in {:?}", self.backoff.delay()));
-        self.last_error.set(Some(message));
+    /// Waits out the backoff without a failure to report.
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.backoff.next()).await;
     }
 
-    fn gone(&self, version: &str) {
-        output::note(1, || {
-            format!(
-                "watch {}: resourceVersion {version} is too old to resume from (410 Gone); \
-                 reading the present state",
-                self.what
-            )
+    /// Remembers and logs a failure; `delay` is how long we wait before trying again.
+    fn note(&self, doing: &str, reason: &str, delay: Option<Duration>) {
+        let message = format!("cannot {doing} {}: {reason}", self.what);
+        output::note(1, || match delay {
+            Some(delay) => format!("{message}; retrying in {delay:.1?}"),
+            None => format!("{message}; retrying"),
         });
+        self.last_error.set(Some(message));
     }
 }
 
-/// Reconnect delays: short at first (a dropped watch), longer while the API server is down,
-/// never more than 2 s so that the wait notices soon when it is back.
+/// Delays between failed attempts: short at first (a dropped watch), longer while the API
+/// server is down, never more than 2 s so that the wait notices soon when it is back; each is
+/// jittered down by up to half, so that the concurrent waits of one restart (every extension
+/// server's workload) do not knock on a returning API server in step.
 #[derive(Default)]
 struct Backoff {
     attempts: u32,
 }
 
 impl Backoff {
-    fn delay(&self) -> Duration {
+    /// The delay before jitter.
+    fn ceiling(&self) -> Duration {
         Duration::from_millis((200u64 << self.attempts.min(4)).min(2_000))
     }
 
-    async fn sleep(&mut self) {
-        let delay = self.delay();
+    /// The delay to wait now; the next one is longer.
+    fn next(&mut self) -> Duration {
+        let delay = jittered(self.ceiling(), random());
         self.attempts += 1;
-        tokio::time::sleep(delay).await;
+        delay
     }
 
     fn reset(&mut self) {
@@ -230,8 +349,21 @@ impl Backoff {
     }
 }
 
+/// `ceiling` scaled into `[ceiling / 2, ceiling]` by `random` (over the whole `u64` range).
+fn jittered(ceiling: Duration, random: u64) -> Duration {
+    let half = ceiling / 2;
+    half + half.mul_f64(random as f64 / u64::MAX as f64)
+}
+
+/// A random number for the jitter: std's hasher keys are random, and differ on every call.
+fn random() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(Instant::now())
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn api_error(code: u16) -> kube::Error {
@@ -252,18 +384,191 @@ mod tests {
         }
     }
 
+    /// A fake API server for one Deployment `ns/web`: `answer` gets each request's path and
+    /// query and returns the status and body; every request is recorded.
+    #[derive(Clone)]
+    struct Fake {
+        requests: Arc<Mutex<Vec<String>>>,
+        answer: Arc<Answer>,
+    }
+
+    /// Status and body for a request's path and query.
+    type Answer = dyn Fn(&str) -> (u16, String) + Send + Sync;
+
+    impl tower::Service<http::Request<kube::client::Body>> for Fake {
+        type Response = http::Response<kube::client::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<std::result::Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+            let target = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            self.requests.lock().unwrap().push(target.clone());
+            let (status, body) = (self.answer)(&target);
+            let response = http::Response::builder().status(status).body(body.into_bytes().into());
+            std::future::ready(Ok(response.unwrap()))
+        }
+    }
+
+    /// What a request is: `list`, `watch <resourceVersion>`, or `get`.
+    fn kind_of(target: &str) -> String {
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let param = |name: &str| {
+            query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')).unwrap_or("")
+        };
+        if param("watch") == "true" {
+            format!("watch {}", param("resourceVersion"))
+        } else if target.contains("/deployments?") {
+            assert_eq!(param("fieldSelector"), "metadata.name%3Dweb", "{target}");
+            "list".into()
+        } else {
+            "get".into()
+        }
+    }
+
+    fn web(version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns", "resourceVersion": version},
+            "spec": {"selector": {}, "template": {}}
+        })
+    }
+
+    fn list_of(items: Vec<serde_json::Value>) -> (u16, String) {
+        let list = serde_json::json!({"apiVersion": "apps/v1", "kind": "DeploymentList",
+                                      "metadata": {"resourceVersion": "100"}, "items": items});
+        (200, list.to_string())
+    }
+
+    fn gone_event() -> (u16, String) {
+        let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": "too old resource version: 5 (100)",
+            "reason": "Expired", "code": 410});
+        (200, format!("{}\n", serde_json::json!({"type": "ERROR", "object": status})))
+    }
+
+    /// Follows `ns/web` from version 5 on the fake until `seen` breaks or `limit` ends; returns
+    /// the outcome (`None`: still following) and the requests made, by [`kind_of`].
+    fn follow_web<T: Send + 'static>(
+        answer: impl Fn(&str) -> (u16, String) + Send + Sync + 'static,
+        limit: Duration,
+        seen: impl FnMut(Change<k8s_openapi::api::apps::v1::Deployment>) -> ControlFlow<T>
+        + Send
+        + 'static,
+    ) -> (Option<Result<T>>, Vec<String>, Option<String>) {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let fake = Fake { requests: Arc::clone(&requests), answer: Arc::new(answer) };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let last_error = LastError::default();
+        let outcome = runtime.block_on(async {
+            let api = Api::namespaced(kube::Client::new(fake, "ns"), "ns");
+            let params = WatchParams::default().fields("metadata.name=web");
+            let known = ["ns/web".to_string()];
+            let follow =
+                follow(&api, "deployment/web -n ns", &params, "5".into(), known, &last_error, seen);
+            tokio::time::timeout(limit, follow).await.ok()
+        });
+        let requests = requests.lock().unwrap().iter().map(|t| kind_of(t)).collect();
+        (outcome, requests, last_error.get())
+    }
+
     #[test]
-    fn backoff_is_capped() {
+    fn a_410_lists_and_watches_from_the_lists_version_not_the_objects() {
+        let answer = |target: &str| match kind_of(target).as_str() {
+            "watch 5" => gone_event(),
+            "list" => list_of(vec![web("5")]),
+            "watch 100" => (
+                200,
+                format!("{}\n", serde_json::json!({"type": "MODIFIED", "object": web("101")})),
+            ),
+            other => panic!("unexpected request {other}: {target}"),
+        };
+        let (outcome, requests, _) =
+            follow_web(answer, Duration::from_secs(10), |change| match change {
+                Change::Applied(d) if d.resource_version().as_deref() == Some("101") => {
+                    ControlFlow::Break(())
+                }
+                Change::Applied(_) => ControlFlow::Continue(()),
+                Change::Deleted => panic!("ns/web was not deleted"),
+            });
+        outcome.expect("done in time").unwrap();
+        assert_eq!(requests, ["watch 5", "list", "watch 100"]);
+    }
+
+    #[test]
+    fn an_object_missing_from_the_list_is_reported_deleted() {
+        let answer = |target: &str| match kind_of(target).as_str() {
+            "watch 5" => gone_event(),
+            "list" => list_of(vec![]),
+            other => panic!("unexpected request {other}: {target}"),
+        };
+        let (outcome, requests, _) =
+            follow_web(answer, Duration::from_secs(10), |change| match change {
+                Change::Deleted => ControlFlow::Break(()),
+                Change::Applied(d) => panic!("{d:?} is not there"),
+            });
+        outcome.expect("done in time").unwrap();
+        assert_eq!(requests, ["watch 5", "list"]);
+    }
+
+    #[test]
+    fn a_410_on_a_lists_version_backs_off_and_a_refused_list_ends_at_once() {
+        // A server whose watches always answer 410: after the first re-list, each 410 is
+        // waited out (at least 0.1 + 0.2 + 0.4 s by the third), so 1.5 s see a handful of
+        // requests, not thousands.
+        let answer = |target: &str| match kind_of(target).as_str() {
+            "list" => list_of(vec![web("5")]),
+            _ => gone_event(),
+        };
+        let (outcome, requests, last_error) =
+            follow_web(answer, Duration::from_millis(1500), |_| ControlFlow::<()>::Continue(()));
+        assert!(outcome.is_none(), "still following");
+        eprintln!("{} requests in 1.5 s: {requests:?}", requests.len());
+        assert!((4..=12).contains(&requests.len()), "{requests:?}");
+        assert_eq!(&requests[..3], ["watch 5", "list", "watch 100"]);
+        let last_error = last_error.unwrap();
+        assert!(last_error.contains("too old to watch from (410 Gone)"), "{last_error}");
+
+        let answer = |target: &str| match kind_of(target).as_str() {
+            "list" => {
+                let status = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                    "metadata": {}, "status": "Failure", "reason": "Forbidden", "code": 403,
+                    "message": "deployments.apps is forbidden: User \"u\" cannot list"});
+                (403, status.to_string())
+            }
+            _ => gone_event(),
+        };
+        let (outcome, requests, _) =
+            follow_web(answer, Duration::from_secs(10), |_| ControlFlow::<()>::Continue(()));
+        let err = outcome.expect("ended at once").unwrap_err().to_string();
+        assert!(
+            err.starts_with("failed to list deployment/web -n ns: deployments.apps is forbidden"),
+            "{err}"
+        );
+        assert_eq!(requests, ["watch 5", "list"]);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered_down_by_at_most_half() {
         let mut b = Backoff::default();
-        let delays: Vec<u64> = (0..7)
-            .map(|_| {
-                let d = b.delay().as_millis() as u64;
-                b.attempts += 1;
-                d
-            })
-            .collect();
-        assert_eq!(delays, [200, 400, 800, 1600, 2000, 2000, 2000]);
+        let mut ceilings = Vec::new();
+        for _ in 0..7 {
+            let ceiling = b.ceiling();
+            let delay = b.next();
+            assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?} of {ceiling:?}");
+            ceilings.push(ceiling.as_millis() as u64);
+        }
+        assert_eq!(ceilings, [200, 400, 800, 1600, 2000, 2000, 2000]);
         b.reset();
-        assert_eq!(b.delay(), Duration::from_millis(200));
+        assert_eq!(b.ceiling(), Duration::from_millis(200));
+        let second = Duration::from_secs(1);
+        assert_eq!(jittered(second, 0), Duration::from_millis(500));
+        assert_eq!(jittered(second, u64::MAX), second);
     }
 }

@@ -132,6 +132,16 @@ impl Ctx {
         )
     }
 
+    pub fn recover_releases_line(&self) -> String {
+        format!(
+            "{} list --all-namespaces --pending -o json {}; each release listed: {} rollback <release> <its latest revision> -n <namespace> --wait, then {} status shows it deployed",
+            self.helm_name,
+            crate::tools::helm::kubeconfig_in_plan(self.helm.as_ref()),
+            self.helm_name,
+            self.helm_name
+        )
+    }
+
     pub fn lokoctl_line(&self, skip_health_check: bool) -> String {
         let skip = if skip_health_check { " --skip-pre-update-health-check" } else { "" };
         format!("lokoctl cluster apply --confirm{skip} (in {})", self.config_dir.display())

@@ -7,6 +7,7 @@
 
 use std::io::{IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -21,7 +22,9 @@ use crate::cli::{GlobalOpts, OutputFormat};
 use crate::error::{Error, Result, exit};
 use crate::k8s::Connection;
 use crate::output::{self, Progress, Table};
+use crate::tools::cluster_env::ClusterEnv;
 use crate::tools::helm::Helm;
+use crate::tools::lokocfg;
 use crate::tools::lokoctl::Lokoctl;
 use crate::tools::terraform::Terraform;
 use crate::tools::{Program, Runner, process};
@@ -190,7 +193,9 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     let described: &[P::Phase] = if global.dry_run { &wanted } else { &todo };
     find_programs::<P>(global, &mut ctx, described, &runner, &mut unresolved)?;
     resolve_module(&mut ctx, global.dry_run, &mut unresolved).await?;
-    match P::resolve(&mut ctx).await {
+    let resuming = !global.dry_run
+        && ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::InProgress);
+    match resolve_once_answering::<P>(&mut ctx, resuming).await {
         Ok(()) => {}
         Err(e) if global.dry_run => unresolved.push(e.to_string()),
         // The cluster must answer before anything changes, not only when a phase needs it.
@@ -212,6 +217,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         })
         .collect();
     if todo.is_empty() {
+        finish_if_path_done::<P>(&mut ctx)?;
         let note = if ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::Finished) {
             "nothing to do: this rotation finished (start another with --new-run)"
         } else {
@@ -234,6 +240,9 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
             names.join(", ")
         ),
     )?;
+    // SIGTERM and SIGHUP (a dropped SSH session) stop the run as Ctrl-C does; listening
+    // starts before the run folder exists, so no signal finds the run half made.
+    let stop_signal = super::signals::stop_requested()?;
     if ctx.run.is_none() {
         let run = RunDir::create(&root, ctx.assets.root(), P::NAME, &run_name, path_name(expired))?;
         eprintln!(
@@ -255,31 +264,27 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         let work = run_phases::<P>(&mut ctx, &todo, &mut results);
         tokio::pin!(work);
         tokio::select! {
-            done = &mut work => Some(done),
-            _ = tokio::signal::ctrl_c() => None,
+            done = &mut work => Ok(done),
+            signal = stop_signal => Err(signal),
         }
     };
+    // Finished once its path is done, whatever the finale did: a failed cleanup can be run
+    // again with --phase cleanup, or left, and --new-run starts the next rotation.
+    finish_if_path_done::<P>(&mut ctx)?;
     match outcome {
-        Some(Ok(())) => {
-            let last = *P::path(expired).last().expect("a path has phases");
-            let run = ctx.run()?;
-            if run.phase_done(P::phase_name(last)) && run.journal.state == RunState::InProgress {
-                ctx.run_mut().finish()?;
-            }
-            report::<P>(&ctx, &results, global.output, "")
-        }
-        Some(Err(e)) => {
+        Ok(Ok(())) => report::<P>(&ctx, &results, global.output, ""),
+        Ok(Err(e)) => {
             let _ = report::<P>(&ctx, &results, global.output, "");
             Err(e)
         }
-        None => {
+        Err(signal) => {
             let stopped = process::stop_all().await;
             let phase = ctx.run()?.running_phase().unwrap_or_default();
             if !phase.is_empty() {
                 ctx.run_mut().end_phase(
                     &phase,
                     "interrupted",
-                    Some("interrupted (Ctrl-C)".into()),
+                    Some(format!("interrupted ({signal})")),
                 )?;
             }
             let name = P::path(expired)
@@ -294,15 +299,61 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
                 message: None,
             });
             let _ = report::<P>(&ctx, &results, global.output, "");
-            Err(Error::Interrupted { phase, stopped })
+            Err(Error::Interrupted { signal, phase, stopped })
+        }
+    }
+}
+
+/// Marks the run finished when every phase of its path is done.
+fn finish_if_path_done<P: Procedure>(ctx: &mut Ctx) -> Result<()> {
+    let Some(run) = ctx.run.as_mut() else { return Ok(()) };
+    let path_done = P::path(ctx.expired).iter().all(|&p| run.phase_done(P::phase_name(p)));
+    if path_done && run.journal.state == RunState::InProgress {
+        run.finish()?;
+    }
+    Ok(())
+}
+
+/// How often a re-run looks again at an API server that does not answer yet.
+const API_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`Procedure::resolve`], which is the first request to the cluster. A rotation in progress
+/// restarts kube-apiserver several times, so a re-run may meet it restarting: then an API
+/// that does not answer yet (refused, 5xx, a handshake cut) is waited for, within
+/// `--timeout`, saying so; a refusal (401, 403) or anything else still fails at once.
+async fn resolve_once_answering<P: Procedure>(ctx: &mut Ctx, resuming: bool) -> Result<()> {
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        match P::resolve(ctx).await {
+            Err(e) if resuming && e.is_api_outage() => {
+                let server = ctx.conn.as_ref().map_or("", |c| c.server.as_str()).to_string();
+                if !ctx.timeout.is_zero() && started.elapsed() >= ctx.timeout {
+                    return Err(Error::ApiDown {
+                        server,
+                        secs: ctx.timeout.as_secs(),
+                        last: e.to_string(),
+                    });
+                }
+                if !told {
+                    eprintln!(
+                        "waiting for the API server {server} to answer (a rotation is in progress and kube-apiserver may be restarting; --timeout bounds the wait): {e}"
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(API_RETRY).await;
+            }
+            other => return other,
         }
     }
 }
 
 /// What every child of run `run` of this asset dir carries (`KUBECTL_CERTROTATE_RUN`): the
-/// asset dir is part of it, so a re-run never stops another asset dir's rotation.
+/// asset dir is part of it, so a re-run never stops another asset dir's rotation. The path is
+/// canonical: two spellings of one asset dir (a symlink) share the lock, and so the marker.
 fn child_marker(assets: &AssetDir, run: &str) -> String {
-    format!("{run}@{}", assets.root().display())
+    let root = std::fs::canonicalize(assets.root()).unwrap_or_else(|_| assets.root().into());
+    format!("{run}@{}", root.display())
 }
 
 /// The cluster, proven to be the asset dir's before anything changes; a dry run goes on
@@ -334,7 +385,19 @@ fn config_dir(global: &GlobalOpts, assets: &AssetDir) -> PathBuf {
         .unwrap_or_else(|| assets.root().parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
-/// Finds every program the phases need, before anything changes.
+/// Where [`config_dir`] took the config dir from, for messages.
+fn config_dir_source(global: &GlobalOpts) -> &'static str {
+    if global.tools.config_dir.is_some() {
+        "--config-dir"
+    } else if std::env::var_os("CONFIG_DIR").is_some_and(|v| !v.is_empty()) {
+        "$CONFIG_DIR"
+    } else {
+        "the asset dir's parent"
+    }
+}
+
+/// Finds every program the phases need, and checks that lokoctl would apply this asset dir's
+/// cluster, before anything changes. helm and lokoctl get the verified cluster alone.
 fn find_programs<P: Procedure>(
     global: &GlobalOpts,
     ctx: &mut Ctx,
@@ -362,13 +425,23 @@ fn find_programs<P: Procedure>(
         find(needs(|n| n.terraform), "terraform", &tools.terraform, "TERRAFORM", "--terraform")?;
     let helm = find(needs(|n| n.helm), "helm", &tools.helm, "HELM", "--helm")?;
     let lokoctl = find(needs(|n| n.lokoctl), "lokoctl", &tools.lokoctl, "LOKOCTL", "--lokoctl")?;
-    let kubeconfig = ctx.conn.as_ref().map(|c| c.kubeconfig.clone()).unwrap_or_default();
+    if needs(|n| n.lokoctl) {
+        let source = config_dir_source(global);
+        match lokocfg::check_names(&ctx.config_dir, source, ctx.assets.root()) {
+            Ok(_) => {}
+            Err(e) if global.dry_run => unresolved.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    // Without a verified cluster (a dry run) nothing runs helm or lokoctl.
+    let cluster = ctx.conn.as_ref().map(|c| Arc::new(ClusterEnv::new(c, runner.clone())));
     ctx.terraform = terraform.map(|p| Terraform::new(p, ctx.terraform_dir.clone(), runner.clone()));
     if let Some(p) = helm {
         ctx.helm_name = p.path.display().to_string();
-        ctx.helm = Some(Helm::new(p, runner.clone(), &kubeconfig, global.kube.context.as_deref()));
+        ctx.helm = cluster.clone().map(|c| Helm::new(p, runner.clone(), c));
     }
-    ctx.lokoctl = lokoctl.map(|p| Lokoctl::new(p, runner.clone(), &ctx.config_dir, &kubeconfig));
+    ctx.lokoctl =
+        lokoctl.zip(cluster).map(|(p, c)| Lokoctl::new(p, runner.clone(), &ctx.config_dir, c));
     Ok(())
 }
 

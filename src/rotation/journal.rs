@@ -91,10 +91,34 @@ impl RunDir {
             })
             .collect();
         runs.sort();
-        match runs.pop() {
-            Some(dir) => Self::open(&dir).map(Some),
-            None => Ok(None),
+        while let Some(dir) = runs.pop() {
+            if dir.join(JOURNAL_FILE).exists() {
+                return Self::open(&dir).map(Some);
+            }
+            Self::never_started(&dir)?;
         }
+        Ok(None)
+    }
+
+    /// A run folder without a journal: its creation was cut off (killed, disk full) before
+    /// the journal was first written, so no phase of it ran. With nothing kept in it, it is
+    /// passed over (and said so); with backups in it, someone must look.
+    fn never_started(dir: &Path) -> Result<()> {
+        let kept = std::fs::read_dir(dir.join(BACKUP_DIR)).map(|d| d.count()).unwrap_or(0);
+        if kept == 0 {
+            eprintln!(
+                "note: {} has no {JOURNAL_FILE}: its creation was cut off before any phase ran; it is passed over (remove it at will)",
+                dir.display()
+            );
+            return Ok(());
+        }
+        Err(Error::Journal {
+            path: dir.join(JOURNAL_FILE),
+            reason: format!(
+                "is missing, yet {} holds {kept} backup file(s): this is not a run folder this tool left; move the folder aside (keep its backups) and run again",
+                dir.join(BACKUP_DIR).display()
+            ),
+        })
     }
 
     fn open(dir: &Path) -> Result<RunDir> {
@@ -167,14 +191,16 @@ impl RunDir {
             .map_err(|e| Error::Journal { path, reason: e.to_string() })
     }
 
-    /// Removes the temp dirs of children (values and plan files) a killed invocation left in
-    /// the run's folder.
+    /// Removes the temp dirs of children (values, plan and kubeconfig files) a killed
+    /// invocation left in the run's folder.
     pub fn remove_scratch(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if entry.path().is_dir() && (name.starts_with("values-") || name.starts_with("plan-")) {
+            if entry.path().is_dir()
+                && ["values-", "plan-", "kubeconfig-"].iter().any(|p| name.starts_with(p))
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -271,5 +297,32 @@ mod tests {
         assert_eq!(again.journal.events[0].outcome, "ok");
         assert_eq!(again.journal.state, RunState::InProgress);
         assert!(RunDir::latest(&root, "webhook").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_run_folder_whose_creation_was_cut_off_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("certrotate");
+        let name = "aggregation-20260101T000000Z";
+        RunDir::create(&root, dir.path(), "aggregation", name, "not-expired").unwrap();
+        // Killed inside the next run's creation: its folder exists, its journal does not.
+        private_dir(&root.join("aggregation-20260102T000000Z").join(BACKUP_DIR)).unwrap();
+        let latest = RunDir::latest(&root, "aggregation").unwrap().unwrap();
+        assert_eq!(latest.journal.run, name);
+        // Only a cut-off folder: no run at all.
+        let other = dir.path().join("other");
+        private_dir(&other.join("aggregation-20260103T000000Z")).unwrap();
+        assert!(RunDir::latest(&other, "aggregation").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_folder_with_backups_but_no_journal_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("certrotate");
+        let backups = root.join("aggregation-20260102T000000Z").join(BACKUP_DIR);
+        private_dir(&backups).unwrap();
+        std::fs::write(backups.join("aggregation-ca.crt"), "x").unwrap();
+        let err = RunDir::latest(&root, "aggregation").unwrap_err().to_string();
+        assert!(err.contains("journal.json") && err.contains("move the folder aside"), "{err}");
     }
 }

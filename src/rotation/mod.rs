@@ -7,6 +7,7 @@ pub mod files;
 pub mod journal;
 pub mod lock;
 pub mod plan;
+pub mod signals;
 
 use std::path::PathBuf;
 

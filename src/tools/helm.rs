@@ -1,14 +1,16 @@
-//! helm 3 and helm 4, pointed explicitly at the cluster the tool verified (`KUBECONFIG`,
-//! `--kube-context`), never at whatever the caller's environment names.
+//! helm 3 and helm 4, pointed at the cluster the tool verified alone: `--kubeconfig` names a
+//! kubeconfig holding only the verified context, cluster and user, and the caller's
+//! `HELM_KUBE*` variables are cleared ([`ClusterEnv`]).
 //!
 //! Values never go on a command line: they are written to a 0600 file in a private temp dir,
 //! passed with `-f`, and removed afterwards.
 
-use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::cluster_env::ClusterEnv;
 use super::{Command, Program, Runner};
 use crate::error::{Error, Result};
 
@@ -21,8 +23,7 @@ const UPGRADE_ATTEMPTS: usize = 3;
 pub struct Helm {
     program: Program,
     runner: Runner,
-    kubeconfig: String,
-    context: Option<String>,
+    cluster: Arc<ClusterEnv>,
 }
 
 /// One row of `helm history -o json`.
@@ -30,6 +31,35 @@ pub struct Helm {
 pub struct Revision {
     pub revision: u32,
     pub status: String,
+}
+
+/// One row of `helm list -o json` (helm prints the revision as a string).
+#[derive(Debug, Clone, Deserialize)]
+struct Listed {
+    name: String,
+    namespace: String,
+    revision: serde_json::Value,
+    status: String,
+}
+
+impl Listed {
+    fn revision(&self) -> u32 {
+        match &self.revision {
+            serde_json::Value::String(s) => s.parse().unwrap_or_default(),
+            other => other.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or_default(),
+        }
+    }
+}
+
+/// What `helm status -o json` says of a release's latest revision.
+#[derive(Debug, Deserialize)]
+struct Status {
+    info: StatusInfo,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusInfo {
+    status: String,
 }
 
 /// A release to upgrade: name, namespace and chart folder.
@@ -41,29 +71,20 @@ pub struct Release<'a> {
 }
 
 impl Helm {
-    pub fn new(program: Program, runner: Runner, kubeconfig: &str, context: Option<&str>) -> Self {
-        Self {
-            program,
-            runner,
-            kubeconfig: kubeconfig.to_string(),
-            context: context.map(Into::into),
-        }
+    pub fn new(program: Program, runner: Runner, cluster: Arc<ClusterEnv>) -> Self {
+        Self { program, runner, cluster }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = self
-            .runner
-            .command(&self.program)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(args.iter().copied());
-        if let Some(context) = &self.context {
-            cmd = cmd.args(["--kube-context", context.as_str()]);
-        }
-        cmd
+    /// `helm <args> --kubeconfig <the verified cluster alone>`; the flag (not only
+    /// `KUBECONFIG`) so that every command line shown says which kubeconfig it used.
+    fn command(&self, args: &[&str]) -> Result<Command> {
+        let cmd = self.cluster.confine(self.runner.command(&self.program))?;
+        let kubeconfig = self.cluster.kubeconfig()?.display().to_string();
+        Ok(cmd.args(args.iter().copied()).args(["--kubeconfig", kubeconfig.as_str()]))
     }
 
     /// `helm upgrade … --reuse-values -f <values file> --wait --timeout …`, the file given.
-    pub fn upgrade_command(&self, release: &Release, values_file: &str) -> Command {
+    pub fn upgrade_command(&self, release: &Release, values_file: &str) -> Result<Command> {
         let timeout = self.runner.helm_timeout();
         let chart = release.chart.display().to_string();
         self.command(&[
@@ -81,7 +102,7 @@ impl Helm {
         ])
     }
 
-    pub fn rollback_command(&self, release: &Release, revision: u32) -> Command {
+    pub fn rollback_command(&self, release: &Release, revision: u32) -> Result<Command> {
         let timeout = self.runner.helm_timeout();
         let revision = revision.to_string();
         self.command(&[
@@ -107,27 +128,17 @@ impl Helm {
             "json",
             "--max",
             "20",
-        ]);
-        let outcome = cmd.ok().await?;
-        serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
-            line: cmd.line(),
-            status: format!("printed no history JSON ({e})"),
-            tail: outcome.tail(),
-        })
+        ])?;
+        cmd.json("history").await
     }
 
     /// The release's user-supplied values (`helm get values -o json`); never streamed, since
     /// they hold keys.
     pub async fn values(&self, release: &Release<'_>) -> Result<serde_json::Value> {
-        let cmd = self
-            .command(&["get", "values", release.name, "-n", release.namespace, "-o", "json"])
-            .echo(false);
-        let outcome = cmd.ok().await?;
-        serde_json::from_str(outcome.output.trim()).map_err(|e| Error::CommandFailed {
-            line: cmd.line(),
-            status: format!("printed no values JSON ({e})"),
-            tail: String::new(),
-        })
+        self.command(&["get", "values", release.name, "-n", release.namespace, "-o", "json"])?
+            .echo(false)
+            .json("values")
+            .await
     }
 
     /// Upgrades `release` with `values` until `in_place` holds for its values, recovering as
@@ -146,7 +157,7 @@ impl Helm {
         let mut last_error = None;
         for _ in 0..UPGRADE_ATTEMPTS {
             self.recover_pending(release, note).await?;
-            let cmd = self.upgrade_command(release, &file.path_str());
+            let cmd = self.upgrade_command(release, &file.path_str())?;
             let outcome = cmd.run().await?;
             if outcome.success() {
                 note(&cmd.line(), "ok");
@@ -174,9 +185,15 @@ impl Helm {
     /// upgrade that failed because kube-apiserver restarted under it is recovered once the API
     /// is back, not given up on.
     async fn history_once_reachable(&self, release: &Release<'_>) -> Result<Vec<Revision>> {
+        let line = format!("helm history {} -n {}", release.name, release.namespace);
+        self.once_reachable(&line, async || self.history(release).await).await
+    }
+
+    /// Runs `read` until it does not fail for an unreachable API, within `--timeout`.
+    async fn once_reachable<T>(&self, line: &str, read: impl AsyncFn() -> Result<T>) -> Result<T> {
         let polled =
             crate::duration::poll(self.runner.wait_limit(), API_RETRY, async || {
-                match self.history(release).await {
+                match read().await {
                     Err(e) if is_unreachable(&e) => Err(e.to_string()),
                     other => Ok(other),
                 }
@@ -184,11 +201,69 @@ impl Helm {
             .await;
         polled.unwrap_or_else(|last| {
             Err(Error::CommandFailed {
-                line: format!("helm history {} -n {}", release.name, release.namespace),
+                line: line.to_string(),
                 status: "the cluster stayed unreachable until --timeout".into(),
                 tail: last,
             })
         })
+    }
+
+    /// `helm list --all-namespaces --pending -o json`: the releases whose latest revision is
+    /// `pending-install`, `pending-upgrade` or `pending-rollback`.
+    pub fn list_pending_command(&self) -> Result<Command> {
+        self.command(&["list", "--all-namespaces", "--pending", "-o", "json"])
+    }
+
+    /// Recovers every release that a killed helm or lokoctl left pending, as the manual
+    /// procedure says (roll back to the latest revision, `--wait`), then proves with
+    /// `helm status` that each is deployed. lokoctl, run with
+    /// `--skip-pre-update-health-check`, would otherwise fail on them for ever.
+    pub async fn recover_pending_releases(&self) -> Result<String> {
+        let list = self.list_pending_command()?;
+        let pending: Vec<Listed> =
+            self.once_reachable(&list.line(), async || list.json("release list").await).await?;
+        if pending.is_empty() {
+            return Ok("no release is left pending".into());
+        }
+        let mut recovered = Vec::new();
+        for listed in &pending {
+            let release =
+                Release { name: &listed.name, namespace: &listed.namespace, chart: Path::new("") };
+            let revision = listed.revision();
+            let rollback = self.rollback_command(&release, revision)?;
+            let outcome = rollback.run().await?;
+            if !outcome.success() {
+                return Err(rollback.failed(&outcome));
+            }
+            let status = self.command(&[
+                "status",
+                listed.name.as_str(),
+                "-n",
+                listed.namespace.as_str(),
+                "-o",
+                "json",
+            ])?;
+            let shown: Status =
+                self.once_reachable(&status.line(), async || status.json("status").await).await?;
+            if shown.info.status != "deployed" {
+                return Err(Error::CommandFailed {
+                    line: status.line(),
+                    status: format!(
+                        "release {}/{} is {} after `{}`",
+                        listed.namespace,
+                        listed.name,
+                        shown.info.status,
+                        rollback.line()
+                    ),
+                    tail: String::new(),
+                });
+            }
+            recovered.push(format!(
+                "{}/{} was {} at revision {revision}: rolled back, deployed",
+                listed.namespace, listed.name, listed.status
+            ));
+        }
+        Ok(recovered.join("; "))
     }
 
     /// A release whose latest revision is pending (or a lock reported by helm) is rolled back
@@ -209,7 +284,7 @@ impl Helm {
         if !latest.status.starts_with("pending") {
             return Ok(());
         }
-        let cmd = self.rollback_command(release, latest.revision);
+        let cmd = self.rollback_command(release, latest.revision)?;
         let outcome = cmd.run().await?;
         if !outcome.success() && !outcome.output.contains(IN_PROGRESS) {
             return Err(cmd.failed(&outcome));
@@ -244,22 +319,18 @@ struct PrivateValues {
 
 impl PrivateValues {
     fn write(runner: &Runner, values: &serde_json::Value) -> Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let temp = |e: std::io::Error| Error::TempFile(e.to_string());
-        let dir = runner.private_temp("values-")?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.path().join("values.json"))
-            .map_err(temp)?;
         // JSON is YAML: helm reads it as a values file.
-        file.write_all(values.to_string().as_bytes()).map_err(temp)?;
-        file.sync_all().map_err(temp)?;
+        let dir = runner.private_file("values-", "values.json", values.to_string().as_bytes())?;
         Ok(Self { dir })
     }
 
     fn path_str(&self) -> String {
         self.dir.path().join("values.json").display().to_string()
     }
+}
+
+/// How a plan shows the kubeconfig helm gets: the file exists only while a run does.
+pub fn kubeconfig_in_plan(helm: Option<&Helm>) -> String {
+    let only = helm.map_or("the verified context, cluster and user", |h| h.cluster.selection());
+    format!("--kubeconfig <0600 kubeconfig in the run folder: only {only}>")
 }

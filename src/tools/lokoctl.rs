@@ -1,42 +1,54 @@
-//! `lokoctl cluster apply`, run in the config dir (the folder with the `*.lokocfg`).
+//! `lokoctl cluster apply`, run in the config dir (the folder with the `*.lokocfg`), which the
+//! engine has checked names this asset dir ([`super::lokocfg::check_names`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::cluster_env::ClusterEnv;
 use super::{Command, Program, Runner};
 use crate::error::{Error, Result};
+
+/// lokoctl's flags bound through viper with `AutomaticEnv`: set in the caller's environment
+/// they would make it read another lokocfg than the one checked.
+const LOKOCFG_VARS: [&str; 2] = ["LOKOCFG", "LOKOCFG-VARS"];
 
 pub struct Lokoctl {
     program: Program,
     runner: Runner,
     config_dir: PathBuf,
-    kubeconfig: String,
+    cluster: Arc<ClusterEnv>,
 }
 
 impl Lokoctl {
-    pub fn new(program: Program, runner: Runner, config_dir: &Path, kubeconfig: &str) -> Self {
-        Self {
-            program,
-            runner,
-            config_dir: config_dir.to_path_buf(),
-            kubeconfig: kubeconfig.to_string(),
-        }
+    pub fn new(
+        program: Program,
+        runner: Runner,
+        config_dir: &Path,
+        cluster: Arc<ClusterEnv>,
+    ) -> Self {
+        Self { program, runner, config_dir: config_dir.to_path_buf(), cluster }
     }
 
     /// `--confirm`: on an existing cluster lokoctl otherwise asks on stdin and, with no
     /// answer, cancels silently with exit code 0. The health check is skipped where the
     /// rotation in progress (or an expired certificate) is exactly what makes it fail.
-    pub fn apply_command(&self, skip_health_check: bool) -> Command {
-        let cmd = self
-            .runner
-            .command(&self.program)
-            .dir(&self.config_dir)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(["cluster", "apply", "--confirm"]);
-        if skip_health_check { cmd.arg("--skip-pre-update-health-check") } else { cmd }
+    /// lokoctl takes the cluster's kubeconfig from the asset dir its lokocfg names; where it
+    /// reads `KUBECONFIG` (and helm's variables, through helm's library) it gets the verified
+    /// cluster alone.
+    pub fn apply_command(&self, skip_health_check: bool) -> Result<Command> {
+        let cmd = LOKOCFG_VARS
+            .iter()
+            .fold(self.runner.command(&self.program), |cmd, var| cmd.env_remove(var));
+        let cmd = self.cluster.confine(cmd)?.dir(&self.config_dir).args([
+            "cluster",
+            "apply",
+            "--confirm",
+        ]);
+        Ok(if skip_health_check { cmd.arg("--skip-pre-update-health-check") } else { cmd })
     }
 
     pub async fn apply(&self, skip_health_check: bool) -> Result<()> {
-        let cmd = self.apply_command(skip_health_check);
+        let cmd = self.apply_command(skip_health_check)?;
         let outcome = cmd.ok().await?;
         if outcome.output.to_lowercase().contains("cancelled") {
             return Err(Error::CommandFailed {

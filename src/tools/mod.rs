@@ -1,7 +1,9 @@
 //! The external programs a rotation drives: terraform (the PKI), helm (the control plane) and
 //! lokoctl (the whole cluster), all through one subprocess wrapper.
 
+pub mod cluster_env;
 pub mod helm;
+pub mod lokocfg;
 pub mod lokoctl;
 pub mod process;
 pub mod redact;
@@ -38,6 +40,37 @@ impl Runner {
         tempfile::Builder::new().prefix(prefix).tempdir_in(&self.scratch).map_err(|e| {
             crate::error::Error::TempFile(format!("in {}: {e}", self.scratch.display()))
         })
+    }
+
+    /// `bytes` as file `name` (0600) of a new [`Runner::private_temp`]: values and kubeconfigs
+    /// for children, which hold keys. The file goes when the returned dir is dropped.
+    pub fn private_file(
+        &self,
+        prefix: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> crate::error::Result<tempfile::TempDir> {
+        let dir = self.private_temp(prefix)?;
+        let path = dir.path().join(name);
+        crate::rotation::files::write_atomic(&path, bytes, 0o600)
+            .map_err(|e| crate::error::Error::TempFile(format!("{}: {e}", path.display())))?;
+        Ok(dir)
+    }
+
+    /// Keeps `bytes` as `<run folder>/<folder>/<name>` (0600, in a 0700 folder), atomically.
+    pub fn keep_private(
+        &self,
+        folder: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> crate::error::Result<PathBuf> {
+        use crate::rotation::files::{private_dir, write_atomic};
+        let dir = self.scratch.join(folder);
+        let path = dir.join(name);
+        private_dir(&dir).and_then(|()| write_atomic(&path, bytes, 0o600)).map_err(|e| {
+            crate::error::Error::Journal { path: path.clone(), reason: e.to_string() }
+        })?;
+        Ok(path)
     }
 
     /// `--timeout` (zero: no limit).

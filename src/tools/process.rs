@@ -1,16 +1,17 @@
 //! The one subprocess wrapper (on duct) behind terraform, helm and lokoctl.
 //!
-//! No shell: arguments are a list. Output (stdout and stderr together) is captured, redacted
-//! line by line and, at `-v`, streamed. Each child leads its own process group, so a timeout or
-//! Ctrl-C stops the whole group (lokoctl's own terraform and helm included), and it gets
-//! SIGKILL as its death signal, so a `kill -9` of this tool does not leave a terraform apply or
-//! helm upgrade racing the re-run. Every child carries the rotation run in its environment, so
-//! a re-run can find and stop what an earlier, killed run left behind (grandchildren have no
-//! death signal).
+//! No shell: arguments are a list. stdout and stderr are captured apart, each redacted as it
+//! arrives and, at `-v`, streamed; only stdout is ever parsed. Each child leads its own
+//! process group, so a timeout or Ctrl-C stops the whole group (lokoctl's own terraform and
+//! helm included), and it gets SIGINT as its death signal, so a `kill -9` of this tool does
+//! not leave a terraform apply or helm upgrade racing the re-run, yet terraform still gets to
+//! write its state before it exits. Every child carries the rotation run in its environment,
+//! so a re-run can find and stop what an earlier, killed run left behind (grandchildren have
+//! no death signal).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -78,18 +79,45 @@ pub struct Command {
     args: Vec<String>,
     dir: Option<PathBuf>,
     env: Vec<(String, OsString)>,
+    /// Variables of this tool's environment the child must not inherit.
+    unset: Vec<OsString>,
     timeout: Duration,
     echo: bool,
+    keep_unredacted: bool,
 }
 
-/// How a command ended.
-#[derive(Debug, Clone)]
+/// How a command ended. All of it is redacted but `unredacted_stdout`, which is never shown.
+#[derive(Debug, Clone, Default)]
 pub struct Outcome {
     /// The exit code; `None` when a signal ended it.
     pub code: Option<i32>,
-    /// stdout and stderr together, redacted.
+    /// What the child printed on stdout: the only text that is parsed (`HELM_DEBUG`, `TF_LOG`
+    /// and warnings go to stderr).
+    pub stdout: String,
+    pub stderr: String,
+    /// stdout and stderr line by line as they came, for messages.
     pub output: String,
+    /// stdout as written, when the command asked for it ([`Command::unredacted_stdout`]).
+    pub unredacted_stdout: Unredacted,
     pub seconds: f64,
+}
+
+/// A child's stdout exactly as it wrote it, for a file only this user reads: a Terraform
+/// state backup must hold the keys, or `terraform state push` would put redaction markers
+/// where they were. Never shown: its `Debug` gives the length only.
+#[derive(Clone, Default)]
+pub struct Unredacted(Vec<u8>);
+
+impl Unredacted {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Unredacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes, not shown", self.0.len())
+    }
 }
 
 impl Outcome {
@@ -99,9 +127,30 @@ impl Outcome {
 
     /// The last lines of the output, for an error message.
     pub fn tail(&self) -> String {
-        let lines: Vec<&str> = self.output.lines().collect();
-        lines[lines.len().saturating_sub(ERROR_TAIL_LINES)..].join("\n")
+        last_lines(&self.output)
     }
+
+    /// stdout as JSON; the error (for `cmd`'s, naming `what` it should have printed) shows
+    /// the end of stderr, not what stdout held.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, cmd: &Command, what: &str) -> Result<T> {
+        serde_json::from_str(self.stdout.trim()).map_err(|e| Error::CommandFailed {
+            line: cmd.line(),
+            status: format!("printed no {what} JSON on stdout ({e})"),
+            tail: last_lines(&self.stderr),
+        })
+    }
+}
+
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(ERROR_TAIL_LINES)..].join("\n")
+}
+
+/// Which of a child's streams a reader drains.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
 }
 
 impl Command {
@@ -111,8 +160,10 @@ impl Command {
             args: Vec::new(),
             dir: None,
             env: Vec::new(),
+            unset: Vec::new(),
             timeout,
             echo: false,
+            keep_unredacted: false,
         }
     }
 
@@ -133,6 +184,19 @@ impl Command {
 
     pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Self {
         self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Keeps `key` of this tool's environment from the child.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.unset.push(key.into());
+        self
+    }
+
+    /// Also keep stdout as written ([`Outcome::unredacted_stdout`]); what is shown, streamed
+    /// or parsed stays redacted.
+    pub fn unredacted_stdout(mut self) -> Self {
+        self.keep_unredacted = true;
         self
     }
 
@@ -183,6 +247,11 @@ impl Command {
         if outcome.success() { Ok(outcome) } else { Err(self.failed(&outcome)) }
     }
 
+    /// [`Command::ok`], then its stdout as JSON ([`Outcome::json`]).
+    pub async fn json<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T> {
+        self.ok().await?.json(self, what)
+    }
+
     /// The error for a failed outcome of this command.
     pub fn failed(&self, outcome: &Outcome) -> Error {
         let status = match outcome.code {
@@ -203,9 +272,12 @@ impl Command {
     fn run_blocking(self, pgid_tx: tokio::sync::oneshot::Sender<i32>) -> Result<Outcome> {
         let started = Instant::now();
         let parent = std::process::id();
+        let (stdout, stdout_writer) = std::io::pipe().map_err(|e| self.spawn_error(e))?;
+        let (stderr, stderr_writer) = std::io::pipe().map_err(|e| self.spawn_error(e))?;
         let mut expression = duct::cmd(&self.program.path, &self.args)
             .stdin_null()
-            .stderr_to_stdout()
+            .stdout_file(stdout_writer)
+            .stderr_file(stderr_writer)
             .unchecked()
             .before_spawn(move |cmd| {
                 use std::os::unix::process::CommandExt as _;
@@ -221,45 +293,83 @@ impl Command {
         if let Some(dir) = &self.dir {
             expression = expression.dir(dir);
         }
+        for key in &self.unset {
+            expression = expression.env_remove(key);
+        }
         for (key, value) in &self.env {
             expression = expression.env(key, value);
         }
-        let reader = expression.reader().map_err(|e| self.spawn_error(e))?;
-        let pgid = reader.pids().first().map_or(0, |&p| p as i32);
+        let handle = expression.start().map_err(|e| self.spawn_error(e))?;
+        // The expression holds this process's copies of the write ends: without them, the
+        // reads below end when the child's last copy closes.
+        drop(expression);
+        let pgid = handle.pids().first().map_or(0, |&p| p as i32);
         RUNNING.lock().expect("running children").insert(pgid, self.line());
         let _ = pgid_tx.send(pgid);
+        let captured = Mutex::new(Outcome::default());
+        std::thread::scope(|scope| {
+            scope.spawn(|| self.capture(stderr, Stream::Stderr, &captured));
+            self.capture(stdout, Stream::Stdout, &captured);
+        });
+        let status = handle.wait();
+        RUNNING.lock().expect("running children").remove(&pgid);
+        let mut outcome = captured.into_inner().expect("captured output");
+        outcome.code = status.ok().and_then(|out| out.status.code());
+        outcome.seconds = started.elapsed().as_secs_f64();
+        Ok(outcome)
+    }
+
+    /// Reads one of the child's streams to its end through its own redactor (a PEM block on
+    /// stdout is not ended by a line of stderr), keeping each line as it is released.
+    fn capture(&self, mut pipe: std::io::PipeReader, stream: Stream, into: &Mutex<Outcome>) {
         let mut redactor = Redactor::default();
-        let mut output = String::new();
-        let mut lines = BufReader::new(&reader);
-        let mut raw = Vec::new();
+        let mut buffer = vec![0; 64 * 1024];
         loop {
-            raw.clear();
-            match lines.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&raw);
-                    let shown = redactor.line(text.trim_end_matches(['\n', '\r']));
-                    if self.echo {
-                        eprintln!("    {}: {shown}", self.program.name);
-                    }
-                    output.push_str(&shown);
-                    output.push('\n');
+            let read = match pipe.read(&mut buffer) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(read) => read,
+                Err(_) => 0,
+            };
+            let lines = if read == 0 { redactor.finish() } else { redactor.feed(&buffer[..read]) };
+            let mut guard = into.lock().expect("captured output");
+            let outcome = &mut *guard;
+            if self.keep_unredacted && matches!(stream, Stream::Stdout) {
+                outcome.unredacted_stdout.0.extend_from_slice(&buffer[..read]);
+            }
+            for line in lines {
+                if self.echo {
+                    eprintln!("    {}: {line}", self.program.name);
+                }
+                let own = match stream {
+                    Stream::Stdout => &mut outcome.stdout,
+                    Stream::Stderr => &mut outcome.stderr,
+                };
+                for text in [own, &mut outcome.output] {
+                    text.push_str(&line);
+                    text.push('\n');
                 }
             }
+            if read == 0 {
+                return;
+            }
         }
-        let status = reader.try_wait();
-        RUNNING.lock().expect("running children").remove(&pgid);
-        let code = match status {
-            Ok(Some(out)) => out.status.code(),
-            _ => None,
-        };
-        Ok(Outcome { code, output, seconds: started.elapsed().as_secs_f64() })
     }
 }
 
-/// In the child, before exec: die when this tool dies, and refuse to start if it already has.
+/// In the child, before exec: be interrupted when this tool dies, and refuse to start if it
+/// already has. SIGINT, not SIGKILL: terraform and helm stop cleanly on it (terraform writes
+/// its state first). An ignored SIGINT survives exec (a tool started in the background of a
+/// script inherits one), so the default is put back, or the death signal would do nothing.
 fn die_with_parent(parent: u32) -> std::io::Result<()> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+    use nix::sys::signal::{SigHandler, signal};
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: SIG_DFL installs no handler; `signal` is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            signal(sig, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+        }
+    }
+    nix::sys::prctl::set_pdeathsig(Signal::SIGINT).map_err(std::io::Error::from)?;
     if nix::unistd::getppid().as_raw() as u32 != parent {
         return Err(std::io::Error::other("the parent exited before the child started"));
     }
@@ -290,18 +400,32 @@ pub async fn stop_all() -> Vec<String> {
     running.into_iter().map(|(_, line)| line).collect()
 }
 
-/// Kills processes that an earlier, killed run of `run` left behind (the grandchildren a
-/// death signal does not reach, such as lokoctl's terraform) and waits until they are gone,
-/// so that what is done is decided only once nothing of that run can still write.
+/// Stops processes that an earlier, killed run of `run` left behind (the grandchildren a
+/// death signal does not reach, such as lokoctl's terraform and helm): SIGINT first, so they
+/// write their state, then SIGKILL after the grace period; returns once they are gone, so
+/// that what is done is decided only once nothing of that run can still write.
 pub async fn stop_leftovers(run: &str) -> Vec<u32> {
     let marker = format!("{RUN_ENV}={run}");
     let leftovers = processes_with_env(&marker);
-    for &pid in &leftovers {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline && !processes_with_env(&marker).is_empty() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let signal_all = |sig: Signal| {
+        for pid in processes_with_env(&marker) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+        }
+    };
+    signal_all(Signal::SIGINT);
+    let gone_within = async |grace: Duration| {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if processes_with_env(&marker).is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    if !gone_within(STOP_GRACE).await {
+        signal_all(Signal::SIGKILL);
+        gone_within(STOP_GRACE).await;
     }
     leftovers
 }
@@ -345,6 +469,43 @@ mod tests {
         assert!(!out.output.contains("MIIsecret"), "{}", out.output);
         let err = cmd.ok().await.unwrap_err().to_string();
         assert!(err.contains("exit code 3") && err.contains("sh -c"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_stdout_is_parsed_and_stderr_explains_a_failure() {
+        // What `HELM_DEBUG=1` and a group-readable kubeconfig make helm print around its JSON.
+        let script = "echo '[debug] reading the release' >&2; echo '{\"revision\":1}'; \
+                      echo 'WARNING: Kubernetes configuration file is group-readable.' >&2";
+        let cmd = Command::new(&sh(), Duration::from_secs(10)).args(["-c", script]);
+        let parsed: serde_json::Value = cmd.json("history").await.unwrap();
+        assert_eq!(parsed["revision"], 1);
+        let out = cmd.run().await.unwrap();
+        assert_eq!(out.stdout, "{\"revision\":1}\n");
+        assert!(out.stderr.starts_with("[debug]") && out.stderr.contains("WARNING"), "{out:?}");
+        assert!(out.output.contains("[debug]") && out.output.contains("revision"), "{out:?}");
+
+        let script = "echo 'not JSON at all'; echo 'Error: the reason helm gives' >&2";
+        let cmd = Command::new(&sh(), Duration::from_secs(10)).args(["-c", script]);
+        let err = cmd.json::<serde_json::Value>("history").await.unwrap_err().to_string();
+        assert!(err.contains("printed no history JSON on stdout"), "{err}");
+        assert!(err.contains("the reason helm gives") && err.contains("sh -c"), "{err}");
+        let shown = err.rsplit("its last output:").next().unwrap();
+        assert!(!shown.contains("not JSON at all"), "stdout is not quoted: {err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stdout_is_kept_unredacted_only_when_asked_and_never_shown() {
+        let script = "printf '%s\\n' '-----BEGIN EC PRIVATE KEY-----' MHcCAQEEIsecretbody \
+                      '-----END EC PRIVATE KEY-----'";
+        let cmd = Command::new(&sh(), Duration::from_secs(10)).args(["-c", script]);
+        let plain = cmd.run().await.unwrap();
+        assert!(plain.unredacted_stdout.bytes().is_empty());
+        let kept = cmd.unredacted_stdout().run().await.unwrap();
+        let raw = String::from_utf8(kept.unredacted_stdout.bytes().to_vec()).unwrap();
+        assert!(raw.contains("\nMHcCAQEEIsecretbody\n"), "{raw}");
+        assert!(!kept.stdout.contains("secretbody"), "{}", kept.stdout);
+        let debug = format!("{kept:?}");
+        assert!(!debug.contains("secretbody") && debug.contains("bytes, not shown"), "{debug}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

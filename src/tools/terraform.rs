@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Command, Program, Runner};
+use super::{Command, Outcome, Program, Runner};
 use crate::error::{Error, Result};
 
 /// The bootkube module's name inside whatever module the platform uses.
 const BOOTKUBE_SUFFIX: &str = ".module.bootkube";
+/// The folder of the run that keeps the state before each change.
+pub const STATE_BACKUPS: &str = "terraform-state";
 
 pub struct Terraform {
     program: Program,
@@ -170,16 +172,39 @@ impl Terraform {
         cmd
     }
 
-    /// Runs a command that changes the state; a lock held by someone else is its own error.
+    /// Runs a command that changes the state, after keeping the state as it is (terraform
+    /// 0.13's local backend rewrites `terraform.tfstate` in place, so a kill inside that write
+    /// leaves it cut); a lock held by someone else is its own error.
     pub async fn change(&self, cmd: Command) -> Result<()> {
-        let outcome = cmd.run().await?;
+        let kept = self.keep_state().await?;
+        let outcome = match cmd.run().await {
+            Ok(outcome) => outcome,
+            Err(e) => return Err(self.state_kept(e, kept)),
+        };
         if outcome.success() {
             return Ok(());
         }
         if outcome.output.contains("Error acquiring the state lock") {
             return Err(self.locked(&outcome.output));
         }
-        Err(cmd.failed(&outcome))
+        Err(self.state_kept(cmd.failed(&outcome), kept))
+    }
+
+    /// Keeps `terraform state pull` in the run's folder (0600: it holds every private key),
+    /// one file per state serial, before something changes the state. As terraform wrote it,
+    /// not redacted: it is what `terraform state push` puts back.
+    pub async fn keep_state(&self) -> Result<PathBuf> {
+        let pulled = self.pull().await?;
+        let serial = parse_state(&pulled.stdout).map(|s| s.serial).unwrap_or_default();
+        self.runner.keep_private(
+            STATE_BACKUPS,
+            &format!("before-serial-{serial}.tfstate"),
+            pulled.unredacted_stdout.bytes(),
+        )
+    }
+
+    fn state_kept(&self, error: Error, kept: PathBuf) -> Error {
+        Error::TerraformChange { source: Box::new(error), kept, dir: self.dir.clone() }
     }
 
     fn locked(&self, output: &str) -> Error {
@@ -195,13 +220,19 @@ impl Terraform {
 
     /// The state as `terraform state pull` gives it (the configured backend's, local or not).
     pub async fn state(&self) -> Result<State> {
-        let cmd = self.command(&["state", "pull"]).echo(false);
+        parse_state(&self.pull().await?.stdout)
+            .map_err(|reason| Error::TerraformState { dir: self.dir.clone(), reason })
+    }
+
+    /// `terraform state pull`, never streamed (the state holds every private key); its
+    /// stdout is what is parsed, redacted, and, unredacted, what a backup keeps.
+    async fn pull(&self) -> Result<Outcome> {
+        let cmd = self.command(&["state", "pull"]).echo(false).unredacted_stdout();
         let outcome = cmd.run().await?;
         if !outcome.success() {
             return Err(cmd.failed(&outcome));
         }
-        parse_state(&outcome.output)
-            .map_err(|reason| Error::TerraformState { dir: self.dir.clone(), reason })
+        Ok(outcome)
     }
 
     /// Addresses a plain `terraform apply` would change now (`plan -out`, then `show -json`;
@@ -236,7 +267,7 @@ impl Terraform {
             actions: Vec<String>,
         }
         let plan: Plan =
-            serde_json::from_str(&shown.output).map_err(|e| Error::TerraformState {
+            serde_json::from_str(&shown.stdout).map_err(|e| Error::TerraformState {
                 dir: self.dir.clone(),
                 reason: format!("unreadable plan ({e})"),
             })?;

@@ -14,7 +14,8 @@ use crate::error::{Error, Result, exit};
 use crate::k8s::{Connection, objects};
 use crate::rotation::context::Ctx;
 use crate::rotation::engine::{self, Needs, Planned, Procedure, Request};
-use crate::rotation::journal::RunDir;
+use crate::rotation::journal::{RunDir, RunState};
+use crate::rotation::lock::RotationLock;
 use crate::rotation::runs_root;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +78,7 @@ impl Procedure for Webhook {
 
     fn needs(phase: Phase) -> Needs {
         let certificate = phase == Phase::Certificate;
-        Needs { terraform: certificate, helm: false, lokoctl: certificate }
+        Needs { terraform: certificate, helm: certificate, lokoctl: certificate }
     }
 
     fn has_expired(assets: &AssetDir) -> Result<bool> {
@@ -135,11 +136,23 @@ pub async fn run(global: &GlobalOpts, args: &WebhookArgs) -> Result<u8> {
 async fn restore(global: &GlobalOpts) -> Result<u8> {
     let dir = &crate::assets::single_asset_dir(&global.assets_dirs, "webhook")?;
     let assets = AssetDir::open(dir)?;
-    let run = RunDir::latest(&runs_root(&assets), Webhook::NAME)?.ok_or_else(|| {
+    let root = runs_root(&assets);
+    // Not while a rotation runs: it may be about to delete or re-create the configuration.
+    let _lock = if global.dry_run { None } else { Some(RotationLock::acquire(&root)?) };
+    let run = RunDir::latest(&root, Webhook::NAME)?.ok_or_else(|| {
         Error::Usage(
             "no webhook rotation was run on this asset dir: there is nothing to restore".into(),
         )
     })?;
+    if run.journal.state == RunState::Finished {
+        return Err(Error::Precondition {
+            phase: "restore-webhook",
+            reason: format!(
+                "webhook rotation {} finished: lokoctl created the webhook configuration again with the new certificate, and the kept one would trust the old; nothing to restore",
+                run.journal.run
+            ),
+        });
+    }
     let path = run.backup_path(phases::MANIFEST_BACKUP);
     let text = std::fs::read(&path).map_err(|e| Error::Journal {
         path: path.clone(),

@@ -39,6 +39,7 @@ pub enum Action {
     Backup,
     DeleteConfiguration,
     Taint,
+    RecoverReleases,
     Lokoctl,
     CheckNewCertificate,
     Restart,
@@ -68,6 +69,7 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
                 format!("{} (skipped when the state's certificate is already a new one)", ctx.taint_line(cert_resource())),
                 A::Taint,
             ),
+            Planned::new(K::Command, ctx.recover_releases_line(), A::RecoverReleases),
             Planned::new(K::Command, ctx.lokoctl_line(ctx.expired), A::Lokoctl),
             Planned::new(
                 K::Check,
@@ -183,6 +185,12 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: Action) -> Result<Stri
             Ok(format!("{deleted:?}"))
         }
         Action::Taint => {
+            let address = ctx.addr(cert_resource());
+            if ctx.terraform()?.state().await?.instance(&address).is_none() {
+                return Ok(format!(
+                    "skipped: the state has no {address} (destroyed by an interrupted apply); lokoctl's apply creates it"
+                ));
+            }
             let (state, tainted) = state_cert(ctx).await?;
             if tainted {
                 return Ok(
@@ -196,7 +204,8 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: Action) -> Result<Stri
             terraform.change(terraform.taint_command(&ctx.addr(cert_resource()))).await?;
             Ok("tainted".into())
         }
-        Action::Lokoctl => match ctx.lokoctl()?.apply(ctx.expired).await {
+        Action::RecoverReleases => ctx.helm()?.recover_pending_releases().await,
+        Action::Lokoctl => match lokoctl_apply(ctx).await {
             Ok(()) => Ok("applied".into()),
             Err(e) if ctx.expired => Err(Error::PhaseStopped {
                 phase: phase.name(),
@@ -291,6 +300,12 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: Action) -> Result<Stri
             }
         }
     }
+}
+
+/// `lokoctl cluster apply`, after keeping the state its terraform apply changes.
+async fn lokoctl_apply(ctx: &Ctx) -> Result<()> {
+    ctx.terraform()?.keep_state().await?;
+    ctx.lokoctl()?.apply(ctx.expired).await
 }
 
 fn dns_names(cert: &CertInfo) -> Vec<String> {

@@ -1,12 +1,15 @@
-//! Helpers of `tests/aggregation.rs`: running the built plugin's `aggregation` command on a
+//! Helpers of `tests/aggregation.rs` (and the aggregation campaign of
+//! `tests/fault_campaign.rs`): running the built plugin's `aggregation` command on a
 //! [`TestEnv`], reading its journal, snapshots that prove "nothing changed", wrapper scripts
-//! around the real helm/terraform/lokoctl, process checks, and the private-key leak scanner.
+//! around the real helm/terraform/lokoctl, process checks, what the private-key leak checks
+//! read (the scanner itself is `common::leaks`, shared with tests/redaction.rs), and the check
+//! of everything a finished rotation promises.
 //!
 //! Everything here acts on one test's environment and its temp dir only.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -25,7 +28,8 @@ use kube::api::{Api, ListParams};
 use openssl::x509::X509;
 use serde_json::Value;
 
-use crate::support::{Cmd, Output, TestEnv, Tools, fingerprints, wait_for};
+pub use crate::support::mode;
+use crate::support::{Cmd, ExtApiServer, Helm, Output, TestEnv, Tools, fingerprints, wait_for};
 
 /// The built plugin, as cargo names it to integration tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_kubectl-certrotate");
@@ -231,14 +235,6 @@ pub fn is_run_name(name: &str) -> bool {
         && b[8] == b'T'
         && b[9..15].iter().all(u8::is_ascii_digit)
         && b[15] == b'Z'
-}
-
-pub fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 // ---------------------------------------------------------------------------------------
@@ -869,16 +865,22 @@ pub struct CaWatch {
 
 impl CaWatch {
     pub fn start(path: PathBuf) -> CaWatch {
+        CaWatch::start_with(path, |pem| {
+            X509::stack_from_pem(pem).is_ok_and(|certs| certs.len() == 1).then(|| fp(pem))
+        })
+    }
+
+    /// Watches a file that holds one certificate in another form (`lokomotive.yaml`):
+    /// `certificate` gives its fingerprint, `None` while the file is being written.
+    pub fn start_with(path: PathBuf, certificate: fn(&[u8]) -> Option<String>) -> CaWatch {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (Arc::clone(&seen), Arc::clone(&stop));
         let handle = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
-                if let Ok(pem) = std::fs::read(&path)
-                    && let Ok(certs) = X509::stack_from_pem(&pem)
-                    && certs.len() == 1
+                if let Ok(bytes) = std::fs::read(&path)
+                    && let Some(f) = certificate(&bytes)
                 {
-                    let f = fp(&pem);
                     let mut seen = s.lock().unwrap();
                     if !seen.contains(&f) {
                         seen.push(f);
@@ -978,70 +980,6 @@ impl Drop for StateLock {
 // ---------------------------------------------------------------------------------------
 // Private keys must never leak
 
-/// 16-character runs of private key material: for each key, from the base64 body of its PEM
-/// and from base64 of the whole PEM (the form helm values and Secrets carry). Only the
-/// private part of each RSA key is used (past the public modulus at the start), so that a
-/// certificate — which holds the modulus — is never taken for a leak.
-pub struct Needles {
-    windows: HashMap<Vec<u8>, String>,
-}
-
-pub const RUN: usize = 16;
-
-fn pem_body(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>()
-}
-
-impl Needles {
-    pub fn new() -> Needles {
-        Needles { windows: HashMap::new() }
-    }
-
-    /// Adds a private key (tail 55% of each encoding).
-    pub fn add_key(&mut self, label: &str, pem: &[u8]) {
-        let text = String::from_utf8_lossy(pem);
-        for enc in [pem_body(&text), BASE64.encode(pem)] {
-            let from = enc.len() * 45 / 100;
-            self.add_windows(label, &enc.as_bytes()[from..]);
-        }
-    }
-
-    /// Adds all of a certificate's material (for the command-line checks).
-    pub fn add_cert(&mut self, label: &str, pem: &[u8]) {
-        let text = String::from_utf8_lossy(pem);
-        for enc in [pem_body(&text), BASE64.encode(pem)] {
-            // Skip the DER header common to every certificate.
-            self.add_windows(label, &enc.as_bytes()[8.min(enc.len())..]);
-        }
-    }
-
-    fn add_windows(&mut self, label: &str, bytes: &[u8]) {
-        for w in bytes.windows(RUN) {
-            self.windows.entry(w.to_vec()).or_insert_with(|| label.to_string());
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.windows.len()
-    }
-
-    /// Labels of the needles found in `hay` (whitespace and JSON `\n` escapes removed first, so
-    /// a PEM broken over lines is still found).
-    pub fn found_in(&self, hay: &str) -> Vec<String> {
-        let flat: Vec<u8> = hay
-            .replace("\\n", "")
-            .replace("\\r", "")
-            .bytes()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect();
-        let mut found: Vec<String> =
-            flat.windows(RUN).filter_map(|w| self.windows.get(w).cloned()).collect();
-        found.sort();
-        found.dedup();
-        found
-    }
-}
-
 /// Every private key PEM of the asset dir: `tls/**/*.key` and the admission webhook key
 /// (base64 inside `charts/lokomotive-system/lokomotive.yaml`).
 pub fn asset_keys(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
@@ -1078,4 +1016,106 @@ pub fn texts_under(dir: &Path, skip: &dyn Fn(&Path) -> bool) -> Vec<(PathBuf, St
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// A rotated cluster
+
+/// A realistic cluster: the kube-apiserver chart installed with helm 3 (as lokoctl does) and
+/// metrics-server deployed and Available.
+pub fn cluster(name: &str) -> TestEnv {
+    let env = TestEnv::start(name);
+    env.install_kube_apiserver_chart(Helm::V3);
+    env.deploy_ext_apiserver(&ExtApiServer::metrics_server());
+    env.wait_rollout("kube-system", "deploy/metrics-server");
+    env.wait_apiservice(APISERVICE, true, Duration::from_secs(120));
+    env.step("kube-apiserver chart installed (helm 3), metrics-server Available");
+    env
+}
+
+pub fn status_ok(env: &TestEnv) {
+    let out = env.certrotate().arg("status").run();
+    assert_eq!(out.code(), Some(0), "`certrotate status` after the rotation: {out}");
+}
+
+/// The run folder's files: modes, name, and backups equal to the original CA byte for byte.
+pub fn check_run_folder(env: &TestEnv, orig: &Original) {
+    let dir = run_dir(env);
+    let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(is_run_name(&name), "run folder name {name:?} is aggregation-<UTC YYYYMMDDTHHMMSSZ>");
+    assert_eq!(mode(&dir), 0o700, "{} is 0700", dir.display());
+    assert_eq!(mode(&dir.join("journal.json")), 0o600, "journal.json is 0600");
+    let (crt, key) = (dir.join("backup/aggregation-ca.crt"), dir.join("backup/aggregation-ca.key"));
+    assert!(
+        read(&crt) == orig.ca,
+        "{} is the original CA certificate byte for byte",
+        crt.display()
+    );
+    assert!(read(&key) == orig.key, "{} is the original CA key byte for byte", key.display());
+    assert_eq!(mode(&crt), 0o600, "{}", crt.display());
+    assert_eq!(mode(&key), 0o600, "{}", key.display());
+    let j = journal(env);
+    assert_eq!(j["apiVersion"], "certrotate.lokomotive.io/v1", "{j:#}");
+    assert_eq!(j["kind"], "RotationJournal", "{j:#}");
+    assert_eq!(j["rotation"], "aggregation", "{j:#}");
+    assert_eq!(j["run"], name.as_str(), "{j:#}");
+    assert_eq!(j["fingerprints"]["oldCa"], orig.ca_fp.as_str(), "oldCa is the original CA: {j:#}");
+    assert_eq!(j["fingerprints"]["oldClient"], orig.client_fp.as_str(), "{j:#}");
+    for event in j["events"].as_array().unwrap_or_else(|| panic!("no events: {j:#}")) {
+        for field in ["at", "phase", "kind", "what", "outcome"] {
+            assert!(!event[field].is_null(), "event without {field}: {event:#}");
+        }
+        let kind = event["kind"].as_str().unwrap_or_default();
+        assert!(KINDS.contains(&kind), "event kind {kind:?}: {event:#}");
+    }
+}
+
+/// What a completed not-expired rotation leaves, however it got there (one run or a re-run
+/// after a fault). Returns the new CA's fingerprint.
+pub fn check_rotated(env: &TestEnv, orig: &Original, module: &str, cleanup: bool) -> String {
+    env.step("checking the rotated cluster");
+    let ca = read(&env.assets.tls("aggregation-ca.crt"));
+    let key = read(&env.assets.tls("aggregation-ca.key"));
+    let client = read(&env.assets.tls("aggregation-client.crt"));
+    let (new, new_client) = (fp(&ca), fp(&client));
+    assert_ne!(new, orig.ca_fp, "tls/aggregation-ca.crt holds a new CA");
+    assert_ne!(cert_key_der(&ca), cert_key_der(&orig.ca), "the new CA has a new key");
+    assert!(key_matches(&key, &ca), "tls/aggregation-ca.key is the new CA's key");
+    assert!(valid_for_days(&ca, 300), "the new CA is valid for about a year");
+    let st = state(env);
+    let state_ca = state_attr(&st, module, "tls_self_signed_cert.aggregation-ca[0]", "cert_pem");
+    assert_eq!(fp(state_ca.as_bytes()), new, "the state's CA is the file's");
+    let state_key = state_attr(&st, module, "tls_private_key.aggregation-ca[0]", "private_key_pem");
+    assert!(state_key.as_bytes() == key.as_slice(), "the state's CA key is tls/aggregation-ca.key");
+    assert_ne!(new_client, orig.client_fp, "a new client certificate");
+    assert!(signed_by(&client, &ca), "the client certificate is signed by the new CA");
+    assert!(!signed_by(&client, &orig.ca), "… and not by the old one");
+
+    check_run_folder(env, orig);
+    let j = journal(env);
+    assert_eq!(j["path"], "not-expired", "{j:#}");
+    assert_eq!(j["fingerprints"]["newCa"], new.as_str(), "{j:#}");
+    assert_eq!(j["fingerprints"]["newClient"], new_client.as_str(), "{j:#}");
+    let phases = if cleanup { &PHASES[..] } else { &PHASES[..6] };
+    for phase in phases {
+        assert_eq!(outcome(&j, phase), "done", "journal phase {phase}: {j:#}");
+    }
+    if cleanup {
+        assert_eq!(j["state"], "finished", "{j:#}");
+    }
+
+    let secret_ca = secret_cas(env, "aggregation-ca.crt");
+    assert!(secret_ca.contains(&new), "Secret kube-apiserver aggregation-ca.crt has the new CA");
+    assert_eq!(secret_cas(env, "aggregation-client.crt"), vec![new_client.clone()]);
+    let cm = configmap_cas(env);
+    if cleanup {
+        assert_eq!(cm, vec![new.clone()], "after cleanup the ConfigMap holds only the new CA");
+    } else {
+        assert!(
+            cm.contains(&new) && cm.contains(&orig.ca_fp),
+            "without cleanup old and new stay trusted: {cm:?}"
+        );
+    }
+    api_works(env);
+    new
 }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod leaks;
 pub mod sample_assets;
 
 use std::collections::BTreeMap;

@@ -176,6 +176,11 @@ pub struct Spawned {
 }
 
 impl Spawned {
+    /// The program's pid (it leads its own process group).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

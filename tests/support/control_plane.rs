@@ -13,6 +13,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
 use super::assets::{Assets, free_port};
+use super::audit;
 use super::pki::write_private;
 use super::process::{EventLog, ProcId, ProcSpec, Supervisor};
 use super::tools::Tools;
@@ -158,7 +159,8 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts etcd, kube-apiserver (port = the asset dir's kubeconfig port) and
     /// kube-controller-manager; returns once `/readyz` is ok and the controllers have created
-    /// the `default` ServiceAccount (so pods can be created).
+    /// the `default` ServiceAccount (so pods can be created). The requests of `audit_users`
+    /// are written to the audit log `logs/kube-apiserver-audit.log` (none: no audit log).
     pub async fn start(
         sup: &Arc<Supervisor>,
         assets: &Assets,
@@ -166,6 +168,7 @@ impl ControlPlane {
         logs: &Path,
         events: &Arc<EventLog>,
         controller_api_qps: Option<u32>,
+        audit_users: &[String],
     ) -> ControlPlane {
         let started = Instant::now();
         let tools = Tools::get();
@@ -220,6 +223,15 @@ impl ControlPlane {
         // Its graceful shutdown waits up to 60 s for open watches; a pod's grace period
         // would end it too, so keep restarts short.
         .stop_grace(Duration::from_secs(2));
+        // Restarts keep the flags, so the log goes on across them (appended).
+        let spec = if audit_users.is_empty() {
+            spec
+        } else {
+            let policy = work.join("audit-policy.json");
+            std::fs::write(&policy, audit::policy(audit_users).to_string()).unwrap();
+            spec.arg(flag("audit-policy-file", &policy))
+                .arg(flag("audit-log-path", &logs.join(audit::AUDIT_LOG)))
+        };
 
         let client = admin_client(&assets.kubeconfig()).await;
         let id = sup.spawn(&spec).expect("starting kube-apiserver");

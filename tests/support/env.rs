@@ -17,10 +17,11 @@ use tempfile::TempDir;
 use tokio::task::AbortHandle;
 
 use super::assets::{AssetOptions, Assets, free_port};
+use super::audit::{self, AuditedRequest};
 use super::cmd::Cmd;
 use super::control_plane::{ApiServer, ControlPlane};
 use super::kubelet::{Kubelet, KubeletConfig, PodRuntime};
-use super::pki::{fingerprints, self_signed_serving, write_private};
+use super::pki::{client_certificate, fingerprints, self_signed_serving, write_private};
 use super::pods::{
     AdmissionWebhookProgram, EXT_APISERVER_LABEL, ExtApiServerProgram, GROUP_VERSION_ANNOTATION,
     PodsContext, ProcessPods,
@@ -65,6 +66,9 @@ pub struct EnvOptions {
     /// kube-controller-manager's `--kube-api-qps` (burst twice that); its default of 20
     /// requests/s paces many concurrent rollouts.
     pub controller_api_qps: Option<u32>,
+    /// Users whose requests kube-apiserver records in its audit log (level Metadata), for
+    /// [`TestEnv::audited_requests`]; empty: no audit log.
+    pub audit_users: Vec<String>,
 }
 
 /// An extension API server to deploy (think metrics-server).
@@ -165,6 +169,7 @@ impl TestEnv {
                 &logs,
                 &events,
                 options.controller_api_qps,
+                &options.audit_users,
             )
             .await;
             let apiserver_pods = ApiServerPods::new(
@@ -258,6 +263,31 @@ impl TestEnv {
 
     pub fn kubeconfig(&self) -> PathBuf {
         self.assets.kubeconfig()
+    }
+
+    /// The requests of [`EnvOptions::audit_users`] that kube-apiserver has recorded so far.
+    pub fn audited_requests(&self) -> Vec<AuditedRequest> {
+        audit::requests(&self.root.join("logs").join(audit::AUDIT_LOG))
+    }
+
+    /// A kubeconfig (0600, in the test's dir) for a client-certificate user of this cluster:
+    /// CN `user`, O each of `groups` (`system:masters`: every right, without RBAC objects).
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        use base64::Engine as _;
+        let (ca, ca_key) = (self.assets.tls("ca.crt"), self.assets.tls("ca.key"));
+        let (cert, key) = client_certificate(&ca, &ca_key, user, groups);
+        let b64 = |pem: &[u8]| base64::engine::general_purpose::STANDARD.encode(pem);
+        let kubeconfig = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {
+                "server": format!("https://127.0.0.1:{}", self.assets.api_port),
+                "certificate-authority-data": b64(&std::fs::read(&ca).unwrap())}}],
+            "users": [{"name": user, "user": {
+                "client-certificate-data": b64(&cert), "client-key-data": b64(&key)}}],
+            "contexts": [{"name": user, "context": {"cluster": "c", "user": user}}],
+            "current-context": user,
+        });
+        self.values_file(&format!("{user}-kubeconfig"), &kubeconfig)
     }
 
     /// Real kubectl with the asset dir's admin kubeconfig.

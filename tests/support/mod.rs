@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod assets;
+pub mod audit;
 pub mod cmd;
 pub mod control_plane;
 pub mod env;
@@ -25,9 +26,10 @@ pub mod tools;
 pub mod wait;
 
 pub use assets::{AssetOptions, Assets, free_port};
+pub use audit::AuditedRequest;
 pub use cmd::{Cmd, Output, Spawned};
 pub use env::{EnvOptions, ExtApiServer, Helm, TestEnv, helm_history_rows};
 pub use kubelet::{KubeletConfig, NEVER_READY_LABEL, PodPredicate, READY_DELAY_ANNOTATION};
-pub use pki::{file_fingerprints, fingerprints};
+pub use pki::{file_fingerprints, fingerprints, mode};
 pub use tools::Tools;
 pub use wait::{wait_for, wait_for_async};

@@ -9,9 +9,9 @@ use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::PKey;
+use openssl::pkey::{PKey, Private};
 use openssl::x509::extension::SubjectAlternativeName;
-use openssl::x509::{X509, X509NameBuilder};
+use openssl::x509::{X509, X509Builder, X509NameBuilder, X509NameRef};
 
 /// A certificate and key on disk (the key file is 0600).
 #[derive(Debug, Clone)]
@@ -24,23 +24,11 @@ pub struct CertFiles {
 /// `dir/<name>.crt` and `dir/<name>.key`. EC P-256: generating RSA keys would cost a test
 /// seconds for a certificate nobody verifies.
 pub fn self_signed_serving(dir: &Path, name: &str) -> CertFiles {
-    let key = PKey::from_ec_key(
-        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let key = ec_key();
     let mut subject = X509NameBuilder::new().unwrap();
     subject.append_entry_by_nid(Nid::COMMONNAME, name).unwrap();
     let subject = subject.build();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(127, MsbOption::MAYBE_ZERO, false).unwrap();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
-    b.set_subject_name(&subject).unwrap();
-    b.set_issuer_name(&subject).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap()).unwrap();
+    let mut b = builder(&subject, &subject, &key, 30);
     let san = SubjectAlternativeName::new()
         .dns("localhost")
         .ip("127.0.0.1")
@@ -54,6 +42,55 @@ pub fn self_signed_serving(dir: &Path, name: &str) -> CertFiles {
     write_private(&files.key, &key.private_key_to_pem_pkcs8().unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", files.key.display()));
     files
+}
+
+/// A client certificate for `user` in `groups` (the subject's CN and O, as kube-apiserver reads
+/// them), issued by the CA of `ca_cert`/`ca_key`: `(certificate PEM, key PEM)`. EC P-256, as
+/// above.
+pub fn client_certificate(
+    ca_cert: &Path,
+    ca_key: &Path,
+    user: &str,
+    groups: &[&str],
+) -> (Vec<u8>, Vec<u8>) {
+    let read =
+        |path: &Path| std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ca = X509::from_pem(&read(ca_cert)).unwrap();
+    let ca_key = PKey::private_key_from_pem(&read(ca_key)).unwrap();
+    let key = ec_key();
+    let mut subject = X509NameBuilder::new().unwrap();
+    for group in groups {
+        subject.append_entry_by_nid(Nid::ORGANIZATIONNAME, group).unwrap();
+    }
+    subject.append_entry_by_nid(Nid::COMMONNAME, user).unwrap();
+    let mut b = builder(&subject.build(), ca.subject_name(), &key, 1);
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    (b.build().to_pem().unwrap(), key.private_key_to_pem_pkcs8().unwrap())
+}
+
+fn ec_key() -> PKey<Private> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+}
+
+/// A certificate of `key` for `subject` by `issuer`, valid from now for `days`, to be signed.
+fn builder(
+    subject: &X509NameRef,
+    issuer: &X509NameRef,
+    key: &PKey<Private>,
+    days: u32,
+) -> X509Builder {
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(127, MsbOption::MAYBE_ZERO, false).unwrap();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    b.set_subject_name(subject).unwrap();
+    b.set_issuer_name(issuer).unwrap();
+    b.set_pubkey(key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(days).unwrap()).unwrap();
+    b
 }
 
 /// Writes a file readable by its owner only, as a mounted Secret or a key file is, atomically
@@ -72,6 +109,17 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The permission bits of a file (`0o600`, …), for the checks that keys and journals are
+/// private.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 /// SHA-256 fingerprints (hex) of every certificate in a PEM bundle, in bundle order; the way
