@@ -285,3 +285,27 @@ fn a_rotation_in_progress_is_next_even_when_every_row_is_ok() {
     assert_eq!(table.code, 0, "every certificate is fine: {}", table.all());
     assert_eq!(last_line(&table), format!("next: {resume}"));
 }
+
+#[test]
+fn an_unreadable_journal_is_reported_and_status_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let assets = sample(&tmp.path().join("assets"), SampleOptions::default());
+    let run = Path::new(&assets).join("certrotate/aggregation-20261120T080000Z");
+    fs::create_dir_all(&run).unwrap();
+    fs::write(run.join("journal.json"), "{ cut off").unwrap();
+    let doc = json(&assets, tmp.path());
+    let rotation = &doc["reports"][0]["rotations"][0];
+    assert_eq!(rotation["run"], "aggregation-20261120T080000Z");
+    assert!(rotation["state"].is_null());
+    let error = rotation["error"].as_str().unwrap();
+    assert!(error.contains("is not a journal this version reads"), "{error}");
+    let table = common::run(&["status", "--assets-dir", &assets, "--local"], tmp.path());
+    assert_eq!(table.code, 0, "{}", table.all());
+    assert!(
+        table
+            .stdout
+            .contains("rotation aggregation: run aggregation-20261120T080000Z: rotation journal"),
+        "{}",
+        table.stdout
+    );
+}
