@@ -28,7 +28,9 @@ LOCAL_PROVIDER_VERSION=2.1.0
 # tf-provider's build imports; protobuf-compiler only recommends it.
 # golang-github-modern-go-reflect2-dev: reflect2 1.0.2 as Go source, swapped into the
 # Kubernetes tree before the build (see the kubernetes step).
-APT_PACKAGES=(etcd-server golang-go rsync protobuf-compiler libprotobuf-dev libssl-dev pkg-config unzip dpkg-dev golang-github-modern-go-reflect2-dev)
+# prometheus: its promtool checks `status -o prometheus` and the alert rules of
+# docs/monitoring.md; prometheus-node-exporter serves `status --textfile` in a test.
+APT_PACKAGES=(etcd-server golang-go rsync protobuf-compiler libprotobuf-dev libssl-dev pkg-config unzip dpkg-dev golang-github-modern-go-reflect2-dev prometheus prometheus-node-exporter)
 
 # ---------------------------------------------------------------- helpers --
 

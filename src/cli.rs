@@ -45,7 +45,8 @@ pub struct GlobalOpts {
     #[arg(long = "assets-dir", value_name = "DIR", global = true)]
     pub assets_dirs: Vec<String>,
 
-    /// Output format: a table for people, or JSON (a documented, stable schema).
+    /// Output format: a table for people, JSON (a documented, stable schema), or for `status`
+    /// the Prometheus text exposition format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
 
@@ -133,6 +134,22 @@ pub struct KubeOpts {
 pub enum OutputFormat {
     Table,
     Json,
+    /// Metrics with x509-certificate-exporter's names (status only).
+    Prometheus,
+}
+
+impl Cli {
+    /// Refuses what clap cannot: `-o prometheus` is global like every `-o`, but only `status`
+    /// has metrics to give.
+    pub fn check(&self) -> Result<(), String> {
+        let status = matches!(self.command, Command::Status(_));
+        if self.global.output == OutputFormat::Prometheus && !status {
+            return Err("-o prometheus is only for `kubectl certrotate status`; use -o table or \
+                        -o json here"
+                .into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +181,12 @@ pub struct StatusArgs {
     /// Only look at the asset dir; do not contact the cluster.
     #[arg(long)]
     pub local: bool,
+
+    /// Also write the metrics of `-o prometheus` to this file, atomically, for node_exporter's
+    /// textfile collector (name it *.prom inside its --collector.textfile.directory). The exit
+    /// code is the same as without it.
+    #[arg(long, value_name = "PATH")]
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -296,6 +319,7 @@ mod tests {
         for line in [
             "kubectl-certrotate status",
             "kubectl-certrotate status -o json --expiring-within 720h",
+            "kubectl-certrotate status -o prometheus --textfile /var/lib/node/certrotate.prom",
             "kubectl-certrotate --assets-dir a --assets-dir b status --local",
             "kubectl-certrotate status --kubeconfig k --context c --cluster x --user u --request-timeout 5s",
             "kubectl-certrotate -vv status",

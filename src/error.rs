@@ -184,6 +184,13 @@ pub enum Error {
 
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
+
+    #[error(
+        "cannot write --textfile {}: {reason}; its folder must exist and be writable (point it \
+         into node_exporter's --collector.textfile.directory)",
+        path.display()
+    )]
+    Textfile { path: PathBuf, reason: String },
 }
 
 /// A request that got no answer from the API server. Made by the client's request bound

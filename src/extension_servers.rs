@@ -167,7 +167,10 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
     let mut out = stdout.lock();
     let written = match global.output {
         OutputFormat::Json => output::write_json(&mut out, &report),
-        OutputFormat::Table => render(&mut out, &report).map_err(Error::Output),
+        // Cli::check refuses -o prometheus for every command but status.
+        OutputFormat::Table | OutputFormat::Prometheus => {
+            render(&mut out, &report).map_err(Error::Output)
+        }
     };
     output::ignore_broken_pipe(written)?;
     Ok(code)

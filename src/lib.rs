@@ -47,6 +47,7 @@ pub fn main_entry() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8> {
     output::set_verbosity(cli.global.verbose);
+    cli.check().map_err(error::Error::Usage)?;
     match &cli.command {
         Command::Status(args) => runtime()?.block_on(status::run(&cli.global, args)),
         Command::ExtensionServers(args) => {

@@ -19,9 +19,15 @@ pub struct PemProblem(pub String);
 pub struct CertInfo {
     pub subject: String,
     pub issuer: String,
+    /// The attributes metrics label a name with (x509-certificate-exporter's `subject_CN` …).
+    pub subject_attributes: NameAttributes,
+    pub issuer_attributes: NameAttributes,
     pub not_before: i64,
     pub not_after: i64,
+    /// Hexadecimal, as `openssl x509 -serial` prints it.
     pub serial: String,
+    /// Decimal, as x509-certificate-exporter labels it.
+    pub serial_decimal: String,
     pub sha256: String,
     pub self_signed: bool,
     pub x509: X509,
@@ -58,11 +64,10 @@ fn cert_info(x509: X509) -> Result<CertInfo, PemProblem> {
     };
     let not_before = seconds_since_epoch(x509.not_before())?;
     let not_after = seconds_since_epoch(x509.not_after())?;
-    let serial = x509
-        .serial_number()
-        .to_bn()
-        .and_then(|bn| bn.to_hex_str().map(|s| s.to_string()))
-        .unwrap_or_default();
+    let serial = x509.serial_number().to_bn().ok();
+    let text = |s: Result<openssl::string::OpensslString, _>| s.map(|s| s.to_string()).ok();
+    let serial_decimal = serial.as_ref().and_then(|bn| text(bn.to_dec_str())).unwrap_or_default();
+    let serial = serial.as_ref().and_then(|bn| text(bn.to_hex_str())).unwrap_or_default();
     let sha256 = x509
         .digest(MessageDigest::sha256())
         .map(|d| hex(&d))
@@ -70,7 +75,19 @@ fn cert_info(x509: X509) -> Result<CertInfo, PemProblem> {
     let subject = name_to_string(x509.subject_name());
     let issuer = name_to_string(x509.issuer_name());
     let self_signed = subject == issuer && x509.public_key().is_ok_and(|k| verifies(&x509, &k));
-    Ok(CertInfo { subject, issuer, not_before, not_after, serial, sha256, self_signed, x509 })
+    Ok(CertInfo {
+        subject_attributes: name_attributes(x509.subject_name()),
+        issuer_attributes: name_attributes(x509.issuer_name()),
+        subject,
+        issuer,
+        not_before,
+        not_after,
+        serial,
+        serial_decimal,
+        sha256,
+        self_signed,
+        x509,
+    })
 }
 
 /// Catches what OpenSSL would silently skip: a file with no PEM block at all, or a block cut
@@ -111,6 +128,25 @@ pub fn name_to_string(name: &X509NameRef) -> String {
         .collect();
     parts.sort_by_key(|(rank, _)| *rank);
     parts.into_iter().map(|(_, s)| s).collect::<Vec<_>>().join(", ")
+}
+
+/// The first value of each name attribute x509-certificate-exporter labels certificates
+/// with: C, ST, L, O, OU and CN, in that order.
+pub type NameAttributes = [Option<String>; 6];
+
+fn name_attributes(name: &X509NameRef) -> NameAttributes {
+    let nids = [
+        Nid::COUNTRYNAME,
+        Nid::STATEORPROVINCENAME,
+        Nid::LOCALITYNAME,
+        Nid::ORGANIZATIONNAME,
+        Nid::ORGANIZATIONALUNITNAME,
+        Nid::COMMONNAME,
+    ];
+    nids.map(|nid| {
+        let entry = name.entries_by_nid(nid).next()?;
+        entry.data().to_string().ok().map(|s| s.to_string())
+    })
 }
 
 /// Whether `cert` carries a valid signature by `key`.

@@ -1227,6 +1227,19 @@ fn a_release_left_pending_behind_lokoctl_is_recovered_before_lokoctl_runs_again(
     check_rotated(&env, &orig, &module, false);
 }
 
+/// Sends `sig` to the running plugin: it must stop as on Ctrl-C (exit 130, saying which
+/// signal) and leave no child running.
+fn stop_like_ctrl_c(env: &TestEnv, run: support::Spawned, sig: &str) {
+    signal(plugin_pid(env).expect("the running plugin"), sig);
+    let out = run.wait();
+    assert_eq!(out.code(), Some(130), "SIG{sig} is handled as Ctrl-C: {out}");
+    assert!(text(&out).contains(&format!("interrupted (SIG{sig})")), "{out}");
+    if let Err(left) = wait_all_gone(env, Duration::from_secs(15)) {
+        kill_leftovers(env);
+        panic!("children outlived the SIG{sig}'d run: {left}");
+    }
+}
+
 /// Issue 14 item 4: SIGTERM (during terraform apply) and SIGHUP (during helm upgrade --wait)
 /// stop the run as Ctrl-C does; children get SIGINT; the state stays whole and is kept in the
 /// run folder; a re-run completes with one new CA.
@@ -1259,14 +1272,7 @@ fn sigterm_and_sighup_stop_the_run_as_ctrl_c_and_the_state_is_kept() {
         }
         read_marker(&marker).ok_or_else(|| "not yet".to_string())
     });
-    signal(plugin_pid(&env).expect("the running plugin"), "TERM");
-    let out = first.wait();
-    assert_eq!(out.code(), Some(130), "SIGTERM is handled as Ctrl-C: {out}");
-    assert!(text(&out).contains("interrupted (SIGTERM)"), "{out}");
-    if let Err(left) = wait_all_gone(&env, Duration::from_secs(15)) {
-        kill_leftovers(&env);
-        panic!("children outlived the SIGTERM'd run: {left}");
-    }
+    stop_like_ctrl_c(&env, first, "TERM");
     assert!(
         std::fs::read_to_string(&sigs).unwrap_or_default().contains("INT"),
         "terraform's wrapper was stopped with SIGINT"
@@ -1282,14 +1288,7 @@ fn sigterm_and_sighup_stop_the_run_as_ctrl_c_and_the_state_is_kept() {
     hold_kube_apiserver_pods(&env);
     let mut second = rotation().spawn();
     wait_upgrade_held(&env, "bundle's helm upgrade --wait", &mut second, revisions);
-    signal(plugin_pid(&env).expect("the running plugin"), "HUP");
-    let out = second.wait();
-    assert_eq!(out.code(), Some(130), "SIGHUP is handled as Ctrl-C: {out}");
-    assert!(text(&out).contains("interrupted (SIGHUP)"), "{out}");
-    if let Err(left) = wait_all_gone(&env, Duration::from_secs(15)) {
-        kill_leftovers(&env);
-        panic!("children outlived the SIGHUP'd run: {left}");
-    }
+    stop_like_ctrl_c(&env, second, "HUP");
     assert_eq!(outcome(&journal(&env), "bundle"), "interrupted");
     assert_state_valid(&env);
 

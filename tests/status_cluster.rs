@@ -54,6 +54,8 @@ fn cluster_rows_compare_what_the_cluster_holds_with_the_asset_dir() {
         assert_eq!(row["current"], true, "{row:#}");
         assert_eq!(row["status"], "OK", "{row:#}");
     }
+    metrics_carry_the_cluster_rows(&env, cluster["server"].as_str().unwrap());
+
     let services = cluster["apiServices"].as_array().unwrap();
     assert_eq!(services.len(), 1, "only APIServices backed by a service: {services:?}");
     assert_eq!(services[0]["name"], "v1beta1.metrics.k8s.io");
@@ -90,11 +92,77 @@ fn cluster_rows_compare_what_the_cluster_holds_with_the_asset_dir() {
         )["current"],
         true
     );
+    let local = |name: &str| {
+        let rows = report["certificates"].as_array().unwrap();
+        rows.iter().find(|r| r["name"] == name).unwrap().clone()
+    };
+    let assets = report["assetsDir"].as_str().unwrap();
+    // Applying the certificate file alone (as the manual procedure does) leaves the old key
+    // file: write both again from the state.
+    let ca = local("aggregation-ca");
+    assert_eq!((ca["status"].as_str(), ca["key"].as_str()), (Some("INVALID"), Some("fail")));
+    let ca_fix = ca["fix"].as_str().unwrap();
+    assert!(
+        ca_fix.starts_with(&format!("in {assets}/terraform: terraform apply "))
+            && ca_fix.contains("-target='MODULE.local_file.aggregation-ca-key[0]'"),
+        "{ca_fix}"
+    );
+    // The client certificate no longer chains to the new CA: the rotation re-issues it, in an
+    // order that keeps the cluster trusting it.
+    let client = local("aggregation-client");
+    assert_eq!(client["chain"], "fail", "{client:#}");
+    let client_fix = format!("kubectl certrotate aggregation --assets-dir {assets}");
+    assert_eq!(client["fix"].as_str().unwrap(), client_fix);
     let table = env.certrotate().arg("status").run();
     assert!(
         table.stdout.lines().any(|l| l.contains("requestheader-client-ca-file[0]")
             && l.contains("not current aggregation-ca")),
         "{table}"
     );
+    // Both INVALID: the first row in the table's order comes first.
+    assert!(table.stdout.trim_end().ends_with(&format!("next: {ca_fix}")), "{table}");
     assert!(table.stdout.contains("v1beta1.metrics.k8s.io"), "{table}");
+}
+
+/// `-o prometheus` on the reached cluster: promtool accepts it, and each cluster-held
+/// certificate carries x509-certificate-exporter's labels for its kind of object.
+fn metrics_carry_the_cluster_rows(env: &TestEnv, server: &str) {
+    let out = env.certrotate().args(["status", "-o", "prometheus"]).run();
+    assert_eq!(out.code(), Some(0), "{out}");
+    let promtool = which::which("promtool").expect(
+        "promtool not found on PATH: run scripts/provision.sh (Debian's prometheus package)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("status.prom");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let checked = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout).to_string()
+        + &String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success() && said.trim().is_empty(), "promtool: {said}");
+    let text = &out.stdout;
+    let cluster = format!("cluster=\"{server}\"");
+    for series in ["certrotate_cluster_reached{", "x509_cert_not_after{"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(series) && l.contains(&cluster)),
+            "{series} {cluster}\n{text}"
+        );
+    }
+    for labels in [
+        "configmap_namespace=\"kube-system\",configmap_name=\"extension-apiserver-authentication\",configmap_key=\"requestheader-client-ca-file\",bundle_index=\"0\"",
+        "secret_namespace=\"kube-system\",secret_name=\"kube-apiserver\",secret_key=\"aggregation-client.crt\",bundle_index=\"0\"",
+        "secret_namespace=\"lokomotive-system\",secret_name=\"admission-webhook-server\",secret_key=\"cert.pem\"",
+        "cabundle_resource_kind=\"MutatingWebhookConfiguration\",cabundle_resource_name=\"admission-webhook-server\"",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("x509_cert_not_after{") && l.contains(labels))
+            .unwrap_or_else(|| panic!("no x509_cert_not_after with {labels}\n{text}"));
+        assert!(line.contains("subject_CN=") && line.contains("serial_number="), "{line}");
+    }
+    let reached = text.lines().find(|l| l.starts_with("certrotate_cluster_reached{")).unwrap();
+    assert!(reached.ends_with(" 1"), "{reached}");
 }

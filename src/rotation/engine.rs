@@ -689,7 +689,8 @@ fn write(
     let mut out = stdout.lock();
     let written = match format {
         OutputFormat::Json => output::write_json(&mut out, doc),
-        OutputFormat::Table => table(&mut out).map_err(Error::Output),
+        // Cli::check refuses -o prometheus for every command but status.
+        OutputFormat::Table | OutputFormat::Prometheus => table(&mut out).map_err(Error::Output),
     };
     output::ignore_broken_pipe(written)?;
     Ok(exit::OK)

@@ -90,6 +90,7 @@ fn fill_cluster_rows(
             status,
             compared_with,
             problems,
+            fix: None,
         };
         match snapshot.get(object, key) {
             Err(missing) => section.certificates.push(row(

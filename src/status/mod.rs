@@ -1,15 +1,20 @@
 //! `kubectl certrotate status`: where every certificate stands, in the asset dir and in the
 //! cluster, for one cluster or a fleet.
 //!
-//! `report` is the model (table and JSON), `local` the checks of the asset dir's files,
-//! `cluster` the comparison with what the cluster holds, `render` the table; this module runs
-//! them for each asset dir of the command line.
+//! `report` is the model (table, JSON and metrics), `local` the checks of the asset dir's
+//! files, `cluster` the comparison with what the cluster holds, `rotations` the rotation runs
+//! from the journals, `fix` what to run for each problem, `render` the table, `metrics` the
+//! Prometheus exposition; this module runs them for each asset dir of the command line.
 
 pub mod cluster;
+mod fix;
 pub mod local;
+mod metrics;
 mod render;
 pub mod report;
+mod rotations;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
@@ -48,25 +53,37 @@ pub async fn run(global: &GlobalOpts, args: &StatusArgs) -> Result<u8> {
     }
     for report in &mut reports {
         report.exit_code = report_exit_code(report);
+        fix::add_fixes(report);
     }
     let summary = summarize(&reports);
-    let document = StatusDocument {
+    let mut document = StatusDocument {
         api_version: JSON_API_VERSION,
         kind: "CertificateStatus",
         generated_at: pki::rfc3339(now),
         expiring_within_seconds: args.expiring_within.as_secs(),
         reports,
         summary,
+        next: None,
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let written = match global.output {
-        OutputFormat::Json => output::write_json(&mut out, &document),
-        OutputFormat::Table => {
+    document.next = fix::fleet_next(&document);
+    let exposition = (global.output == OutputFormat::Prometheus || args.textfile.is_some())
+        .then(|| metrics::exposition(&document, now));
+    if let (Some(path), Some(text)) = (&args.textfile, &exposition) {
+        metrics::write_textfile(path, text)?;
+    }
+    // Buffered: stdout alone writes each line with its own system call, thousands for a
+    // fleet's JSON, which cost more than parsing the certificates.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = match (global.output, &exposition) {
+        (OutputFormat::Json, _) => output::write_json(&mut out, &document),
+        (OutputFormat::Prometheus, Some(text)) => {
+            out.write_all(text.as_bytes()).map_err(Error::Output)
+        }
+        (OutputFormat::Table | OutputFormat::Prometheus, _) => {
             render::render_table(&mut out, &document, fleet).map_err(Error::Output)
         }
     };
-    output::ignore_broken_pipe(written)?;
+    output::ignore_broken_pipe(written.and_then(|()| out.flush().map_err(Error::Output)))?;
     Ok(document.summary.exit_code)
 }
 
@@ -99,6 +116,8 @@ fn local_report(dir: &Path, now: i64, window: i64) -> ClusterReport {
             aggregation_enabled: assets.aggregation_enabled(),
             certificates: local_rows(&assets, now, window),
             cluster: None,
+            rotations: rotations::rotation_rows(&assets),
+            next: None,
             exit_code: exit::OK,
         },
         Err(err) => ClusterReport {
@@ -107,6 +126,8 @@ fn local_report(dir: &Path, now: i64, window: i64) -> ClusterReport {
             aggregation_enabled: false,
             certificates: Vec::new(),
             cluster: None,
+            rotations: Vec::new(),
+            next: None,
             exit_code: exit::ERROR,
         },
     }

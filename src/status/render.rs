@@ -6,7 +6,8 @@ use crate::duration::short_residual;
 use crate::output::Table;
 use crate::pki;
 
-use super::report::{CertFacts, Check, ClusterReport, ClusterSection, StatusDocument};
+use super::report::{CertFacts, Check, ClusterReport, ClusterSection, RotationRow, StatusDocument};
+use crate::rotation::journal::RunState;
 
 pub(super) fn render_table(
     out: &mut impl Write,
@@ -29,6 +30,7 @@ pub(super) fn render_table(
             writeln!(out)?;
             render_cluster(out, cluster)?;
         }
+        render_rotations(out, &report.rotations)?;
     }
     if fleet {
         let s = &doc.summary;
@@ -47,7 +49,12 @@ pub(super) fn render_table(
             s.invalid
         )?;
     }
-    Ok(())
+    writeln!(out)?;
+    match (&doc.next, doc.summary.errors) {
+        (Some(next), _) => writeln!(out, "next: {next}"),
+        (None, 0) => writeln!(out, "next: nothing to do, every certificate is OK"),
+        (None, _) => writeln!(out, "next: make the asset dirs above checkable (see their errors)"),
+    }
 }
 
 fn render_local(out: &mut impl Write, report: &ClusterReport) -> std::io::Result<()> {
@@ -81,6 +88,37 @@ fn render_local(out: &mut impl Write, report: &ClusterReport) -> std::io::Result
     for row in &report.certificates {
         for problem in &row.problems {
             writeln!(out, "{}: {problem}", row.name)?;
+        }
+        if let Some(fix) = &row.fix {
+            writeln!(out, "{}: fix: {fix}", row.name)?;
+        }
+    }
+    Ok(())
+}
+
+fn render_rotations(out: &mut impl Write, rotations: &[RotationRow]) -> std::io::Result<()> {
+    if !rotations.is_empty() {
+        writeln!(out)?;
+    }
+    for r in rotations {
+        let when = |at: &Option<String>| at.clone().unwrap_or_else(|| "?".into());
+        let done = if r.phases_done.is_empty() { "none".into() } else { r.phases_done.join(", ") };
+        match (&r.error, r.state) {
+            (Some(error), _) => writeln!(out, "rotation {}: run {}: {error}", r.rotation, r.run)?,
+            (None, Some(RunState::InProgress)) => writeln!(
+                out,
+                "rotation {}: run {} IN PROGRESS since {} (phases done: {done})",
+                r.rotation,
+                r.run,
+                when(&r.started_at)
+            )?,
+            (None, _) => writeln!(
+                out,
+                "rotation {}: run {} finished {}",
+                r.rotation,
+                r.run,
+                when(&r.finished_at)
+            )?,
         }
     }
     Ok(())
@@ -139,6 +177,9 @@ fn render_cluster(out: &mut impl Write, cluster: &ClusterSection) -> std::io::Re
     for row in &cluster.certificates {
         for problem in &row.problems {
             writeln!(out, "{}: {problem}", row.object)?;
+        }
+        if let Some(fix) = &row.fix {
+            writeln!(out, "{} {}[{}]: fix: {fix}", row.object, row.key, row.index)?;
         }
     }
     if cluster.api_services.is_empty() {

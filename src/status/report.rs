@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::error::exit;
 use crate::pki::{self, CertInfo};
+use crate::rotation::journal::RunState;
 
 /// Validity state of one row, worst last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -85,7 +86,15 @@ pub struct CertFacts {
     pub serial: String,
     pub sha256: String,
     #[serde(skip)]
+    pub not_before_unix: i64,
+    #[serde(skip)]
     pub not_after_unix: i64,
+    #[serde(skip)]
+    pub serial_decimal: String,
+    #[serde(skip)]
+    pub subject_attributes: pki::NameAttributes,
+    #[serde(skip)]
+    pub issuer_attributes: pki::NameAttributes,
 }
 
 impl CertFacts {
@@ -98,7 +107,11 @@ impl CertFacts {
             residual_seconds: cert.not_after - now,
             serial: cert.serial.clone(),
             sha256: cert.sha256.clone(),
+            not_before_unix: cert.not_before,
             not_after_unix: cert.not_after,
+            serial_decimal: cert.serial_decimal.clone(),
+            subject_attributes: cert.subject_attributes.clone(),
+            issuer_attributes: cert.issuer_attributes.clone(),
         }
     }
 }
@@ -119,6 +132,8 @@ pub struct LocalRow {
     pub chain: Check,
     pub key: Check,
     pub problems: Vec<String>,
+    /// What to run to make the row OK; `null` when it is.
+    pub fix: Option<String>,
 }
 
 /// One certificate the cluster holds.
@@ -138,6 +153,8 @@ pub struct ClusterCertRow {
     /// Whether it is the asset dir's current certificate (`null` when that is unknown).
     pub current: Option<bool>,
     pub problems: Vec<String>,
+    /// What to run to make the row OK; `null` when it is.
+    pub fix: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,6 +178,30 @@ pub struct ClusterSection {
     pub api_services: Vec<ApiServiceRow>,
 }
 
+/// The latest run of one rotation command in the asset dir, from its journal.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationRow {
+    /// `aggregation` or `webhook`: the command that runs it.
+    pub rotation: &'static str,
+    pub run: String,
+    pub journal: String,
+    /// `in-progress` or `finished`; `null` when the journal could not be read.
+    pub state: Option<RunState>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// The phases completed so far, in order.
+    pub phases_done: Vec<String>,
+    /// When the last finished run of this rotation (this one or an earlier one) finished.
+    pub last_finished_at: Option<String>,
+    /// Why the journal could not be read.
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub started_unix: Option<i64>,
+    #[serde(skip)]
+    pub last_finished_unix: Option<i64>,
+}
+
 /// Everything about one asset dir.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -170,6 +211,10 @@ pub struct ClusterReport {
     pub aggregation_enabled: bool,
     pub certificates: Vec<LocalRow>,
     pub cluster: Option<ClusterSection>,
+    /// The latest run of each rotation that has run on this asset dir.
+    pub rotations: Vec<RotationRow>,
+    /// The one command to run next for this asset dir; `null` when every row is OK.
+    pub next: Option<String>,
     pub exit_code: u8,
 }
 
@@ -196,6 +241,8 @@ pub struct StatusDocument {
     pub expiring_within_seconds: u64,
     pub reports: Vec<ClusterReport>,
     pub summary: Summary,
+    /// The one command to run next, over every asset dir; `null` when every row is OK.
+    pub next: Option<String>,
 }
 
 pub fn report_exit_code(report: &ClusterReport) -> u8 {
