@@ -155,7 +155,8 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Where every certificate stands: the asset dir's files and, when the cluster answers,
-    /// what the cluster serves and trusts.
+    /// what the cluster serves and trusts; what to run for each problem. Also as metrics for
+    /// Prometheus (-o prometheus, --textfile).
     Status(StatusArgs),
     /// List the extension API servers (APIServices backed by a Service), their workloads and
     /// pods; restart them after the aggregation CA changed, or check which CA they loaded.

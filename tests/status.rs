@@ -8,13 +8,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::sample_assets::{DAY, SampleOptions, Window, write_sample_assets};
-use common::{Run, row, run, snapshot_tree};
-
-fn sample(dir: &Path, opts: SampleOptions) -> String {
-    write_sample_assets(dir, &opts).expect("write sample asset dir");
-    dir.to_str().unwrap().to_string()
-}
+use common::sample_assets::{DAY, SampleOptions, Window};
+use common::{Run, row, run, sample, snapshot_tree};
 
 fn status(assets: &str, home: &Path, extra: &[&str]) -> Run {
     let mut args = vec!["status", "--assets-dir", assets];

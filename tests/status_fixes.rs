@@ -9,13 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use certrotate::rotation::journal::{Journal, PhaseRecord, RunState};
-use common::sample_assets::{SampleOptions, Window, write_sample_assets};
-use common::{BIN, Run, row, run};
-
-fn sample(dir: &Path, opts: SampleOptions) -> String {
-    write_sample_assets(dir, &opts).expect("write sample asset dir");
-    dir.to_str().unwrap().to_string()
-}
+use common::sample_assets::{SampleOptions, Window};
+use common::{BIN, Run, row, run, sample};
 
 fn json(assets: &str, home: &Path) -> serde_json::Value {
     let out = run(&["status", "--assets-dir", assets, "-o", "json", "--local"], home);

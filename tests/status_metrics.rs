@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sample_assets::{SampleOptions, Window, write_sample_assets};
-use common::{Run, row, run};
+use common::sample_assets::{SampleOptions, Window};
+use common::{Run, row, run, sample};
 
 /// A program of the test environment (Debian packages that scripts/provision.sh installs).
 fn program(name: &str, package: &str) -> PathBuf {
@@ -25,11 +25,6 @@ fn program(name: &str, package: &str) -> PathBuf {
              {package} package"
         )
     })
-}
-
-fn sample(dir: &Path, opts: SampleOptions) -> String {
-    write_sample_assets(dir, &opts).expect("write sample asset dir");
-    dir.to_str().unwrap().to_string()
 }
 
 /// The asset dir most tests use: one certificate in each state and a missing file.

@@ -9,6 +9,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Writes a sample asset dir at `dir` and returns its path as `--assets-dir` takes it.
+pub fn sample(dir: &Path, opts: sample_assets::SampleOptions) -> String {
+    sample_assets::write_sample_assets(dir, &opts).expect("write sample asset dir");
+    dir.to_str().unwrap().to_string()
+}
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_kubectl-certrotate");
 
