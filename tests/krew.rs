@@ -681,5 +681,5 @@ fn archive_installs_like_krew_and_runs_through_kubectl() {
         assert!(words.iter().any(|w| w == shell), "completion <TAB> offers {shell}: {words:?}");
     }
     let words = complete(&["-o", ""]);
-    assert_eq!(words, ["table", "json", ":4"], "kubectl __complete certrotate -o ''");
+    assert_eq!(words, ["table", "json", "prometheus", ":4"], "kubectl __complete certrotate -o ''");
 }
