@@ -51,9 +51,9 @@ const AFTER_A_FAILURE: Duration = Duration::from_secs(10);
 /// gone well before this.
 const STOP_BOUND: Duration = Duration::from_secs(60);
 /// The tool's bound for each wait: after the kube-apiserver restarts a campaign piles up,
-/// kube-controller-manager moves a rollout on only every minute or two (its informers and work
-/// queue back off while the API is away), and a killed run's rollouts stack up; 3 minutes
-/// were exceeded by a harmless rollback. The test's bound for an invocation: a resumed run
+/// kube-controller-manager was seen to move a kube-apiserver rollout on only every 1-2 minutes
+/// (nothing in its log in between), and a killed run's rollouts stack up; a rollback that
+/// completed later exceeded 3 minutes. The test's bound for an invocation: a resumed run
 /// may wait three times or more (a rollback, lokoctl's upgrades, the cleanup's restart).
 const WAIT: &str = "5m";
 const INVOCATION: Duration = Duration::from_secs(900);
