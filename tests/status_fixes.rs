@@ -152,8 +152,15 @@ fn a_fleet_ends_with_the_most_urgent_command_of_all() {
     assert_eq!(last_line(&table), format!("next: {expected}"));
 }
 
-/// Writes a journal as the rotation engine does (its own types, serialised).
-fn journal(assets: &str, run: &str, state: RunState, done: &[&str], finished_at: Option<&str>) {
+/// Writes a journal of `rotation` as the rotation engine does (its own types, serialised).
+fn journal(
+    assets: &str,
+    rotation: &str,
+    run: &str,
+    state: RunState,
+    done: &[&str],
+    finished_at: Option<&str>,
+) {
     let dir = Path::new(assets).join("certrotate").join(run);
     fs::create_dir_all(&dir).unwrap();
     let phase = |name: &str| PhaseRecord {
@@ -163,7 +170,7 @@ fn journal(assets: &str, run: &str, state: RunState, done: &[&str], finished_at:
         outcome: "done".into(),
         message: None,
     };
-    let stamp = &run["aggregation-".len()..];
+    let stamp = &run[rotation.len() + 1..];
     let started = format!(
         "{}-{}-{}T{}:{}:{}Z",
         &stamp[0..4],
@@ -176,7 +183,7 @@ fn journal(assets: &str, run: &str, state: RunState, done: &[&str], finished_at:
     let journal = Journal {
         api_version: "certrotate.lokomotive.io/v1".into(),
         kind: "RotationJournal".into(),
-        rotation: "aggregation".into(),
+        rotation: rotation.into(),
         run: run.into(),
         path: "not-expired".into(),
         state,
@@ -198,8 +205,9 @@ fn a_rotation_in_progress_is_resumed_first_and_exported() {
     fs::remove_file(tmp.path().join("assets/cluster-assets/tls/kubelet.crt")).unwrap();
     let first = "aggregation-20251120T080000Z";
     let second = "aggregation-20261120T080000Z";
-    journal(&assets, first, RunState::Finished, &["backup", "ca"], Some("2025-11-20T08:30:00Z"));
-    journal(&assets, second, RunState::InProgress, &["backup", "ca"], None);
+    let finished = Some("2025-11-20T08:30:00Z");
+    journal(&assets, "aggregation", first, RunState::Finished, &["backup", "ca"], finished);
+    journal(&assets, "aggregation", second, RunState::InProgress, &["backup", "ca"], None);
 
     let doc = json(&assets, tmp.path());
     let report = &doc["reports"][0];
@@ -255,5 +263,49 @@ fn a_rotation_in_progress_is_resumed_first_and_exported() {
     assert_eq!(
         sample("certrotate_last_rotation_timestamp_seconds"),
         format!("certrotate_last_rotation_timestamp_seconds{{{labels}}} {finished}")
+    );
+}
+
+#[test]
+fn a_rotation_in_progress_is_next_even_when_every_row_is_ok() {
+    let tmp = tempfile::tempdir().unwrap();
+    let assets = sample(&tmp.path().join("assets"), SampleOptions::default());
+    let run = "webhook-20261120T080000Z";
+    journal(&assets, "webhook", run, RunState::InProgress, &["backup", "unhook"], None);
+    let doc = json(&assets, tmp.path());
+    let resume = format!(
+        "resume the rotation in progress: kubectl certrotate webhook --assets-dir {assets} (run \
+         {run}, done up to phase unhook)"
+    );
+    assert!(
+        doc["reports"][0]["certificates"].as_array().unwrap().iter().all(|r| r["fix"].is_null())
+    );
+    assert_eq!(doc["next"].as_str(), Some(resume.as_str()));
+    let table = common::run(&["status", "--assets-dir", &assets, "--local"], tmp.path());
+    assert_eq!(table.code, 0, "every certificate is fine: {}", table.all());
+    assert_eq!(last_line(&table), format!("next: {resume}"));
+}
+
+#[test]
+fn an_unreadable_journal_is_reported_and_status_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let assets = sample(&tmp.path().join("assets"), SampleOptions::default());
+    let run = Path::new(&assets).join("certrotate/aggregation-20261120T080000Z");
+    fs::create_dir_all(&run).unwrap();
+    fs::write(run.join("journal.json"), "{ cut off").unwrap();
+    let doc = json(&assets, tmp.path());
+    let rotation = &doc["reports"][0]["rotations"][0];
+    assert_eq!(rotation["run"], "aggregation-20261120T080000Z");
+    assert!(rotation["state"].is_null());
+    let error = rotation["error"].as_str().unwrap();
+    assert!(error.contains("is not a journal this version reads"), "{error}");
+    let table = common::run(&["status", "--assets-dir", &assets, "--local"], tmp.path());
+    assert_eq!(table.code, 0, "{}", table.all());
+    assert!(
+        table
+            .stdout
+            .contains("rotation aggregation: run aggregation-20261120T080000Z: rotation journal"),
+        "{}",
+        table.stdout
     );
 }

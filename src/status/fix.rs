@@ -3,9 +3,11 @@
 
 use std::path::Path;
 
+use crate::aggregation::Aggregation;
 use crate::assets;
 use crate::k8s;
 use crate::pki;
+use crate::rotation::engine::Procedure as _;
 
 use super::report::{
     CertFacts, Check, ClusterCertRow, ClusterReport, LocalRow, RotationRow, StatusDocument,
@@ -45,15 +47,19 @@ impl<'a> Target<'a> {
     /// The in-progress run of the rotation that replaces `credential`, as a command.
     fn resume(&self, credential: &str) -> Option<String> {
         let rotation = rotation_of(credential)?;
-        let run = self
-            .rotations
-            .iter()
-            .find(|r| r.rotation == rotation && r.state == Some(RunState::InProgress))?;
+        self.in_progress().find(|r| r.rotation == rotation).map(|run| self.resume_run(run))
+    }
+
+    fn in_progress(&self) -> impl Iterator<Item = &'a RotationRow> + use<'a> {
+        self.rotations.iter().filter(|r| r.state == Some(RunState::InProgress))
+    }
+
+    fn resume_run(&self, run: &RotationRow) -> String {
         let done = match run.phases_done.last() {
             Some(phase) => format!("done up to phase {phase}"),
             None => "no phase done yet".into(),
         };
-        Some(format!("{RESUME}{} (run {}, {done})", self.command(rotation, ""), run.run))
+        format!("{RESUME}{} (run {}, {done})", self.command(run.rotation, ""), run.run)
     }
 
     /// The command that replaces `credential` with a new certificate.
@@ -93,32 +99,40 @@ pub fn add_fixes(report: &mut ClusterReport) {
     for (row, fix) in report.cluster.iter_mut().flat_map(|c| &mut c.certificates).zip(cluster) {
         row.fix = fix;
     }
-    report.next = next_of(std::iter::once(&*report));
+    report.next = most_urgent(candidates(report));
 }
 
 /// The one next command over the fleet.
 pub fn fleet_next(doc: &StatusDocument) -> Option<String> {
-    next_of(doc.reports.iter())
+    most_urgent(doc.reports.iter().flat_map(candidates))
 }
 
-/// The most urgent fix: resuming a rotation first, then by status, worst first (INVALID,
-/// MISSING, EXPIRED, NOT-YET-VALID, EXPIRING); the first row in report order among equals.
-fn next_of<'a>(reports: impl Iterator<Item = &'a ClusterReport>) -> Option<String> {
-    let rows = reports.flat_map(|report| {
-        let local = report.certificates.iter().map(|r| (r.status, r.fix.as_ref()));
-        let cluster =
-            report.cluster.iter().flat_map(|c| &c.certificates).map(|r| (r.status, r.fix.as_ref()));
-        local.chain(cluster)
+/// How urgent a fix is: finishing a rotation in progress first, then by the row's status,
+/// worst first (INVALID, MISSING, EXPIRED, NOT-YET-VALID, EXPIRING).
+type Urgency = (bool, Validity);
+
+/// Every fix of a report with its urgency, in report order: its rows (asset dir, then cluster),
+/// then its rotations in progress, which need finishing even when every row is OK.
+fn candidates(report: &ClusterReport) -> Vec<(Urgency, String)> {
+    let local = report.certificates.iter().map(|r| (r.status, &r.fix));
+    let cluster = report.cluster.iter().flat_map(|c| &c.certificates).map(|r| (r.status, &r.fix));
+    let rows = local.chain(cluster).filter_map(|(status, fix)| {
+        fix.as_ref().map(|f| ((f.starts_with(RESUME), status), f.clone()))
     });
-    let mut best: Option<((bool, Validity), &String)> = None;
-    for (status, fix) in rows {
-        let Some(fix) = fix else { continue };
-        let urgency = (fix.starts_with(RESUME), status);
+    let target = Target::of(report);
+    let runs = target.in_progress().map(|run| ((true, Validity::Ok), target.resume_run(run)));
+    rows.chain(runs).collect()
+}
+
+/// The first of the most urgent.
+fn most_urgent(candidates: impl IntoIterator<Item = (Urgency, String)>) -> Option<String> {
+    let mut best: Option<(Urgency, String)> = None;
+    for (urgency, fix) in candidates {
         if best.as_ref().is_none_or(|(b, _)| urgency > *b) {
             best = Some((urgency, fix));
         }
     }
-    best.map(|(_, fix)| fix.clone())
+    best.map(|(_, fix)| fix)
 }
 
 fn local_fix(row: &LocalRow, target: &Target) -> Option<String> {
@@ -174,7 +188,7 @@ fn cluster_repair(
         {
             format!(
                 "drop the old CA from the trust bundle: {}",
-                target.command("aggregation", " --phase cleanup")
+                target.command(Aggregation::NAME, " --phase cleanup")
             )
         }
         Validity::Expiring | Validity::Expired if newer_in_assets => {

@@ -1,10 +1,14 @@
 //! The rotations this tool runs on an asset dir: which credentials each one replaces, and where
-//! their runs stand, read from the journals (`<assets>/certrotate/<run>/journal.json`).
+//! their runs stand, read from the journals (`<assets>/certrotate/<run>/journal.json`) the way
+//! the rotation commands read them.
+
+use std::path::Path;
 
 use crate::aggregation::Aggregation;
 use crate::assets::AssetDir;
+use crate::error::Error;
 use crate::rotation::engine::Procedure;
-use crate::rotation::journal::{JOURNAL_FILE, Journal, RunState};
+use crate::rotation::journal::{JOURNAL_FILE, Journal, RunDir, RunState};
 use crate::rotation::runs_root;
 use crate::webhook::Webhook;
 
@@ -26,83 +30,84 @@ pub fn rotation_of(credential: &str) -> Option<&'static str> {
     ROTATIONS.iter().find(|r| r.credentials.contains(&credential)).map(|r| r.name)
 }
 
-/// The latest run of each rotation that has run on the asset dir, in [`ROTATIONS`] order.
+/// The latest run of each rotation that has run on the asset dir (the run the rotation command
+/// would resume or report), in [`ROTATIONS`] order.
 pub fn rotation_rows(assets: &AssetDir) -> Vec<RotationRow> {
     let root = runs_root(assets);
-    let Ok(entries) = std::fs::read_dir(&root) else { return Vec::new() };
-    let mut runs: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    // Run names end in their UTC start time, so name order is start order.
-    runs.sort();
     ROTATIONS
         .iter()
-        .filter_map(|rotation| {
-            let prefix = format!("{}-", rotation.name);
-            let mine: Vec<&String> = runs.iter().filter(|r| r.starts_with(&prefix)).collect();
-            let (latest, earlier) = mine.split_last()?;
-            let read = |run: &str| read_journal(&root.join(run).join(JOURNAL_FILE));
-            let mut row = row_of(rotation.name, latest, &root, read(latest));
-            // The last finished run: this one, or the newest finished one before it.
-            let finished = |j: Journal| j.finished_at.filter(|_| j.state == RunState::Finished);
-            let last_finished = match row.state {
-                Some(RunState::Finished) => row.finished_at.clone(),
-                _ => earlier.iter().rev().find_map(|run| read(run).ok().and_then(finished)),
-            };
-            row.last_finished_unix = last_finished.as_deref().and_then(unix);
-            row.last_finished_at = last_finished;
-            Some(row)
+        .filter_map(|rotation| match RunDir::latest(&root, rotation.name) {
+            Ok(run) => run.map(|run| row_of(rotation.name, &root, &run)),
+            Err(err) => Some(unreadable(rotation.name, err)),
         })
         .collect()
 }
 
-fn read_journal(path: &std::path::Path) -> Result<Journal, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        format!(
-            "{} is not a journal this version reads ({e}); move its folder aside to start over",
-            path.display()
-        )
-    })
+fn row_of(rotation: &'static str, root: &Path, run: &RunDir) -> RotationRow {
+    let journal = &run.journal;
+    // The last finished run: this one, or the newest finished one before it.
+    let last_finished = match journal.state {
+        RunState::Finished => journal.finished_at.clone(),
+        RunState::InProgress => finished_before(root, rotation, &journal.run),
+    };
+    RotationRow {
+        rotation,
+        run: journal.run.clone(),
+        journal: run.journal_path().display().to_string(),
+        state: Some(journal.state),
+        started_at: Some(journal.started_at.clone()),
+        finished_at: journal.finished_at.clone(),
+        phases_done: journal
+            .phases
+            .iter()
+            .filter(|p| p.outcome == "done")
+            .map(|p| p.name.clone())
+            .collect(),
+        last_finished_unix: last_finished.as_deref().and_then(unix),
+        last_finished_at: last_finished,
+        error: None,
+        started_unix: unix(&journal.started_at),
+    }
 }
 
-fn row_of(
-    rotation: &'static str,
-    run: &str,
-    root: &std::path::Path,
-    journal: Result<Journal, String>,
-) -> RotationRow {
-    let mut row = RotationRow {
+/// A latest run whose journal cannot be read: the row says why, and what to do.
+fn unreadable(rotation: &'static str, err: Error) -> RotationRow {
+    let journal = match &err {
+        Error::Journal { path, .. } => path.display().to_string(),
+        _ => String::new(),
+    };
+    let run = Path::new(&journal).parent().and_then(|d| d.file_name());
+    RotationRow {
         rotation,
-        run: run.to_string(),
-        journal: root.join(run).join(JOURNAL_FILE).display().to_string(),
+        run: run.map(|r| r.to_string_lossy().into_owned()).unwrap_or_default(),
+        journal,
         state: None,
         started_at: None,
         finished_at: None,
         phases_done: Vec::new(),
         last_finished_at: None,
-        error: None,
+        error: Some(err.to_string()),
         started_unix: None,
         last_finished_unix: None,
-    };
-    match journal {
-        Ok(journal) => {
-            row.state = Some(journal.state);
-            row.started_unix = unix(&journal.started_at);
-            row.started_at = Some(journal.started_at);
-            row.finished_at = journal.finished_at;
-            row.phases_done = journal
-                .phases
-                .into_iter()
-                .filter(|p| p.outcome == "done")
-                .map(|p| p.name)
-                .collect();
-        }
-        Err(reason) => row.error = Some(reason),
     }
-    row
+}
+
+/// When the newest finished run of `rotation` older than `run` finished.
+fn finished_before(root: &Path, rotation: &str, run: &str) -> Option<String> {
+    let prefix = format!("{rotation}-");
+    let mut earlier: Vec<String> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix) && name.as_str() < run)
+        .collect();
+    // Run names end in their UTC start time, so name order is start order.
+    earlier.sort();
+    earlier.iter().rev().find_map(|name| {
+        let bytes = std::fs::read(root.join(name).join(JOURNAL_FILE)).ok()?;
+        let journal: Journal = serde_json::from_slice(&bytes).ok()?;
+        journal.finished_at.filter(|_| journal.state == RunState::Finished)
+    })
 }
 
 fn unix(rfc3339: &str) -> Option<i64> {
