@@ -138,6 +138,26 @@ fn moments(seed: u64, kills: usize, seconds: f64) -> Vec<Moment> {
         .collect()
 }
 
+/// No cluster: a seed gives the same moments again (replay), one in each K-th of the run, and
+/// every signal kind comes up.
+#[test]
+fn moments_replay_and_cover_the_whole_run() {
+    let mut kinds = Vec::new();
+    for seed in 0..200u64 {
+        let a = moments(seed, 4, 80.0);
+        let b = moments(seed, 4, 80.0);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"), "seed {seed} replays");
+        for (i, m) in a.iter().enumerate() {
+            let stratum = (i as f64 * 20.0)..((i + 1) as f64 * 20.0);
+            assert!(stratum.contains(&m.at), "seed {seed}: moment {i} at {} in {stratum:?}", m.at);
+            kinds.push(m.signal);
+        }
+    }
+    let share = |s: Signal| kinds.iter().filter(|&&k| k == s).count() as f64 / kinds.len() as f64;
+    assert!((0.55..0.78).contains(&share(Signal::Kill)), "mostly SIGKILL: {}", share(Signal::Kill));
+    assert!(share(Signal::Int) > 0.08 && share(Signal::Term) > 0.08, "some SIGINT and SIGTERM");
+}
+
 // ---------------------------------------------------------------------------------------
 // The rotation under test and its reference run
 
