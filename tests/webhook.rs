@@ -610,15 +610,18 @@ fn same_second_runs_on_two_asset_dirs_leave_each_other_alone() {
     std::fs::write(other_run.join("journal.json"), serde_json::to_vec_pretty(&j).unwrap()).unwrap();
     env.step(&format!("{} also in progress on another asset dir", j["run"]));
 
+    // Nothing serves the other cluster's API, and a re-run of a run in progress waits for a
+    // restarting kube-apiserver within --timeout: keep that wait short.
     let out = webhook(&env)
-        .args(["-y", "--assets-dir"])
+        .args(["-y", "--timeout", "5s", "--assets-dir"])
         .arg(&other.dir)
         .env("ASSET_DIR", &other.dir)
         .env("CONFIG_DIR", &other.config_dir)
         .env("KUBECONFIG", other.kubeconfig())
         .run();
     env.step(&format!("webhook -y on the other asset dir: exit {:?}", out.code()));
-    logged_error(&env, &out);
+    let error = logged_error(&env, &out);
+    assert!(error.contains("did not answer within 5s"), "{out}");
     std::thread::sleep(Duration::from_millis(500));
     let (wrapper, child) = (alive(lokoctl), alive(grandchild.0));
     let running = rotation.is_running();
