@@ -30,7 +30,7 @@ LOCAL_PROVIDER_VERSION=2.1.0
 # Kubernetes tree before the build (see the kubernetes step).
 # prometheus: its promtool checks `status -o prometheus` and the alert rules of
 # docs/monitoring.md; prometheus-node-exporter serves `status --textfile` in a test.
-APT_PACKAGES=(etcd-server golang-go rsync protobuf-compiler libprotobuf-dev libssl-dev pkg-config unzip dpkg-dev golang-github-modern-go-reflect2-dev prometheus prometheus-node-exporter)
+APT_PACKAGES=(python3 etcd-server golang-go rsync protobuf-compiler libprotobuf-dev libssl-dev pkg-config unzip dpkg-dev golang-github-modern-go-reflect2-dev prometheus prometheus-node-exporter)
 
 # ---------------------------------------------------------------- helpers --
 

@@ -135,6 +135,12 @@ fn rotation_with_lokoctl_on_helm3_serves_the_new_certificate() {
     let env = cluster("webhook-helm3");
     let before = Before::take(&env);
     assert!(admission_mutates(&env, "before-rotation"), "the webhook works before");
+    // What a `verify` killed during its admission check leaves behind.
+    let left = "certrotate-webhook-check-killed";
+    env.kubectl().args(["create", "namespace", left]).ok();
+    env.kubectl()
+        .args(["label", "namespace", left, "app.kubernetes.io/managed-by=kubectl-certrotate"])
+        .ok();
     let lokoctl_log = env.dir().join("lokoctl.log");
     let out = timed(
         &env,
@@ -149,6 +155,14 @@ fn rotation_with_lokoctl_on_helm3_serves_the_new_certificate() {
     assert_eq!(String::from_utf8(read(&lokoctl_log)).unwrap(), "cluster apply --confirm\n");
     let new = check_rotated(&env, &before, "not-expired", "after-rotation");
     assert!(out.stdout.contains(&format!("newWebhook: sha256 {new}")), "{out}");
+    let gone = env
+        .kubectl()
+        .args(["get", "namespace", left, "--ignore-not-found", "-o=jsonpath={.status.phase}"])
+        .ok();
+    assert!(
+        matches!(gone.stdout.trim(), "" | "Terminating"),
+        "verify removes the namespace a killed check left: {gone}"
+    );
 
     let pod = the_webhook_pod(&env);
     let again = timed(&env, "webhook -y again", webhook(&env).arg("-y"));
@@ -377,8 +391,10 @@ fn killed_after_unhook_then_restore_webhook_puts_the_old_configuration_back() {
     assert!(again.stdout.contains("exists already"), "{again}");
 }
 
-/// lokoctl failing: exit 1 naming its command line; the not-expired run is then completed by
-/// a plain re-run; on the (forced) expired path the error also says how to restore.
+/// lokoctl failing: exit 1 naming its command line; then killed inside lokoctl between its
+/// terraform apply and its helm upgrade, and the not-expired run is completed by a plain
+/// re-run (which must run lokoctl again); on the (forced) expired path the error also says how
+/// to restore.
 #[test]
 fn a_failing_lokoctl_fails_with_its_command_line_and_the_way_back() {
     let env = cluster("webhook-lokoctl-fails");
@@ -411,6 +427,30 @@ fn a_failing_lokoctl_fails_with_its_command_line_and_the_way_back() {
         "the configuration untouched"
     );
     assert_eq!(read(&env.assets.dir.join(VALUES)), before.values, "nothing applied");
+
+    // Killed inside lokoctl after its terraform apply wrote the new certificate to the files
+    // and the state, while its helm upgrade had not yet put it into the cluster.
+    let upgrading = env.dir().join("helm-upgrading");
+    let helm_hangs = script(
+        &env,
+        "helm-hangs-on-upgrade",
+        &format!(
+            "if [ \"$1\" = upgrade ]; then touch {marker}; exec sleep 300; fi\nexec {real} \"$@\"\n",
+            marker = shell_quote(&upgrading),
+            real = shell_quote(&Tools::get().helm3),
+        ),
+    );
+    let mut rotation = webhook(&env).arg("-y").env("HELM", &helm_hangs).spawn();
+    wait_for("lokoctl's helm upgrade to start", Duration::from_secs(180), || {
+        if !rotation.is_running() {
+            panic!("the rotation ended before lokoctl's helm upgrade: {}", rotation.kill());
+        }
+        if upgrading.exists() { Ok(()) } else { Err("not yet".to_string()) }
+    });
+    rotation.kill();
+    env.step("rotation SIGKILLed during lokoctl's helm upgrade (files and state already new)");
+    assert_ne!(read(&env.assets.dir.join(VALUES)), before.values, "terraform wrote the files");
+    assert_eq!(fp(&secret_pair(&env).0), before.fp, "the cluster still has the old certificate");
 
     let out = timed(&env, "webhook -y (re-run, real double)", webhook(&env).arg("-y"));
     assert_eq!(out.code(), Some(0), "{out}");

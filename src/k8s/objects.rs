@@ -158,6 +158,9 @@ pub async fn mutating_webhook_ca_bundles(
     }))
 }
 
+const CHECK_PREFIX: &str = "certrotate-webhook-check-";
+const CHECK_LABEL: &str = "app.kubernetes.io/managed-by=kubectl-certrotate";
+
 /// A real admission call: a throw-away namespace whose `default` ServiceAccount the
 /// controller manager creates, which Lokomotive's webhook mutates (no token automount).
 /// Returns whether it was mutated; the namespace is deleted again either way.
@@ -167,8 +170,20 @@ pub async fn default_service_account_mutated(
 ) -> Result<bool> {
     use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
     let namespaces: Api<Namespace> = Api::all(client.clone());
+    // A check that was killed left its namespace: remove it now (deleting one already being
+    // deleted is harmless).
+    let ours = kube::api::ListParams::default().labels(CHECK_LABEL);
+    let left = namespaces
+        .list_metadata(&ours)
+        .await
+        .map_err(|e| Error::kube("list the namespaces of earlier webhook checks", e))?;
+    for namespace in left.items.iter().map(kube::ResourceExt::name_any) {
+        if namespace.starts_with(CHECK_PREFIX) {
+            let _ = namespaces.delete(&namespace, &DeleteParams::default()).await;
+        }
+    }
     let probe: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": {"generateName": "certrotate-webhook-check-", "labels": {"app.kubernetes.io/managed-by": "kubectl-certrotate"}}
+        "metadata": {"generateName": CHECK_PREFIX, "labels": {"app.kubernetes.io/managed-by": "kubectl-certrotate"}}
     }))
     .expect("a namespace");
     let created = namespaces

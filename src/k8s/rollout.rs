@@ -402,10 +402,14 @@ pub async fn restart_and_wait<K: Workload>(
 }
 
 /// `kubectl rollout restart deployment/<name> -n <namespace>`, then `kubectl rollout status`.
+/// A restart made at or after `ours_since` (when the interrupted phase first began) is this
+/// run's own: its rollout is waited for, not started again (kubectl would refuse a second
+/// restart within the same second, and a second rollout is only longer).
 pub async fn restart_deployment(
     client: &kube::Client,
     namespace: &str,
     name: &str,
+    ours_since: Option<jiff::Timestamp>,
     timeout: Duration,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
@@ -414,7 +418,17 @@ pub async fn restart_deployment(
         .get(name)
         .await
         .map_err(|e| Error::kube(format!("read deployment {name} in {namespace}"), e))?;
+    if restarted_since(&current, ours_since) {
+        progress("restarted already by this run: waiting for that rollout");
+        return wait(&api, current, timeout, progress).await;
+    }
     restart_and_wait(&api, &current, timeout, progress).await
+}
+
+/// Whether `obj` was restarted at or after `since` (to the second, as the annotation is).
+fn restarted_since<K: Workload>(obj: &K, since: Option<jiff::Timestamp>) -> bool {
+    let restarted = obj.restarted_at().and_then(|at| at.parse::<jiff::Timestamp>().ok());
+    matches!((restarted, since), (Some(at), Some(since)) if at >= since)
 }
 
 /// Restarts the control plane's kube-apiserver (a Deployment when the chart runs one replica,
@@ -492,6 +506,26 @@ mod tests {
             "status": {"observedGeneration": observed, "replicas": replicas,
                        "updatedReplicas": updated, "availableReplicas": available}
         }))
+    }
+
+    #[test]
+    /// A resumed restart recognises its own restart by the annotation's time, whatever offset
+    /// kubectl (or this tool) wrote it with.
+    fn a_restart_since_the_phase_began_is_ours() {
+        let restarted = |at: &str| {
+            deployment(serde_json::json!({
+                "metadata": {"name": "web"},
+                "spec": {"selector": {}, "template": {"metadata": {"annotations": {RESTARTED_AT: at}}}}
+            }))
+        };
+        let began: jiff::Timestamp = "2026-12-04T10:00:00Z".parse().unwrap();
+        assert!(restarted_since(&restarted("2026-12-04T10:00:00Z"), Some(began)));
+        assert!(restarted_since(&restarted("2026-12-04T11:00:05+01:00"), Some(began)));
+        assert!(!restarted_since(&restarted("2026-12-04T09:59:59Z"), Some(began)));
+        assert!(!restarted_since(&restarted("2026-12-04T10:59:59+01:00"), Some(began)));
+        assert!(!restarted_since(&restarted("not a time"), Some(began)));
+        assert!(!restarted_since(&deploy(1, 1, 1, [1, 1, 1]), Some(began)));
+        assert!(!restarted_since(&restarted("2026-12-04T10:00:00Z"), None));
     }
 
     #[test]

@@ -151,6 +151,8 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         // Nothing of a killed run may still write while this one decides what is done.
         process::stop_leftovers(&child_marker(&assets, &run.journal.run)).await;
         run.remove_scratch();
+        // Read again: a leftover lokoctl may have been writing the files checked above.
+        P::check_assets(&assets)?;
     }
     let (run, expired) = choose_run::<P>(&assets, latest, &request)?;
     let wanted = wanted_phases::<P>(run.as_ref(), expired, &request)?;

@@ -245,6 +245,13 @@ impl RunDir {
         self.save()
     }
 
+    /// When phase `name` first began in this run (an interrupted phase begins again on a
+    /// re-run; what it did before can be recognised by being later than this).
+    pub fn phase_first_began(&self, name: &str) -> Option<jiff::Timestamp> {
+        let first = self.journal.phases.iter().find(|p| p.name == name)?;
+        first.started_at.parse().ok()
+    }
+
     /// The phase still marked running (a run that was killed, or is being interrupted).
     pub fn running_phase(&self) -> Option<String> {
         self.journal.phases.iter().rev().find(|p| p.outcome == "running").map(|p| p.name.clone())

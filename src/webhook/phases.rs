@@ -149,9 +149,14 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
             let (file, _) = values_pair(ctx)?;
             let new =
                 !tainted && state.sha256 != old_cert(ctx)?.sha256 && file.sha256 == state.sha256;
-            Ok(new.then(|| {
-                format!("the state and {LOKOMOTIVE_VALUES} already hold a new certificate")
-            }))
+            // lokoctl writes the files before its helm upgrade puts them in the cluster: a run
+            // killed in between must run lokoctl again.
+            if !new || served_problem(ctx).await?.is_some() {
+                return Ok(None);
+            }
+            Ok(Some(format!(
+                "the state, {LOKOMOTIVE_VALUES}, secret {NAMESPACE}/{SECRET} and the caBundle already hold a new certificate"
+            )))
         }
         Phase::Backup | Phase::Restart | Phase::Verify => Ok(None),
     }
@@ -253,45 +258,17 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: Action) -> Result<Stri
                 &ctx.conn()?.client,
                 NAMESPACE,
                 DEPLOYMENT,
+                ctx.run()?.phase_first_began(phase.name()),
                 ctx.timeout,
                 &report,
             )
             .await?;
             Ok(format!("deployment/{DEPLOYMENT} rolled out"))
         }
-        Action::CheckServed => {
-            let (file, key) = values_pair(ctx)?;
-            let client = &ctx.conn()?.client;
-            let served =
-                objects::secret_certificates(client, NAMESPACE, SECRET, "cert.pem").await?;
-            if served.first().map(|c| &c.sha256) != Some(&file.sha256) {
-                return Err(fail(format!(
-                    "secret {NAMESPACE}/{SECRET} does not hold the new certificate"
-                )));
-            }
-            let served_key = objects::secret_bytes(client, NAMESPACE, SECRET, "key.pem").await?;
-            if pki::private_key_half(&served_key).ok() != pki::private_key_half(&key).ok() {
-                return Err(fail(format!(
-                    "secret {NAMESPACE}/{SECRET} key.pem is not the new key"
-                )));
-            }
-            let Some(bundles) = objects::mutating_webhook_ca_bundles(client, CONFIGURATION).await?
-            else {
-                return Err(fail(format!(
-                    "mutatingwebhookconfiguration {CONFIGURATION} does not exist"
-                )));
-            };
-            let trusted = bundles.iter().all(|pem| {
-                pki::parse_certs(pem)
-                    .is_ok_and(|certs| certs.iter().any(|c| c.sha256 == file.sha256))
-            });
-            if bundles.is_empty() || !trusted {
-                return Err(fail(format!(
-                    "the caBundle of {CONFIGURATION} is not the new certificate"
-                )));
-            }
-            Ok("secret and caBundle carry the new certificate".into())
-        }
+        Action::CheckServed => match served_problem(ctx).await? {
+            Some(problem) => Err(fail(problem)),
+            None => Ok("secret and caBundle carry the new certificate".into()),
+        },
         Action::CheckAdmission => {
             if objects::default_service_account_mutated(&ctx.conn()?.client, ctx.timeout).await? {
                 Ok("the API server called the webhook over TLS and it mutated the new default ServiceAccount".into())
@@ -300,6 +277,31 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: Action) -> Result<Stri
             }
         }
     }
+}
+
+/// What keeps the cluster from serving the certificate and key of `lokomotive.yaml`: the
+/// Secret the webhook's pods mount, and the caBundle the API server trusts when it calls it.
+async fn served_problem(ctx: &Ctx) -> Result<Option<String>> {
+    let (file, key) = values_pair(ctx)?;
+    let client = &ctx.conn()?.client;
+    let served = objects::secret_certificates(client, NAMESPACE, SECRET, "cert.pem").await?;
+    if served.first().map(|c| &c.sha256) != Some(&file.sha256) {
+        return Ok(Some(format!("secret {NAMESPACE}/{SECRET} does not hold the new certificate")));
+    }
+    let served_key = objects::secret_bytes(client, NAMESPACE, SECRET, "key.pem").await?;
+    if pki::private_key_half(&served_key).ok() != pki::private_key_half(&key).ok() {
+        return Ok(Some(format!("secret {NAMESPACE}/{SECRET} key.pem is not the new key")));
+    }
+    let Some(bundles) = objects::mutating_webhook_ca_bundles(client, CONFIGURATION).await? else {
+        return Ok(Some(format!("mutatingwebhookconfiguration {CONFIGURATION} does not exist")));
+    };
+    let trusted = bundles.iter().all(|pem| {
+        pki::parse_certs(pem).is_ok_and(|certs| certs.iter().any(|c| c.sha256 == file.sha256))
+    });
+    if bundles.is_empty() || !trusted {
+        return Ok(Some(format!("the caBundle of {CONFIGURATION} is not the new certificate")));
+    }
+    Ok(None)
 }
 
 /// `lokoctl cluster apply`, after keeping the state its terraform apply changes.
