@@ -41,7 +41,7 @@ use support::{Cmd, Output, Spawned, TestEnv};
 /// Moments per campaign unless `CERTROTATE_CAMPAIGN_KILLS` says otherwise, kept few since CI
 /// runs every test file: the aggregation's kube-apiserver rollouts make each of its moments
 /// cost a minute or more, the webhook's a few seconds.
-const AGGREGATION_KILLS: usize = 3;
+const AGGREGATION_KILLS: usize = 2;
 const WEBHOOK_KILLS: usize = 4;
 /// A re-run failing on its own this many times in a row ends the campaign.
 const FAILURES_IN_A_ROW: usize = 3;
@@ -539,7 +539,6 @@ fn judge(env: &TestEnv, outcome: &Outcome, seed: u64, checks: impl FnOnce()) {
 
 /// `aggregation --cleanup -y`, not expired.
 #[test]
-#[ignore = "open findings (docs/test-harness.md, kill campaigns): re-runs after some random kills do not complete yet; run with --ignored"]
 fn aggregation_cleanup_survives_random_kills() {
     let seed = seed();
     eprintln!("aggregation campaign: seed {seed}");
@@ -599,7 +598,6 @@ fn aggregation_cleanup_survives_random_kills() {
 
 /// `webhook -y`, not expired.
 #[test]
-#[ignore = "open findings (docs/test-harness.md, kill campaigns): re-runs after some random kills do not complete yet; run with --ignored"]
 fn webhook_survives_random_kills() {
     webhook_campaign("campaign-webhook", false);
 }
@@ -607,7 +605,6 @@ fn webhook_survives_random_kills() {
 /// `webhook -y --expired`: the expired path (the webhook configuration deleted first, lokoctl
 /// with --skip-pre-update-health-check) forced, as its phases are what matters here.
 #[test]
-#[ignore = "open findings (docs/test-harness.md, kill campaigns): re-runs after some random kills do not complete yet; run with --ignored"]
 fn webhook_expired_path_survives_random_kills() {
     webhook_campaign("campaign-webhook-expired", true);
 }

@@ -186,6 +186,7 @@ fn journal(
         started_at: started,
         finished_at: finished_at.map(str::to_string),
         fingerprints: Default::default(),
+        origins: Default::default(),
         phases: done.iter().map(|p| phase(p)).collect(),
         events: Vec::new(),
     };

@@ -5,6 +5,7 @@
 //! expired: backup, ca, apply, restart. The steps of each phase are in [`phases`]; running
 //! them (journal, lock, plan, resume) is the shared [`crate::rotation::engine`].
 
+mod old_ca;
 pub mod phases;
 
 use crate::assets::AssetDir;
@@ -80,7 +81,8 @@ impl Procedure for Aggregation {
 
     fn needs(phase: Phase) -> Needs {
         Needs {
-            terraform: matches!(phase, Phase::Ca | Phase::Client | Phase::Apply),
+            // The backup re-writes a key file a targeted apply typed by hand left stale.
+            terraform: matches!(phase, Phase::Backup | Phase::Ca | Phase::Client | Phase::Apply),
             helm: matches!(phase, Phase::Bundle | Phase::Client | Phase::Apply),
             lokoctl: phase == Phase::Apply,
         }

@@ -24,8 +24,8 @@ pub const CLIENT_KEY: &str = "tls/aggregation-client.key";
 const RELEASE: &str = "kube-apiserver";
 /// The chart lokoctl unpacked into the asset dir, inside `cluster-assets/`.
 const CHART: &str = "charts/kube-system/kube-apiserver";
-const NAMESPACE: &str = "kube-system";
-const SECRET: &str = "kube-apiserver";
+pub const NAMESPACE: &str = "kube-system";
+pub const SECRET: &str = "kube-apiserver";
 const AUTH_CONFIGMAP: &str = "extension-apiserver-authentication";
 const AUTH_KEY: &str = "requestheader-client-ca-file";
 /// How often a wait for kube-apiserver to republish its ConfigMap looks again.
@@ -53,6 +53,12 @@ fn client_key() -> &'static str {
 
 fn client_cert() -> &'static str {
     resources("aggregation-client").cert.expect("the aggregation client has a certificate")
+}
+
+/// The `local_file` that writes the CA key.
+fn ca_key_file() -> &'static str {
+    let files = resources("aggregation-ca").files;
+    files.iter().find(|f| f.contains("-key")).expect("the CA key has a local_file")
 }
 
 /// The `local_file` that writes the client certificate (not its key).
@@ -126,13 +132,13 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             Planned::new(
                 K::File,
                 format!(
-                    "copy {CA_CERT}, {CA_KEY}, {CLIENT_CERT} and {CLIENT_KEY} into the run's backup folder (0600)"
+                    "copy the CA the cluster trusts and its key ({CA_CERT} and {CA_KEY}, or where a rotation begun by hand left them), {CLIENT_CERT} and {CLIENT_KEY} into the run's backup folder (0600)"
                 ),
                 A::Backup,
             ),
             Planned::new(
                 K::Check,
-                "the copies read back equal to the originals".into(),
+                "the copies read back equal to what was kept".into(),
                 A::Verify(Check::BackupReadsBack),
             ),
         ],
@@ -287,7 +293,7 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
         Phase::Ca => {
             let state = ctx.terraform()?.state().await?;
             let new = state_ca(ctx, &state)?;
-            let old = old_ca(ctx)?;
+            let old = old_ca(ctx).await?;
             let key_tainted = state.instance(&ctx.addr(ca_key())).is_some_and(|i| i.tainted);
             if new.sha256 == old.sha256 || key_tainted {
                 return Ok(None);
@@ -296,15 +302,30 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
                 return Ok(Some("the state already holds a new CA".into()));
             }
             let file = ctx.file_cert(CA_CERT)?;
-            Ok((file.sha256 == new.sha256 && ctx.key_matches(CA_KEY, &file))
-                .then(|| "the state and the files already hold a new CA".into()))
+            if file.sha256 != new.sha256 {
+                return Ok(None);
+            }
+            if ctx.key_matches(CA_KEY, &file) {
+                return Ok(Some("the state and the files already hold a new CA".into()));
+            }
+            // Asked before a run exists (a phase after `ca` with no run in progress): the
+            // manual procedure's targeted apply leaves the key file stale, which the new run's
+            // backup re-writes from the state; within a run a stale key file means `ca`'s
+            // apply did not finish.
+            let state_key =
+                state.attribute(&ctx.addr(ca_key()), "public_key_pem").unwrap_or_default();
+            let by_hand = ctx.run.is_none()
+                && pki::public_key_half(state_key.as_bytes()).ok() == pki::certificate_half(&file);
+            Ok(by_hand.then(|| {
+                format!("the state and {CA_CERT} hold a new CA (its key file is re-written by the backup)")
+            }))
         }
         Phase::Bundle => {
             // A release left pending (helm killed during --wait) goes through the recovery.
             if !release_deployed(ctx).await? {
                 return Ok(None);
             }
-            let (old, new) = (old_ca(ctx)?, new_ca(ctx)?);
+            let (old, new) = (old_ca(ctx).await?, new_ca(ctx).await?);
             Ok(bundle_served(ctx, &old, &new)
                 .await?
                 .is_ok()
@@ -314,14 +335,14 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
             if !release_deployed(ctx).await? {
                 return Ok(None);
             }
-            let new = new_ca(ctx)?;
+            let new = new_ca(ctx).await?;
             let served = client_served(ctx, &new).await?;
             Ok(served
                 .is_ok()
                 .then(|| "the cluster already serves a client certificate of the new CA".into()))
         }
         Phase::Cleanup => {
-            let new = new_ca(ctx)?;
+            let new = new_ca(ctx).await?;
             let trusted = trusted_cas(ctx).await?;
             if !(trusted.len() == 1 && trusted[0].sha256 == new.sha256) {
                 return Ok(None);
@@ -361,7 +382,7 @@ async fn release_deployed(ctx: &Ctx) -> Result<bool> {
 /// Runs one step; returns what to record of it.
 pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<String> {
     match action {
-        Action::Backup => backup(ctx),
+        Action::Backup => backup(ctx).await,
         Action::TaintCaKey => {
             let state = ctx.terraform()?.state().await?;
             let address = ctx.addr(ca_key());
@@ -373,7 +394,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
             }
             let state_key =
                 key.attributes.get("public_key_pem").and_then(|v| v.as_str()).unwrap_or_default();
-            let old = old_ca(ctx)?;
+            let old = old_ca(ctx).await?;
             let same_key =
                 pki::public_key_half(state_key.as_bytes()).ok() == pki::certificate_half(&old);
             if !same_key {
@@ -396,7 +417,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
                 instance.attributes.get("cert_pem").and_then(|v| v.as_str()).unwrap_or_default();
             let cert =
                 pki::parse_one_cert(pem.as_bytes()).map_err(|p| state_problem(ctx, &address, p))?;
-            if pki::issued_by(&cert, &new_ca(ctx)?) {
+            if pki::issued_by(&cert, &new_ca(ctx).await?) {
                 return Ok(
                     "skipped: the state's client certificate is already signed by the new CA"
                         .into(),
@@ -420,7 +441,7 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
             Ok(format!("{workload} rolled out"))
         }
         Action::RestartExtensionServers => {
-            let new = new_ca(ctx)?;
+            let new = new_ca(ctx).await?;
             let conn = ctx.conn()?;
             let done =
                 crate::extension_servers::restart_for_rotation(conn, ctx.timeout, &new).await?;
@@ -478,15 +499,22 @@ fn servers(ctx: &Ctx) -> String {
     }
 }
 
-/// The CA the run started from (its backup).
-fn old_ca(ctx: &Ctx) -> Result<CertInfo> {
-    ctx.backup_cert(backup_name(CA_CERT))
+/// The CA the run started from (its backup); before the backup exists (a phase asked for
+/// with no run in progress, whose predecessors the real state must show done), the CA the
+/// cluster trusts.
+async fn old_ca(ctx: &Ctx) -> Result<CertInfo> {
+    match &ctx.run {
+        Some(run) if run.backup_path(backup_name(CA_CERT)).exists() => {
+            ctx.backup_cert(backup_name(CA_CERT))
+        }
+        _ => Ok(super::old_ca::find(ctx).await?.cert),
+    }
 }
 
 /// The CA the `ca` phase made; on the expired path the files hold it only after `apply`.
-fn new_ca(ctx: &Ctx) -> Result<CertInfo> {
+async fn new_ca(ctx: &Ctx) -> Result<CertInfo> {
     let cert = ctx.file_cert(CA_CERT)?;
-    if !ctx.expired && cert.sha256 == old_ca(ctx)?.sha256 {
+    if !ctx.expired && cert.sha256 == old_ca(ctx).await?.sha256 {
         return Err(Error::Precondition {
             phase: "ca",
             reason: format!(
@@ -526,9 +554,13 @@ fn state_problem(ctx: &Ctx, address: &str, p: pki::PemProblem) -> Error {
     }
 }
 
-fn backup(ctx: &mut Ctx) -> Result<String> {
-    let ca = ctx.file_cert(CA_CERT)?;
-    if !ctx.key_matches(CA_KEY, &ca) {
+/// Keeps the CA the cluster trusts (from wherever the real state has it: see [`old_ca`]) and
+/// the client certificate and key, and, when the key file is neither the old CA's nor the
+/// files' CA's (stale), that file too before the `ca` phase re-writes it from the state.
+async fn backup(ctx: &mut Ctx) -> Result<String> {
+    let old = super::old_ca::find(ctx).await?;
+    let files_ca = ctx.file_cert(CA_CERT)?;
+    if old.is_the_files(ctx)? && !ctx.key_matches(CA_KEY, &files_ca) {
         return Err(Error::Precondition {
             phase: "backup",
             reason: format!(
@@ -539,13 +571,37 @@ fn backup(ctx: &mut Ctx) -> Result<String> {
         });
     }
     let client = ctx.file_cert(CLIENT_CERT)?;
-    for file in [CA_CERT, CA_KEY, CLIENT_CERT, CLIENT_KEY] {
-        let bytes = ctx.read_asset(file)?;
-        ctx.run_mut().write_backup(backup_name(file), &bytes)?;
+    let mut kept = vec![(backup_name(CA_CERT).to_string(), old.pem.clone())];
+    if let Some((key, _)) = &old.key {
+        kept.push((backup_name(CA_KEY).to_string(), key.clone()));
     }
-    ctx.fingerprint("oldCa", &ca.sha256)?;
+    let key_file = ctx.read_asset(CA_KEY)?;
+    let stale = !ctx.key_matches(CA_KEY, &old.cert) && !ctx.key_matches(CA_KEY, &files_ca);
+    if stale {
+        kept.push((format!("{}.found", backup_name(CA_KEY)), key_file));
+    }
+    for file in [CLIENT_CERT, CLIENT_KEY] {
+        kept.push((backup_name(file).to_string(), ctx.read_asset(file)?));
+    }
+    for (name, bytes) in &kept {
+        ctx.run_mut().write_backup(name, bytes)?;
+    }
+    ctx.fingerprint("oldCa", &old.cert.sha256)?;
     ctx.fingerprint("oldClient", &client.sha256)?;
-    Ok("backed up".into())
+    let origin = old.origin();
+    ctx.run_mut().note_origin("oldCa", &origin)?;
+    if old.is_the_files(ctx)? {
+        return Ok("backed up".into());
+    }
+    if ctx.key_matches(CA_KEY, &files_ca) {
+        return Ok(format!("backed up; {origin}"));
+    }
+    // The manual procedure's apply targets only the certificate's file: its key file still
+    // holds the old key (kept above), and the state the new one.
+    let key_file = ctx.addr(ca_key_file());
+    let terraform = ctx.terraform()?;
+    terraform.change(terraform.apply_command(&[key_file])).await?;
+    Ok(format!("backed up; {origin}; {CA_KEY} re-written from the state (it held the old key)"))
 }
 
 pub fn backup_name(file: &str) -> &str {
@@ -656,17 +712,32 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
     let fail = |reason: String| Error::Verification { phase: phase.name(), reason };
     match check {
         Check::BackupReadsBack => {
-            for file in [CA_CERT, CA_KEY, CLIENT_CERT, CLIENT_KEY] {
+            // The CA kept is the one the cluster trusts, not always the files' (a rotation
+            // begun by hand): it must read back as the recorded old CA, its key (when kept)
+            // matching; the client's files are kept as they are.
+            let old = ctx.backup_cert(backup_name(CA_CERT))?;
+            let recorded = ctx.run()?.journal.fingerprints.get("oldCa").cloned();
+            if recorded.as_deref() != Some(old.sha256.as_str()) {
+                return Err(fail("the backup of the old CA does not read back as it".into()));
+            }
+            let key = ctx.run()?.backup_path(backup_name(CA_KEY));
+            if key.exists() {
+                let half = std::fs::read(&key).ok().and_then(|k| pki::private_key_half(&k).ok());
+                if half.is_none() || half != pki::certificate_half(&old) {
+                    return Err(fail("the backup of the old CA key does not match it".into()));
+                }
+            }
+            for file in [CLIENT_CERT, CLIENT_KEY] {
                 if ctx.read_backup(backup_name(file))? != ctx.read_asset(file)? {
                     return Err(fail(format!("the backup of {file} differs from the original")));
                 }
             }
-            Ok("backups equal the originals".into())
+            Ok("backups read back equal".into())
         }
         Check::NewCa { files } => {
             let state = ctx.terraform()?.state().await?;
             let new = state_ca(ctx, &state)?;
-            let old = old_ca(ctx)?;
+            let old = old_ca(ctx).await?;
             if new.sha256 == old.sha256 {
                 return Err(fail("the state still holds the backed-up CA".into()));
             }
@@ -683,7 +754,7 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
             Ok(format!("new CA {}", new.sha256))
         }
         Check::BundleServed => {
-            let (old, new) = (old_ca(ctx)?, new_ca(ctx)?);
+            let (old, new) = (old_ca(ctx).await?, new_ca(ctx).await?);
             until(ctx, phase, "the cluster trusting both CAs", async || {
                 bundle_served(ctx, &old, &new).await
             })
@@ -691,7 +762,7 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
             Ok("secret and configmap trust old and new CA".into())
         }
         Check::ClientServed => {
-            let new = new_ca(ctx)?;
+            let new = new_ca(ctx).await?;
             until(ctx, phase, "the new client certificate served", async || {
                 client_served(ctx, &new).await
             })
@@ -746,11 +817,15 @@ async fn verify(ctx: &mut Ctx, phase: Phase, check: Check) -> Result<String> {
             }
             files_equal_state(ctx, phase).await?;
             lokoctl_applied_the_files(ctx, phase).await?;
+            // Again here: a `ca` or `client` phase found done skipped its own record.
+            let (ca, client) = (ctx.file_cert(CA_CERT)?, ctx.file_cert(CLIENT_CERT)?);
+            ctx.fingerprint("newCa", &ca.sha256)?;
+            ctx.fingerprint("newClient", &client.sha256)?;
             Ok("no aggregation change pending; files equal the state; the secret serves them"
                 .into())
         }
         Check::OnlyNewCaTrusted => {
-            let new = new_ca(ctx)?;
+            let new = new_ca(ctx).await?;
             until(ctx, phase, "configmap trusting only the new CA", async || {
                 let trusted = trusted_cas(ctx).await?;
                 Ok(match trusted.as_slice() {

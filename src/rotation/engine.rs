@@ -119,6 +119,8 @@ struct Report<'a> {
     path: &'static str,
     phases: &'a [PhaseReport],
     fingerprints: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    origins: std::collections::BTreeMap<String, String>,
     next: String,
 }
 
@@ -195,6 +197,9 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     let described: &[P::Phase] = if global.dry_run { &wanted } else { &todo };
     find_programs::<P>(global, &mut ctx, described, &runner, &mut unresolved)?;
     resolve_module(&mut ctx, global.dry_run, &mut unresolved).await?;
+    if ctx.run.is_none() && !global.dry_run {
+        predecessors_done_by_hand::<P>(&ctx, &request).await?;
+    }
     let resuming = !global.dry_run
         && ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::InProgress);
     match resolve_once_answering::<P>(&mut ctx, resuming).await {
@@ -306,6 +311,31 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     }
 }
 
+/// `--phase P` with no run in progress (a rotation an operator began by hand): every phase
+/// before P but the first (the backup, which the new run takes itself) must be found done in
+/// the real state, else the first that is not is named and nothing changes.
+async fn predecessors_done_by_hand<P: Procedure>(
+    ctx: &Ctx,
+    request: &Request<P::Phase>,
+) -> Result<()> {
+    let order = P::path(ctx.expired);
+    let Some(phase) = request.phase else { return Ok(()) };
+    let Some(at) = order.iter().position(|&p| p == phase) else { return Ok(()) };
+    for &before in order.iter().take(at).skip(1) {
+        if P::found_done(ctx, before).await?.is_none() {
+            let missing = P::phase_name(before);
+            return Err(Error::Precondition {
+                phase: P::phase_name(phase),
+                reason: format!(
+                    "no {} rotation is in progress for this asset dir, and the real state does not show phase {missing} done (by hand): run --phase {missing} first, or --phase all",
+                    P::NAME
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Marks the run finished when every phase of its path is done.
 fn finish_if_path_done<P: Procedure>(ctx: &mut Ctx) -> Result<()> {
     let Some(run) = ctx.run.as_mut() else { return Ok(()) };
@@ -315,6 +345,9 @@ fn finish_if_path_done<P: Procedure>(ctx: &mut Ctx) -> Result<()> {
     }
     Ok(())
 }
+
+/// How a phase found done is said to be, when this run never began it.
+const BY_HAND: &str = "done by hand (real state)";
 
 /// How often a re-run looks again at an API server that does not answer yet.
 const API_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -486,20 +519,9 @@ fn choose_run<P: Procedure>(
             let expired = run.journal.path == EXPIRED;
             Ok((Some(run), expired))
         }
-        _ => {
-            let first = P::path(request.expired)[0];
-            if let Some(phase) = request.phase.filter(|&p| p != first) {
-                return Err(Error::Precondition {
-                    phase: P::phase_name(phase),
-                    reason: format!(
-                        "no {} rotation is in progress for this asset dir: start one with --phase {} (or --phase all)",
-                        P::NAME,
-                        P::phase_name(first)
-                    ),
-                });
-            }
-            Ok((None, request.expired || P::has_expired(assets)?))
-        }
+        // A phase asked for with no run in progress starts one when the real state shows its
+        // predecessors done (by hand): see [`predecessors_done_by_hand`].
+        _ => Ok((None, request.expired || P::has_expired(assets)?)),
     }
 }
 
@@ -536,6 +558,11 @@ fn wanted_phases<P: Procedure>(
                     names()
                 )));
             };
+            if run.is_none() {
+                // A new run: its first phase (the backup), then what the real state must show
+                // done by hand, then the phase asked for.
+                return Ok(order[..=at].to_vec());
+            }
             if let Some(missing) = order[..at].iter().find(|p| !done(p)) {
                 let missing = P::phase_name(*missing);
                 return Err(Error::Precondition {
@@ -590,8 +617,11 @@ async fn run_phases<P: Procedure>(
 /// each recorded in the journal before and after.
 async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(&'static str, String)> {
     let name = P::phase_name(phase);
+    // Found done without this run having begun it before: someone did it by hand.
+    let by_hand = ctx.run()?.phase_first_began(name).is_none();
     ctx.run_mut().begin_phase(name)?;
     if let Some(why) = P::found_done(ctx, phase).await.unwrap_or(None) {
+        let why = if by_hand { format!("{BY_HAND}: {why}") } else { why };
         ctx.run_mut().end_phase(name, "done", Some(format!("found done: {why}")))?;
         return Ok(("already-done", why));
     }
@@ -675,6 +705,7 @@ fn report<P: Procedure>(
         path: path_name(ctx.expired),
         phases,
         fingerprints: run.map(|r| r.journal.fingerprints.clone()).unwrap_or_default(),
+        origins: run.map(|r| r.journal.origins.clone()).unwrap_or_default(),
         next: next_step::<P>(ctx),
     };
     write(format, &doc, |out| render(out, &doc, note))?;
@@ -719,6 +750,9 @@ fn render(out: &mut impl Write, doc: &Report, note: &str) -> std::io::Result<()>
     }
     for (name, value) in &doc.fingerprints {
         writeln!(out, "{name}: sha256 {value}")?;
+    }
+    for (name, origin) in &doc.origins {
+        writeln!(out, "{name}: {origin}")?;
     }
     if !doc.next.is_empty() {
         writeln!(out, "next: {}", doc.next)?;

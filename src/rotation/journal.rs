@@ -61,6 +61,10 @@ pub struct Journal {
     /// SHA-256 of the certificates' DER (lowercase hex): `oldCa`, `newCa`, `oldClient`, …
     #[serde(default)]
     pub fingerprints: BTreeMap<String, String>,
+    /// Where the run found what it keeps, which is not always the asset dir's files (a
+    /// rotation begun by hand): `oldCa` → "old CA from …; its key from …".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub origins: BTreeMap<String, String>,
     #[serde(default)]
     pub phases: Vec<PhaseRecord>,
     #[serde(default)]
@@ -168,6 +172,7 @@ impl RunDir {
             started_at: now(),
             finished_at: None,
             fingerprints: BTreeMap::new(),
+            origins: BTreeMap::new(),
             phases: Vec::new(),
             events: Vec::new(),
         };
@@ -242,6 +247,12 @@ impl RunDir {
             record.outcome = outcome.into();
             record.message = message;
         }
+        self.save()
+    }
+
+    /// Records where the run found `name` (see [`Journal::origins`]).
+    pub fn note_origin(&mut self, name: &str, origin: &str) -> Result<()> {
+        self.journal.origins.insert(name.into(), origin.into());
         self.save()
     }
 

@@ -360,6 +360,18 @@ pub fn status_ok(env: &TestEnv) {
 
 /// Everything a finished rotation promises; returns the new certificate's fingerprint.
 pub fn check_rotated(env: &TestEnv, before: &Before, path: &str, check_ns: &str) -> String {
+    check_rotated_keeping(env, before, path, check_ns, path == "expired")
+}
+
+/// [`check_rotated`], saying whether the run kept the webhook configuration as a manifest (not
+/// when it was deleted by hand before the run).
+pub fn check_rotated_keeping(
+    env: &TestEnv,
+    before: &Before,
+    path: &str,
+    check_ns: &str,
+    kept_manifest: bool,
+) -> String {
     let (cert, key) = values_pair(env);
     let new = fp(&cert);
     assert_ne!(new, before.fp, "lokomotive.yaml holds a new certificate");
@@ -416,7 +428,7 @@ pub fn check_rotated(env: &TestEnv, before: &Before, path: &str, check_ns: &str)
     );
     assert_eq!(mode(&backup.join("lokomotive.yaml")), 0o600);
     let manifest = backup.join("mutatingwebhookconfiguration.json");
-    if path == "expired" {
+    if kept_manifest {
         let kept: Value = serde_json::from_slice(&read(&manifest)).unwrap();
         assert_eq!(kept["kind"], "MutatingWebhookConfiguration");
         let kept_bundle = BASE64
@@ -425,7 +437,7 @@ pub fn check_rotated(env: &TestEnv, before: &Before, path: &str, check_ns: &str)
         assert_eq!(kept_bundle, before.cert, "the kept manifest trusts the old certificate");
         assert_eq!(mode(&manifest), 0o600);
     } else {
-        assert!(!manifest.exists(), "the not-expired path keeps no manifest");
+        assert!(!manifest.exists(), "no manifest kept (not-expired path, or deleted by hand)");
     }
     env.step(&format!(
         "verified: new certificate sha256 {new}, pod {pod}; kube-apiserver restarts so far: {}",
