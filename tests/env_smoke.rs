@@ -579,3 +579,80 @@ fn a_component_that_dies_fails_the_test_at_once_with_its_log() {
     assert!(report.contains(&format!("kube-controller-manager (pid {pid})")), "{report}");
     assert!(!report.contains("left behind"), "{report}");
 }
+
+/// `curl` of etcd's `/version` over TLS, trusting the etcd CA, with `cert` (certificate and
+/// key file) or no client certificate.
+fn curl_etcd(env: &TestEnv, cert: Option<(&str, &str)>) -> support::Output {
+    let tls = |name: &str| env.assets.tls(name);
+    let mut cmd = support::Cmd::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(tls("etcd/server-ca.crt"))
+        .arg(format!("https://127.0.0.1:{}/version", env.etcd_port))
+        .timeout(Duration::from_secs(30));
+    if let Some((crt, key)) = cert {
+        cmd = cmd.arg("--cert").arg(tls(crt)).arg("--key").arg(tls(key));
+    }
+    cmd.run()
+}
+
+#[test]
+fn etcd_requires_client_certificates_and_the_node_heartbeats_with_the_kubelet_certificate() {
+    let env = TestEnv::start_with(
+        "etcd-kubelet",
+        EnvOptions { audit_users: vec!["kubelet".into()], ..Default::default() },
+    );
+
+    env.step("etcd serves TLS with the asset dir's server certificate and refuses a client without a certificate");
+    let without = curl_etcd(&env, None);
+    assert!(!without.success(), "etcd answered a client without a certificate: {without}");
+    let other_ca = env.dir().join("other-ca");
+    std::fs::create_dir_all(&other_ca).unwrap();
+    let with = curl_etcd(&env, Some(("etcd-client.crt", "etcd-client.key")));
+    assert!(with.success() && with.stdout.contains("etcdserver"), "{with}");
+    // A client certificate of another CA (the kube CA's admin-like one) is refused too.
+    let (cert, key) = support::pki::client_certificate(
+        &env.assets.tls("ca.crt"),
+        &env.assets.tls("ca.key"),
+        "x",
+        &[],
+    );
+    std::fs::write(other_ca.join("c.crt"), cert).unwrap();
+    support::pki::write_private(&other_ca.join("c.key"), &key).unwrap();
+    let foreign = support::Cmd::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(env.assets.tls("etcd/server-ca.crt"))
+        .arg("--cert")
+        .arg(other_ca.join("c.crt"))
+        .arg("--key")
+        .arg(other_ca.join("c.key"))
+        .arg(format!("https://127.0.0.1:{}/version", env.etcd_port))
+        .timeout(Duration::from_secs(30))
+        .run();
+    assert!(!foreign.success(), "etcd answered a client of the kube CA: {foreign}");
+
+    env.step(
+        "the kube-apiserver reaches etcd with the etcd client certificate of its Secret files",
+    );
+    env.kubectl().args(["create", "namespace", "stored-in-etcd"]).ok();
+
+    env.step(
+        "the node registers and heartbeats as user kubelet (the asset dir's kubelet certificate)",
+    );
+    let node = env.kubelet.nodes()[0].clone();
+    wait_for("a heartbeat of the node as user kubelet", Duration::from_secs(30), || {
+        let by_kubelet: Vec<String> = env
+            .audited_requests()
+            .into_iter()
+            .filter(|r| r.user == "kubelet" && r.uri.contains(&format!("/nodes/{node}/status")))
+            .filter(|r| r.code == Some(200))
+            .map(|r| r.to_string())
+            .collect();
+        if by_kubelet.is_empty() { Err("none yet".to_string()) } else { Ok(()) }
+    });
+    let ready = kubectl_jsonpath(
+        &env,
+        &["get", "node", &node],
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+    );
+    assert_eq!(ready, "True");
+}

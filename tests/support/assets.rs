@@ -20,6 +20,22 @@ pub struct AssetOptions {
     pub controllers: Option<u32>,
 }
 
+impl AssetOptions {
+    /// Every certificate of the asset dir (the CAs included) issued so that it expires
+    /// `validity` from now: issued with Lokomotive's 8760 h (or `validity_hours`) at a fake
+    /// "now" that many hours minus `validity` in the past (the test providers' clock, as
+    /// `fake_now` does). The asset dir's terraform takes some seconds after this call: count
+    /// them in `validity`.
+    pub fn expiring_in(self, validity: Duration) -> AssetOptions {
+        let hours = self.validity_hours.unwrap_or(8760);
+        let lifetime = jiff::SignedDuration::from_hours(i64::from(hours));
+        let left = jiff::SignedDuration::try_from(validity).expect("a short validity");
+        let issued = jiff::Timestamp::now() - lifetime + left;
+        let issued = jiff::Timestamp::from_second(issued.as_second()).unwrap_or(issued);
+        AssetOptions { validity_hours: Some(hours), fake_now: Some(issued.to_string()), ..self }
+    }
+}
+
 /// A config dir (`cluster.lokocfg`) with its asset dir in `assets/`.
 #[derive(Debug, Clone)]
 pub struct Assets {

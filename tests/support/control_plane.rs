@@ -1,6 +1,7 @@
 //! etcd, kube-apiserver and kube-controller-manager on loopback, with the asset dir's PKI, so
 //! that the cluster *is* the asset dir's cluster and its admin kubeconfig works.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -22,49 +23,77 @@ use super::wait::wait_for_async;
 /// Bound for one kube-apiserver (re)start to reach `/readyz` ok (measured: 5–15 s).
 pub const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The aggregation (front-proxy) material a kube-apiserver runs with: what a real pod mounts
-/// from Secret `kube-apiserver` as `aggregation-ca.crt`, `aggregation-client.crt/.key`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Aggregation {
-    /// `--requestheader-client-ca-file`: one CA or a bundle.
-    pub ca_bundle: Vec<u8>,
-    /// `--proxy-client-cert-file`.
-    pub client_cert: Vec<u8>,
-    /// `--proxy-client-key-file` (never printed: no Debug).
-    pub client_key: Vec<u8>,
-}
+/// The keys of Secret `kube-system/kube-apiserver` that the kube-apiserver chart mounts and its
+/// flags name, with the asset dir file each comes from (what terraform rendered into the
+/// chart's values). `token-auth-file` is left out: the harness's process has no token file.
+pub const SECRET_FILES: [(&str, &str); 10] = [
+    ("apiserver.crt", "apiserver.crt"),
+    ("apiserver.key", "apiserver.key"),
+    ("service-account.key", "service-account.key"),
+    ("ca.crt", "ca.crt"),
+    ("etcd-client-ca.crt", "etcd-client-ca.crt"),
+    ("etcd-client.crt", "etcd-client.crt"),
+    ("etcd-client.key", "etcd-client.key"),
+    ("aggregation-ca.crt", "aggregation-ca.crt"),
+    ("aggregation-client.crt", "aggregation-client.crt"),
+    ("aggregation-client.key", "aggregation-client.key"),
+];
 
-impl Aggregation {
-    fn read(dir: &Path) -> Aggregation {
-        let read = |name: &str| {
-            std::fs::read(dir.join(name))
-                .unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
-        };
-        Aggregation {
-            ca_bundle: read("aggregation-ca.crt"),
-            client_cert: read("aggregation-client.crt"),
-            client_key: read("aggregation-client.key"),
-        }
+/// What a kube-apiserver pod mounts from Secret `kube-apiserver`: every key of
+/// [`SECRET_FILES`], as files of one folder that the process's flags name. Never printed (it
+/// holds keys: no Debug).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Mounted(pub BTreeMap<String, Vec<u8>>);
+
+impl Mounted {
+    /// The asset dir's files, as the Secret holds them at install.
+    pub fn from_assets(assets: &Assets) -> Mounted {
+        Mounted(
+            SECRET_FILES
+                .iter()
+                .map(|(key, file)| {
+                    let path = assets.tls(file);
+                    let data =
+                        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    (key.to_string(), data)
+                })
+                .collect(),
+        )
+    }
+
+    fn read(dir: &Path) -> Mounted {
+        Mounted(
+            SECRET_FILES
+                .iter()
+                .map(|(key, _)| {
+                    let path = dir.join(key);
+                    let data =
+                        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    (key.to_string(), data)
+                })
+                .collect(),
+        )
     }
 
     fn write(&self, dir: &Path) -> Result<(), String> {
-        [
-            ("aggregation-ca.crt", &self.ca_bundle),
-            ("aggregation-client.crt", &self.client_cert),
-            ("aggregation-client.key", &self.client_key),
-        ]
-        .into_iter()
-        .try_for_each(|(name, data)| write_private(&dir.join(name), data))
-        .map_err(|e| format!("writing the kube-apiserver's aggregation files: {e}"))
+        self.0
+            .iter()
+            .try_for_each(|(name, data)| write_private(&dir.join(name), data))
+            .map_err(|e| format!("writing the kube-apiserver's Secret files: {e}"))
+    }
+
+    /// One key's data (empty if absent).
+    pub fn get(&self, key: &str) -> &[u8] {
+        self.0.get(key).map(Vec::as_slice).unwrap_or_default()
     }
 }
 
-/// The real kube-apiserver process, restartable with new aggregation files like a pod whose
+/// The real kube-apiserver process, restartable with new Secret files like a pod whose
 /// Secret volume changed.
 pub struct ApiServer {
     sup: Arc<Supervisor>,
     spec: ProcSpec,
-    /// Where the aggregation files the process reads live (the "mounted Secret").
+    /// Where the Secret's files the process reads live (the "mounted Secret").
     secrets_dir: PathBuf,
     client: Client,
     events: Arc<EventLog>,
@@ -74,10 +103,10 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// The aggregation material the running process was started with.
-    pub async fn aggregation(&self) -> Aggregation {
+    /// The Secret's files the running process was started with.
+    pub async fn mounted(&self) -> Mounted {
         let _current = self.current.lock().await;
-        Aggregation::read(&self.secrets_dir)
+        Mounted::read(&self.secrets_dir)
     }
 
     /// How many times the process was restarted since the control plane started.
@@ -85,17 +114,17 @@ impl ApiServer {
         self.restarts.load(Ordering::SeqCst)
     }
 
-    /// Restarts the process with the same flags; when `decide` returns new aggregation
-    /// material (given the one in use) the files are replaced first. `decide` returning `None`
+    /// Restarts the process with the same flags; when `decide` returns new Secret files
+    /// (given the ones in use) the files are replaced first. `decide` returning `None`
     /// means "no restart". Waits for `/readyz`. The API is down meanwhile, as on a real
     /// single-replica cluster.
     pub async fn restart_if(
         &self,
         reason: &str,
-        decide: impl FnOnce(&Aggregation) -> Option<Aggregation>,
+        decide: impl FnOnce(&Mounted) -> Option<Mounted>,
     ) -> Result<bool, String> {
         let mut current = self.current.lock().await;
-        let Some(next) = decide(&Aggregation::read(&self.secrets_dir)) else {
+        let Some(next) = decide(&Mounted::read(&self.secrets_dir)) else {
             return Ok(false);
         };
         self.events.line(format!("kube-apiserver: restarting ({reason})"));
@@ -172,8 +201,8 @@ impl ControlPlane {
     ) -> ControlPlane {
         let started = Instant::now();
         let tools = Tools::get();
-        let etcd_port = start_etcd(sup, work, logs);
-        events.line(format!("etcd: serving on 127.0.0.1:{etcd_port}"));
+        let etcd_port = start_etcd(sup, assets, work, logs);
+        events.line(format!("etcd: serving TLS on 127.0.0.1:{etcd_port}"));
 
         let tls = |name: &str| assets.tls(name);
         let secrets_dir = work.join("kube-apiserver-secrets");
@@ -181,33 +210,31 @@ impl ControlPlane {
         std::fs::create_dir_all(&cert_dir).unwrap();
         std::fs::create_dir_all(&secrets_dir).unwrap();
         // At start the "mounted Secret" is the asset dir's files, as at bootstrap.
-        Aggregation {
-            ca_bundle: std::fs::read(assets.tls("aggregation-ca.crt")).unwrap(),
-            client_cert: std::fs::read(assets.tls("aggregation-client.crt")).unwrap(),
-            client_key: std::fs::read(assets.tls("aggregation-client.key")).unwrap(),
-        }
-        .write(&secrets_dir)
-        .unwrap_or_else(|e| panic!("{e}"));
+        Mounted::from_assets(assets).write(&secrets_dir).unwrap_or_else(|e| panic!("{e}"));
         let secret = |name: &str| secrets_dir.join(name);
         let spec = ProcSpec::new(
             "kube-apiserver",
             &tools.kube_apiserver,
             &logs.join("kube-apiserver.log"),
         )
-        .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+        .arg(format!("--etcd-servers=https://127.0.0.1:{etcd_port}"))
+        .arg(flag("etcd-cafile", &secret("etcd-client-ca.crt")))
+        .arg(flag("etcd-certfile", &secret("etcd-client.crt")))
+        .arg(flag("etcd-keyfile", &secret("etcd-client.key")))
         .arg("--bind-address=127.0.0.1")
         .arg(format!("--secure-port={}", assets.api_port))
         // 1.20 still has the insecure port; parallel environments must not fight over 8080.
         .arg("--insecure-port=0")
         .arg(flag("cert-dir", &cert_dir))
-        .arg(flag("tls-cert-file", &tls("apiserver.crt")))
-        .arg(flag("tls-private-key-file", &tls("apiserver.key")))
-        .arg(flag("client-ca-file", &tls("ca.crt")))
-        .arg(flag("kubelet-client-certificate", &tls("apiserver.crt")))
-        .arg(flag("kubelet-client-key", &tls("apiserver.key")))
+        .arg(flag("tls-cert-file", &secret("apiserver.crt")))
+        .arg(flag("tls-private-key-file", &secret("apiserver.key")))
+        .arg(flag("client-ca-file", &secret("ca.crt")))
+        .arg(flag("kubelet-client-certificate", &secret("apiserver.crt")))
+        .arg(flag("kubelet-client-key", &secret("apiserver.key")))
         .arg("--kubelet-preferred-address-types=InternalIP")
-        .arg(flag("service-account-key-file", &tls("service-account.pub")))
-        .arg(flag("service-account-signing-key-file", &tls("service-account.key")))
+        // As the chart since Lokomotive v0.7: the private key file for both.
+        .arg(flag("service-account-key-file", &secret("service-account.key")))
+        .arg(flag("service-account-signing-key-file", &secret("service-account.key")))
         .arg("--service-account-issuer=https://kubernetes.default.svc")
         .arg("--authorization-mode=Node,RBAC")
         // Not Lokomotive's 10.3.0.0/16: the apiserver dials ClusterIPs itself (webhooks,
@@ -308,19 +335,42 @@ fn flag(name: &str, value: &Path) -> OsString {
 
 /// Starts etcd on free loopback ports, retrying with new ports if another process took one
 /// between choosing and binding.
-fn start_etcd(sup: &Arc<Supervisor>, work: &Path, logs: &Path) -> u16 {
+///
+/// etcd serves TLS with the asset dir's etcd server and peer certificates and requires client
+/// certificates of the etcd CA on both ports, as on a Lokomotive controller. It reads copies
+/// of those files in `work/etcd-node/` (the node's `/etc/ssl/etcd`), made at start: a later
+/// change of the asset dir reaches it only by a copy and a restart, as on a node.
+fn start_etcd(sup: &Arc<Supervisor>, assets: &Assets, work: &Path, logs: &Path) -> u16 {
     let tools = Tools::get();
+    let node = work.join("etcd-node");
+    std::fs::create_dir_all(&node).unwrap();
+    for name in ["server-ca.crt", "server.crt", "server.key", "peer-ca.crt", "peer.crt", "peer.key"]
+    {
+        let from = assets.tls(&format!("etcd/{name}"));
+        let data = std::fs::read(&from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        write_private(&node.join(name), &data)
+            .unwrap_or_else(|e| panic!("{}: {e}", node.join(name).display()));
+    }
+    let file = |name: &str| node.join(name);
     for attempt in 1..=3 {
         let (client_port, peer_port) = (free_port(), free_port());
         let data = work.join(format!("etcd-data-{attempt}"));
         let spec = ProcSpec::new("etcd", &tools.etcd, &logs.join("etcd.log"))
             .arg("--name=default")
             .arg(flag("data-dir", &data))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{client_port}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client_port}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"))
+            .arg(format!("--listen-client-urls=https://127.0.0.1:{client_port}"))
+            .arg(format!("--advertise-client-urls=https://127.0.0.1:{client_port}"))
+            .arg(format!("--listen-peer-urls=https://127.0.0.1:{peer_port}"))
+            .arg(format!("--initial-advertise-peer-urls=https://127.0.0.1:{peer_port}"))
+            .arg(format!("--initial-cluster=default=https://127.0.0.1:{peer_port}"))
+            .arg(flag("cert-file", &file("server.crt")))
+            .arg(flag("key-file", &file("server.key")))
+            .arg(flag("trusted-ca-file", &file("server-ca.crt")))
+            .arg("--client-cert-auth")
+            .arg(flag("peer-cert-file", &file("peer.crt")))
+            .arg(flag("peer-key-file", &file("peer.key")))
+            .arg(flag("peer-trusted-ca-file", &file("peer-ca.crt")))
+            .arg("--peer-client-cert-auth")
             .stop_last();
         // Watched only once it serves: an exit before that (a port taken) is retried here.
         let id = sup.spawn_unwatched(&spec).expect("starting etcd");

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Client;
+use kube::Config;
 use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::task::AbortHandle;
@@ -112,6 +115,8 @@ pub struct TestEnv {
     pub kubelet: Kubelet,
     /// How long starting the control plane took (after the asset dir was made).
     pub startup: Duration,
+    /// etcd's client port on 127.0.0.1 (TLS, client certificates of the etcd CA required).
+    pub etcd_port: u16,
     started: Instant,
     root: PathBuf,
     log_dump: LogDump,
@@ -192,8 +197,10 @@ impl TestEnv {
                 ProcessPods::new(ExtApiServerProgram::new(&ctx, serving.clone()), &ctx),
                 ProcessPods::new(AdmissionWebhookProgram::new(&ctx), &ctx),
             ];
+            let node_client = node_client(&cp.client, &assets, &work).await;
             let kubelet = Kubelet::start(
                 cp.client.clone(),
+                node_client,
                 &options.kubelet,
                 runtimes,
                 Arc::clone(&events),
@@ -204,6 +211,7 @@ impl TestEnv {
         });
         let env = TestEnv {
             name: name.to_string(),
+            etcd_port: control_plane.etcd_port,
             assets,
             client: control_plane.client,
             apiserver: control_plane.apiserver,
@@ -500,6 +508,58 @@ impl TestEnv {
             if out.success() { Ok(()) } else { Err(out.to_string()) }
         });
     }
+}
+
+/// Where the simulated node keeps its kubeconfig (`/etc/kubernetes/kubeconfig` on a node):
+/// `work/node/kubeconfig`.
+pub fn node_kubeconfig(work: &Path) -> PathBuf {
+    work.join("node").join("kubeconfig")
+}
+
+/// The node's client: the asset dir's `auth/kubeconfig-kubelet` (the static kubelet client
+/// certificate, CN `kubelet`, O `system:nodes`, and the kube CA) copied to the node as at
+/// provisioning, so the node trusts the CA copy it was given. Group `system:nodes` gets
+/// ClusterRole `system:node`, as Lokomotive binds it for kubelets.
+async fn node_client(admin: &Client, assets: &Assets, work: &Path) -> Client {
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "kubelet-nodes"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}],
+    }))
+    .unwrap();
+    match Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating ClusterRoleBinding kubelet-nodes: {e}"),
+    }
+    let from = assets.cluster_assets().join("auth").join("kubeconfig-kubelet");
+    let copy = node_kubeconfig(work);
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let data = std::fs::read(&from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    write_private(&copy, &data).unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
+    node_kubeconfig_client(&copy).await
+}
+
+/// A client from the node's kubeconfig, read as the kubelet reads it: Lokomotive's
+/// `kubeconfig-kubelet` has one unnamed context and no `current-context`, which kube-rs
+/// refuses, so the one context is named here (the file stays as it is).
+pub async fn node_kubeconfig_client(path: &Path) -> Client {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut doc: Value = serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+    if let Some(Value::Object(context)) = doc["contexts"].get_mut(0) {
+        context.insert("name".into(), json!("node"));
+    }
+    doc["current-context"] = json!("node");
+    let kc: Kubeconfig = serde_json::from_value(doc)
+        .unwrap_or_else(|e| panic!("{} is not a kubeconfig: {e}", path.display()));
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    Client::try_from(config).expect("building the node's kube client")
 }
 
 /// The built plugin: cargo names it to tests and benches; an example (the demo) finds it in

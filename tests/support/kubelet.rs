@@ -82,7 +82,11 @@ struct Tracked {
 }
 
 struct Shared {
+    /// The scheduler's and the pods' side (binding, pod status): the admin client.
     client: Client,
+    /// The node's own side (registration, status heartbeats): the kubelet client certificate
+    /// of the node's kubeconfig, trusting the node's CA copy.
+    node_client: Client,
     nodes: Vec<String>,
     ready_delay: Duration,
     runtimes: Vec<Arc<dyn PodRuntime>>,
@@ -103,9 +107,11 @@ pub struct Kubelet {
 }
 
 impl Kubelet {
-    /// Creates the Node objects and starts the kubelet's tasks on the current runtime.
+    /// Creates the Node objects (with `node_client`, the node's own credentials) and starts
+    /// the kubelet's tasks on the current runtime.
     pub async fn start(
         client: Client,
+        node_client: Client,
         config: &KubeletConfig,
         runtimes: Vec<Arc<dyn PodRuntime>>,
         events: Arc<EventLog>,
@@ -113,6 +119,7 @@ impl Kubelet {
     ) -> Kubelet {
         let shared = Arc::new(Shared {
             client,
+            node_client,
             nodes: (0..config.nodes.max(1)).map(|i| format!("node-{i}")).collect(),
             ready_delay: config.ready_delay,
             runtimes,
@@ -131,7 +138,7 @@ impl Kubelet {
         let log_server = LogServer::start(cert, lookup);
         let port = log_server.port();
 
-        let nodes: Api<Node> = Api::all(shared.client.clone());
+        let nodes: Api<Node> = Api::all(shared.node_client.clone());
         for name in &shared.nodes {
             let node = Node {
                 metadata: ObjectMeta {
@@ -239,9 +246,11 @@ fn node_status(port: u16) -> Value {
 }
 
 /// Keeps the nodes Ready for the node lifecycle controller (grace period 40 s), which would
-/// otherwise taint them and evict their pods.
+/// otherwise taint them and evict their pods. With the node's own credentials: once the API
+/// refuses them (an expired kubelet certificate) or the node no longer trusts the API (its CA
+/// copy), the heartbeats fail and the node lifecycle controller marks the node NotReady.
 async fn heartbeat(shared: Arc<Shared>, port: u16) {
-    let nodes: Api<Node> = Api::all(shared.client.clone());
+    let nodes: Api<Node> = Api::all(shared.node_client.clone());
     let params = PatchParams::default();
     let mut failing = false;
     loop {

@@ -2,9 +2,10 @@
 //!
 //! Pods of the kube-apiserver chart (`kube-system`, `k8s-app: kube-apiserver`) are the one real
 //! kube-apiserver. When such a pod of a new revision starts, or Secret
-//! `kube-system/kube-apiserver` changes, the process is restarted with the Secret's
-//! `aggregation-ca.crt` and `aggregation-client.crt/.key` written to the files its flags name —
-//! what a real pod mounting that Secret gets. Other flags never change. Pods that run a process
+//! `kube-system/kube-apiserver` changes, the process is restarted with every key of the Secret
+//! (the serving pair, `ca.crt`, `service-account.key`, the etcd client files, the aggregation
+//! files) written to the files its flags name — what a real pod mounting that Secret gets.
+//! The flags never change. Pods that run a process
 //! of their own (extension API servers, the admission webhook) are in `pods.rs`.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::task::AbortHandle;
 
-use super::control_plane::{Aggregation, ApiServer};
+use super::control_plane::{ApiServer, Mounted, SECRET_FILES};
 use super::kubelet::PodRuntime;
 use super::process::EventLog;
 
@@ -50,14 +51,17 @@ where
     }
 }
 
-fn aggregation_from_secret(secret: &Secret) -> Option<Aggregation> {
+/// Every key of [`SECRET_FILES`] of the Secret, or `None` if one is missing or empty.
+fn mounted_from_secret(secret: &Secret) -> Option<Mounted> {
     let data = secret.data.as_ref()?;
-    let get = |key: &str| data.get(key).map(|b| b.0.clone()).filter(|b| !b.is_empty());
-    Some(Aggregation {
-        ca_bundle: get("aggregation-ca.crt")?,
-        client_cert: get("aggregation-client.crt")?,
-        client_key: get("aggregation-client.key")?,
-    })
+    SECRET_FILES
+        .iter()
+        .map(|(key, _)| {
+            let value = data.get(*key).map(|b| b.0.clone()).filter(|b| !b.is_empty())?;
+            Some((key.to_string(), value))
+        })
+        .collect::<Option<_>>()
+        .map(Mounted)
 }
 
 /// Plays the kubelet for the kube-apiserver chart's pods.
@@ -87,18 +91,18 @@ impl ApiServerPods {
         })
     }
 
-    async fn secret_aggregation(&self) -> Result<Aggregation, String> {
+    async fn secret_files(&self) -> Result<Mounted, String> {
         let secret = read_retrying("Secret kube-system/kube-apiserver", || {
             self.secrets.get_opt("kube-apiserver")
         })
         .await?;
-        aggregation_from_secret(&secret).ok_or_else(|| {
-            "Secret kube-system/kube-apiserver lacks aggregation-ca.crt or aggregation-client.crt/.key"
-                .to_string()
+        mounted_from_secret(&secret).ok_or_else(|| {
+            let keys: Vec<&str> = SECRET_FILES.iter().map(|(key, _)| *key).collect();
+            format!("Secret kube-system/kube-apiserver lacks one of {}", keys.join(", "))
         })
     }
 
-    /// Watches the Secret and restarts the apiserver when its aggregation data changes and no
+    /// Watches the Secret and restarts the apiserver when its data changes and no
     /// pod start has already applied it.
     pub fn watch_secret(self: &Arc<Self>) -> AbortHandle {
         let this = Arc::clone(self);
@@ -109,14 +113,14 @@ impl ApiServerPods {
                 .applied_objects()
                 .boxed();
             while let Some(item) = stream.next().await {
-                let Some(seen) = item.ok().as_ref().and_then(aggregation_from_secret) else {
+                let Some(seen) = item.ok().as_ref().and_then(mounted_from_secret) else {
                     continue;
                 };
-                if seen == this.apiserver.aggregation().await {
+                if seen == this.apiserver.mounted().await {
                     continue;
                 }
                 tokio::time::sleep(SECRET_SETTLE).await;
-                let latest = match this.secret_aggregation().await {
+                let latest = match this.secret_files().await {
                     Ok(latest) => latest,
                     Err(e) => {
                         this.events.line(format!("sync: {e}"));
@@ -153,7 +157,7 @@ impl PodRuntime for ApiServerPods {
                 .or_else(|| labels.get("controller-revision-hash"))
                 .cloned()
                 .unwrap_or_default();
-            let wanted = self.secret_aggregation().await?;
+            let wanted = self.secret_files().await?;
             let replaced = {
                 let mut last = self.last_revision.lock().unwrap();
                 last.replace(revision.clone()).is_some_and(|prev| prev != revision)
