@@ -50,6 +50,11 @@ impl<A> Planned<A> {
     pub fn new(kind: super::plan::StepKind, description: String, action: A) -> Self {
         Self { step: Step::new(kind, description), action }
     }
+
+    /// A command step, shown as `cmd` renders itself, then `note`.
+    pub fn command(cmd: &crate::tools::Command, note: &str, action: A) -> Self {
+        Self { step: Step::command(cmd, note), action }
+    }
 }
 
 /// One rotation procedure: its phases and their steps.
@@ -189,7 +194,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         progress_index: 0,
         terraform_dir: assets.root().join("terraform"),
         config_dir,
-        helm_name: "helm".into(),
+        runner: runner.clone(),
         extension_servers: None,
         assets,
     };
@@ -471,12 +476,9 @@ fn find_programs<P: Procedure>(
     // Without a verified cluster (a dry run) nothing runs helm or lokoctl.
     let cluster = ctx.conn.as_ref().map(|c| Arc::new(ClusterEnv::new(c, runner.clone())));
     ctx.terraform = terraform.map(|p| Terraform::new(p, ctx.terraform_dir.clone(), runner.clone()));
-    if let Some(p) = helm {
-        ctx.helm_name = p.path.display().to_string();
-        ctx.helm = cluster.clone().map(|c| Helm::new(p, runner.clone(), c));
-    }
-    ctx.lokoctl =
-        lokoctl.zip(cluster).map(|(p, c)| Lokoctl::new(p, runner.clone(), &ctx.config_dir, c));
+    // A real run always has the cluster; a dry run's plan names it only.
+    ctx.helm = helm.map(|p| Helm::new(p, runner.clone(), cluster.clone()));
+    ctx.lokoctl = lokoctl.map(|p| Lokoctl::new(p, runner.clone(), &ctx.config_dir, cluster));
     Ok(())
 }
 

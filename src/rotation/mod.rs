@@ -8,6 +8,7 @@ pub mod journal;
 pub mod lock;
 pub mod plan;
 pub mod signals;
+pub mod step;
 
 use std::path::PathBuf;
 
