@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::context::Ctx;
 use super::journal::{RunDir, RunState};
 use super::lock::RotationLock;
+use super::phase::{PhaseOutcome, PhaseResult, RunPath};
 use super::plan::{self, PhasePlan, Step};
 use super::runs_root;
 use crate::assets::AssetDir;
@@ -28,9 +29,6 @@ use crate::tools::lokocfg;
 use crate::tools::lokoctl::Lokoctl;
 use crate::tools::terraform::Terraform;
 use crate::tools::{Program, Runner, process};
-
-pub const NOT_EXPIRED: &str = "not-expired";
-pub const EXPIRED: &str = "expired";
 
 /// The external programs a phase runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -108,7 +106,7 @@ pub struct Request<Phase> {
 #[serde(rename_all = "camelCase")]
 struct PhaseReport {
     name: &'static str,
-    result: &'static str,
+    result: PhaseResult,
     seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
@@ -121,7 +119,7 @@ struct Report<'a> {
     kind: &'static str,
     run: String,
     journal: String,
-    path: &'static str,
+    path: RunPath,
     phases: &'a [PhaseReport],
     fingerprints: std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -134,13 +132,13 @@ struct Report<'a> {
 struct PlanReport<'a> {
     api_version: &'static str,
     kind: &'static str,
-    path: &'static str,
+    path: RunPath,
     phases: &'a [PhasePlan],
     unresolved: &'a [String],
 }
 
-fn path_name(expired: bool) -> &'static str {
-    if expired { EXPIRED } else { NOT_EXPIRED }
+fn path_name(expired: bool) -> RunPath {
+    RunPath::of(expired)
 }
 
 /// Runs procedure `P` as asked.
@@ -223,7 +221,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         .filter(|p| !todo.contains(p))
         .map(|&p| PhaseReport {
             name: P::phase_name(p),
-            result: "already-done",
+            result: PhaseResult::AlreadyDone,
             seconds: 0.0,
             message: Some("done by an earlier invocation (journal)".into()),
         })
@@ -267,7 +265,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     if let Some(stale) = ctx.run_mut().running_phase() {
         ctx.run_mut().end_phase(
             &stale,
-            "interrupted",
+            PhaseOutcome::Interrupted,
             Some("the run stopped during this phase".into()),
         )?;
     }
@@ -295,7 +293,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
             if !phase.is_empty() {
                 ctx.run_mut().end_phase(
                     &phase,
-                    "interrupted",
+                    PhaseOutcome::Interrupted,
                     Some(format!("interrupted ({signal})")),
                 )?;
             }
@@ -306,7 +304,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
                 .find(|n| *n == phase);
             results.push(PhaseReport {
                 name: name.unwrap_or("-"),
-                result: "interrupted",
+                result: PhaseResult::Interrupted,
                 seconds: 0.0,
                 message: None,
             });
@@ -518,7 +516,7 @@ fn choose_run<P: Procedure>(
             )))
         }
         Some(run) if run.journal.state == RunState::InProgress || !request.new_run => {
-            let expired = run.journal.path == EXPIRED;
+            let expired = run.journal.path.expired();
             Ok((Some(run), expired))
         }
         // A phase asked for with no run in progress starts one when the real state shows its
@@ -556,7 +554,7 @@ fn wanted_phases<P: Procedure>(
                 return Err(Error::Usage(format!(
                     "phase {} is not part of the {} path ({})",
                     P::phase_name(phase),
-                    path_name(expired),
+                    path_name(expired).name(),
                     names()
                 )));
             };
@@ -604,7 +602,7 @@ async fn run_phases<P: Procedure>(
                 progress.finish(i, false, &e.to_string());
                 results.push(PhaseReport {
                     name,
-                    result: "failed",
+                    result: PhaseResult::Failed,
                     seconds,
                     message: Some(e.to_string()),
                 });
@@ -617,15 +615,15 @@ async fn run_phases<P: Procedure>(
 
 /// Runs one phase: detects from the real state that it is done already, else runs its steps,
 /// each recorded in the journal before and after.
-async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(&'static str, String)> {
+async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(PhaseResult, String)> {
     let name = P::phase_name(phase);
     // Found done without this run having begun it before: someone did it by hand.
     let by_hand = ctx.run()?.phase_first_began(name).is_none();
     ctx.run_mut().begin_phase(name)?;
     if let Some(why) = P::found_done(ctx, phase).await.unwrap_or(None) {
         let why = if by_hand { format!("{BY_HAND}: {why}") } else { why };
-        ctx.run_mut().end_phase(name, "done", Some(format!("found done: {why}")))?;
-        return Ok(("already-done", why));
+        ctx.run_mut().end_phase(name, PhaseOutcome::Done, Some(format!("found done: {why}")))?;
+        return Ok((PhaseResult::AlreadyDone, why));
     }
     let steps = P::steps(ctx, phase);
     let mut last = String::new();
@@ -640,13 +638,13 @@ async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(&'st
             }
             Err(e) => {
                 ctx.run_mut().end_event(index, &format!("failed: {e}"))?;
-                ctx.run_mut().end_phase(name, "failed", Some(e.to_string()))?;
+                ctx.run_mut().end_phase(name, PhaseOutcome::Failed, Some(e.to_string()))?;
                 return Err(e);
             }
         }
     }
-    ctx.run_mut().end_phase(name, "done", None)?;
-    Ok(("done", last))
+    ctx.run_mut().end_phase(name, PhaseOutcome::Done, None)?;
+    Ok((PhaseResult::Done, last))
 }
 
 /// The plan of `phases` as the dry run prints it.
@@ -736,14 +734,14 @@ fn render(out: &mut impl Write, doc: &Report, note: &str) -> std::io::Result<()>
         writeln!(out, "{note}")?;
     }
     if !doc.run.is_empty() {
-        writeln!(out, "rotation {} ({} path), journal {}", doc.run, doc.path, doc.journal)?;
+        writeln!(out, "rotation {} ({} path), journal {}", doc.run, doc.path.name(), doc.journal)?;
     }
     if !doc.phases.is_empty() {
         let mut table = Table::new(&["PHASE", "RESULT", "SECONDS", "DETAIL"]);
         for p in doc.phases {
             table.row(vec![
                 p.name.into(),
-                p.result.into(),
+                p.result.name().into(),
                 format!("{:.1}", p.seconds),
                 p.message.clone().unwrap_or_default(),
             ]);

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod files;
 pub mod journal;
 pub mod lock;
+pub mod phase;
 pub mod plan;
 pub mod signals;
 pub mod step;
