@@ -73,7 +73,7 @@ pub struct Journal {
 }
 
 /// A run's folder and its journal, as last saved.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RunDir {
     dir: PathBuf,
     pub journal: Journal,
