@@ -145,7 +145,13 @@ PY
 cargo build --all-targets
 set +e
 if [ $# -gt 0 ]; then
-	cargo test --no-fail-fast "$@" -- --test-threads="$THREADS"
+	# A second `--` would turn --test-threads into a name filter that matches nothing: when
+	# the arguments already pass the test binary flags, ours go after them (or not at all).
+	case " $* " in
+	*" --test-threads"*) cargo test --no-fail-fast "$@" ;;
+	*" -- "*) cargo test --no-fail-fast "$@" --test-threads="$THREADS" ;;
+	*) cargo test --no-fail-fast "$@" -- --test-threads="$THREADS" ;;
+	esac
 else
 	run_all
 fi

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::HumanDuration;
+use crate::rotation::phase::{PhaseChoice, PhaseParser};
 
 /// How the help texts name the program: operators run it through kubectl.
 pub const DISPLAY_NAME: &str = "kubectl certrotate";
@@ -204,27 +205,6 @@ pub struct ExtensionServersArgs {
     pub check_ca: Option<PathBuf>,
 }
 
-/// A phase of the aggregation rotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PhaseArg {
-    /// Every phase not yet done, in order (and cleanup with --cleanup).
-    All,
-    /// Keep the current CA certificate and key in the run's journal folder.
-    Backup,
-    /// New CA key and certificate (terraform taint + targeted apply).
-    Ca,
-    /// kube-apiserver trusts old + new CA (helm upgrade).
-    Bundle,
-    /// Restart the extension API servers so they load the new CA.
-    Restart,
-    /// New client certificate signed by the new CA (terraform, helm upgrade).
-    Client,
-    /// lokoctl cluster apply, then check nothing is left to apply.
-    Apply,
-    /// Drop the old CA: recreate extension-apiserver-authentication, restart everything.
-    Cleanup,
-}
-
 #[derive(Debug, Args)]
 #[command(after_help = "Phases, not yet expired: backup, ca, bundle, restart, client, apply, \
                   [cleanup]. Already expired: backup, ca, apply, restart. The journal and backups \
@@ -233,8 +213,14 @@ pub enum PhaseArg {
                   on).")]
 pub struct AggregationArgs {
     /// Which phase to run; a single phase needs its predecessors done.
-    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
-    pub phase: PhaseArg,
+    #[arg(
+        long,
+        value_parser = PhaseParser::<crate::aggregation::Phase>::new(
+            "Every phase not yet done, in order (and cleanup with --cleanup)"
+        ),
+        default_value = "all"
+    )]
+    pub phase: PhaseChoice<crate::aggregation::Phase>,
 
     /// Also run the cleanup at the end (drop the old CA from the trusted bundle).
     #[arg(long)]
@@ -249,23 +235,6 @@ pub struct AggregationArgs {
     pub new_run: bool,
 }
 
-/// A phase of the webhook certificate rotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum WebhookPhaseArg {
-    /// Every phase not yet done, in order.
-    All,
-    /// Keep lokomotive.yaml (and, when expired, the webhook configuration) in the journal.
-    Backup,
-    /// Expired path only: delete MutatingWebhookConfiguration admission-webhook-server.
-    Unhook,
-    /// terraform taint the certificate, lokoctl cluster apply.
-    Certificate,
-    /// Restart Deployment admission-webhook-server (it reads its certificate only at start).
-    Restart,
-    /// Secret, caBundle, SANs, and a real admission call.
-    Verify,
-}
-
 #[derive(Debug, Args)]
 #[command(after_help = "Phases, not yet expired: backup, certificate, restart, verify. Already \
                   expired: backup, unhook, certificate, restart, verify. A rotation stopped after \
@@ -274,8 +243,12 @@ pub enum WebhookPhaseArg {
                   SIGTERM or SIGHUP).")]
 pub struct WebhookArgs {
     /// Which phase to run; a single phase needs its predecessors done.
-    #[arg(long, value_enum, default_value_t = WebhookPhaseArg::All)]
-    pub phase: WebhookPhaseArg,
+    #[arg(
+        long,
+        value_parser = PhaseParser::<crate::webhook::Phase>::new("Every phase not yet done, in order"),
+        default_value = "all"
+    )]
+    pub phase: PhaseChoice<crate::webhook::Phase>,
 
     /// Take the already-expired path even if the certificate has not expired yet.
     #[arg(long)]

@@ -64,6 +64,11 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A bug of this tool's wiring (a phase met a tool its preparation did not set up), not
+    /// the operator's usage.
+    #[error("internal error (please report it): {0}")]
+    Wiring(String),
+
     #[error("refusing to change the cluster: {0}")]
     WrongCluster(String),
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use certrotate::rotation::journal::{Journal, PhaseRecord, RunState};
+use certrotate::rotation::phase::{PhaseOutcome, RunPath};
 use common::sample_assets::{SampleOptions, Window};
 use common::{BIN, Run, row, run, sample};
 
@@ -162,7 +163,7 @@ fn journal(
         name: name.into(),
         started_at: "2026-11-20T08:00:00Z".into(),
         finished_at: Some("2026-11-20T08:00:05Z".into()),
-        outcome: "done".into(),
+        outcome: PhaseOutcome::Done,
         message: None,
     };
     let stamp = &run[rotation.len() + 1..];
@@ -180,7 +181,7 @@ fn journal(
         kind: "RotationJournal".into(),
         rotation: rotation.into(),
         run: run.into(),
-        path: "not-expired".into(),
+        path: RunPath::NotExpired,
         state,
         assets_dir: assets.into(),
         started_at: started,

@@ -9,20 +9,32 @@ mod old_ca;
 pub mod phases;
 
 use crate::assets::AssetDir;
-use crate::cli::{AggregationArgs, GlobalOpts, PhaseArg};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{AggregationArgs, GlobalOpts};
 use crate::error::{Error, Result};
 use crate::pki;
 use crate::rotation::context::Ctx;
 use crate::rotation::engine::{self, Needs, Planned, Procedure, Request};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A phase of the aggregation rotation; its doc comments are the `--phase` help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// Keep the current CA certificate and key in the run's journal folder.
     Backup,
+    /// New CA key and certificate (terraform taint + targeted apply).
     Ca,
+    /// kube-apiserver trusts old + new CA (helm upgrade).
     Bundle,
+    /// Restart the extension API servers so they load the new CA.
     Restart,
+    /// New client certificate signed by the new CA (terraform, helm upgrade).
     Client,
+    /// lokoctl cluster apply, then check nothing is left to apply.
     Apply,
+    /// Drop the old CA: recreate extension-apiserver-authentication, restart everything.
     Cleanup,
 }
 
@@ -37,19 +49,6 @@ impl Phase {
             Self::Apply => "apply",
             Self::Cleanup => "cleanup",
         }
-    }
-
-    fn of(arg: PhaseArg) -> Option<Self> {
-        Some(match arg {
-            PhaseArg::All => return None,
-            PhaseArg::Backup => Self::Backup,
-            PhaseArg::Ca => Self::Ca,
-            PhaseArg::Bundle => Self::Bundle,
-            PhaseArg::Restart => Self::Restart,
-            PhaseArg::Client => Self::Client,
-            PhaseArg::Apply => Self::Apply,
-            PhaseArg::Cleanup => Self::Cleanup,
-        })
     }
 }
 
@@ -132,7 +131,7 @@ impl Procedure for Aggregation {
 
 pub async fn run(global: &GlobalOpts, args: &AggregationArgs) -> Result<u8> {
     let request = Request {
-        phase: Phase::of(args.phase),
+        phase: args.phase.phase(),
         finale: args.cleanup,
         expired: args.expired,
         new_run: args.new_run,

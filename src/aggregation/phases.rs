@@ -15,6 +15,7 @@ use crate::pki::{self, CertInfo};
 use crate::rotation::context::Ctx;
 use crate::rotation::engine::Planned;
 use crate::rotation::plan::StepKind;
+use crate::tools::Command;
 use crate::tools::helm::Release;
 
 pub const CA_CERT: &str = "tls/aggregation-ca.crt";
@@ -100,6 +101,16 @@ pub enum ChartValue {
     ClientCert,
 }
 
+impl ChartValue {
+    /// What the values file sets, as plans and command lines show it.
+    fn shown(self) -> String {
+        match self {
+            Self::CaBundle => "apiserver.aggregationCaCert = base64(old CA + new CA)".into(),
+            Self::ClientCert => format!("apiserver.aggregationClientCert = base64({CLIENT_CERT})"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum Check {
     BackupReadsBack,
@@ -143,15 +154,12 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             ),
         ],
         Phase::Ca => vec![
-            Planned::new(
-                K::Command,
-                format!(
-                    "{} (skipped when the state already holds a new or tainted CA key)",
-                    ctx.taint_line(ca_key())
-                ),
+            Planned::command(
+                &ctx.taint_command(ca_key()),
+                " (skipped when the state already holds a new or tainted CA key)",
                 A::TaintCaKey,
             ),
-            Planned::new(K::Command, ctx.apply_line(&ca_targets), A::Apply(ca_targets.clone())),
+            Planned::command(&ctx.apply_command(&ca_targets), "", A::Apply(ca_targets.clone())),
             Planned::new(
                 K::Check,
                 if expired {
@@ -165,11 +173,7 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             ),
         ],
         Phase::Bundle => [
-            upgrade_steps(
-                ctx,
-                "apiserver.aggregationCaCert = base64(old CA + new CA)",
-                ChartValue::CaBundle,
-            ),
+            upgrade_steps(ctx, ChartValue::CaBundle),
             vec![Planned::new(
                 K::Check,
                 format!(
@@ -191,25 +195,18 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
         )],
         Phase::Client => [
             vec![
-                Planned::new(
-                    K::Command,
-                    format!(
-                        "{} (skipped when the state's certificate is already signed by the new CA)",
-                        ctx.taint_line(client_cert())
-                    ),
+                Planned::command(
+                    &ctx.taint_command(client_cert()),
+                    " (skipped when the state's certificate is already signed by the new CA)",
                     A::TaintClientCert,
                 ),
-                Planned::new(
-                    K::Command,
-                    ctx.apply_line(&[client_cert_file()]),
+                Planned::command(
+                    &ctx.apply_command(&[client_cert_file()]),
+                    "",
                     A::Apply(vec![client_cert_file()]),
                 ),
             ],
-            upgrade_steps(
-                ctx,
-                &format!("apiserver.aggregationClientCert = base64({CLIENT_CERT})"),
-                ChartValue::ClientCert,
-            ),
+            upgrade_steps(ctx, ChartValue::ClientCert),
             vec![Planned::new(
                 K::Check,
                 format!(
@@ -222,9 +219,10 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
         .flatten()
         .collect(),
         Phase::Apply => {
+            let (recover, then) = ctx.recover_releases_command();
             let mut steps = vec![
-                Planned::new(K::Command, ctx.recover_releases_line(), A::RecoverReleases),
-                Planned::new(K::Command, ctx.lokoctl_line(true), A::Lokoctl),
+                Planned::command(&recover, &then, A::RecoverReleases),
+                Planned::command(&ctx.plan_lokoctl(true), "", A::Lokoctl),
             ];
             if expired {
                 steps.push(Planned::new(
@@ -274,9 +272,15 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
 }
 
 /// A helm upgrade of kube-apiserver setting one value, and the wait for the rollout it starts.
-fn upgrade_steps(ctx: &Ctx, value: &str, chart_value: ChartValue) -> Vec<Planned<Action>> {
+fn upgrade_steps(ctx: &Ctx, value: ChartValue) -> Vec<Planned<Action>> {
+    let chart = ctx.asset(CHART);
+    let release = Release { name: RELEASE, namespace: NAMESPACE, chart: &chart };
     vec![
-        Planned::new(StepKind::Command, upgrade_line(ctx, value), Action::HelmUpgrade(chart_value)),
+        Planned::command(
+            &ctx.plan_helm().plan_upgrade(&release, &value.shown()),
+            " (a release left pending is rolled back to its latest revision first; a failed upgrade is retried)",
+            Action::HelmUpgrade(value),
+        ),
         Planned::new(
             StepKind::Api,
             format!("watch the kube-apiserver rollout in {NAMESPACE} until complete"),
@@ -379,6 +383,30 @@ async fn release_deployed(ctx: &Ctx) -> Result<bool> {
     Ok(history.iter().max_by_key(|r| r.revision).is_some_and(|r| r.status == "deployed"))
 }
 
+/// The command a command step runs, built as the real run builds it (with the verified
+/// cluster's kubeconfig; a values file of `helm upgrade` is named by `values_file`); `None`
+/// for a step that runs none. The plan renders each of these from the same builders.
+pub fn run_command(ctx: &Ctx, action: &Action) -> Result<Option<Command>> {
+    Ok(Some(match action {
+        Action::TaintCaKey => ctx.terraform()?.taint_command(&ctx.addr(ca_key())),
+        Action::TaintClientCert => ctx.terraform()?.taint_command(&ctx.addr(client_cert())),
+        Action::Apply(targets) => {
+            let targets: Vec<String> = targets.iter().map(|t| ctx.addr(t)).collect();
+            ctx.terraform()?.apply_command(&targets)
+        }
+        Action::HelmUpgrade(value) => {
+            let chart = ctx.asset(CHART);
+            let release = Release { name: RELEASE, namespace: NAMESPACE, chart: &chart };
+            let file = ctx.runner.private_temp("values-")?;
+            let file = file.path().join("values.json").display().to_string();
+            ctx.helm()?.upgrade_command(&release, &file, &value.shown())?
+        }
+        Action::RecoverReleases => ctx.helm()?.list_pending_command()?,
+        Action::Lokoctl => ctx.lokoctl()?.apply_command(true)?,
+        _ => return Ok(None),
+    }))
+}
+
 /// Runs one step; returns what to record of it.
 pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<String> {
     match action {
@@ -400,8 +428,8 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
             if !same_key {
                 return Ok("skipped: the state already holds a new CA key".into());
             }
-            let terraform = ctx.terraform()?;
-            terraform.change(terraform.taint_command(&address)).await?;
+            let taint = run_command(ctx, action)?.expect("a taint runs a command");
+            ctx.terraform()?.change(taint).await?;
             Ok("tainted".into())
         }
         Action::TaintClientCert => {
@@ -423,14 +451,13 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<Str
                         .into(),
                 );
             }
-            let terraform = ctx.terraform()?;
-            terraform.change(terraform.taint_command(&address)).await?;
+            let taint = run_command(ctx, action)?.expect("a taint runs a command");
+            ctx.terraform()?.change(taint).await?;
             Ok("tainted".into())
         }
-        Action::Apply(targets) => {
-            let targets: Vec<String> = targets.iter().map(|t| ctx.addr(t)).collect();
-            let terraform = ctx.terraform()?;
-            terraform.change(terraform.apply_command(&targets)).await?;
+        Action::Apply(_) => {
+            let apply = run_command(ctx, action)?.expect("an apply runs a command");
+            ctx.terraform()?.change(apply).await?;
             Ok("applied".into())
         }
         Action::HelmUpgrade(value) => helm_upgrade(ctx, *value).await,
@@ -537,16 +564,6 @@ fn state_ca(ctx: &Ctx, state: &crate::tools::terraform::State) -> Result<CertInf
         .map_err(|p| unusable(format!("holds an unusable certificate at {address} ({})", p.0)))
 }
 
-fn upgrade_line(ctx: &Ctx, value: &str) -> String {
-    format!(
-        "{} upgrade -n {NAMESPACE} {RELEASE} {} --reuse-values -f <0600 values file: {value}> --wait --timeout {}s {} (a release left pending is rolled back to its latest revision first; a failed upgrade is retried)",
-        ctx.helm_name,
-        ctx.asset(CHART).display(),
-        ctx.timeout.as_secs(),
-        crate::tools::helm::kubeconfig_in_plan(ctx.helm.as_ref())
-    )
-}
-
 fn state_problem(ctx: &Ctx, address: &str, p: pki::PemProblem) -> Error {
     Error::TerraformState {
         dir: ctx.terraform_dir.clone(),
@@ -626,13 +643,14 @@ async fn helm_upgrade(ctx: &mut Ctx, value: ChartValue) -> Result<String> {
     let values = json!({"apiserver": {key: encoded}});
     let chart = ctx.asset(CHART);
     let release = Release { name: RELEASE, namespace: NAMESPACE, chart: &chart };
+    let shown = &value.shown();
     let in_place =
         |current: &serde_json::Value| current["apiserver"][key].as_str() == Some(encoded.as_str());
     let notes = std::sync::Mutex::new(Vec::new());
     let note = |line: &str, outcome: &str| {
         notes.lock().expect("notes").push((line.to_string(), outcome.to_string()))
     };
-    let result = ctx.helm()?.upgrade_with_recovery(&release, &values, in_place, &note).await;
+    let result = ctx.helm()?.upgrade_with_recovery(&release, &values, shown, in_place, &note).await;
     let notes = notes.into_inner().expect("notes");
     let summary = notes.iter().map(|(l, o)| format!("{l}: {o}")).collect::<Vec<_>>().join("; ");
     result?;
@@ -908,4 +926,60 @@ async fn files_equal_state(ctx: &Ctx, phase: Phase) -> Result<()> {
         return Err(fail(format!("{CLIENT_CERT} does not match the state's client key")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rotation::engine::Procedure as _;
+    use crate::rotation::step::testing;
+    use crate::tools::Recorder;
+
+    /// Every step of every phase, on both paths and with and without a `--timeout`: a
+    /// command step's plan line, argv and folder are those of the command the real run builds
+    /// (for a recording runner), so `--dry-run` shows what runs.
+    #[tokio::test]
+    async fn every_command_step_is_planned_as_it_runs() {
+        for expired in [false, true] {
+            for timeout in [Duration::ZERO, Duration::from_secs(600)] {
+                let tmp = tempfile::tempdir().unwrap();
+                let recorder = Recorder::default();
+                let ctx = testing::ctx(tmp.path(), expired, timeout, &recorder);
+                let finale = super::super::Aggregation::finale();
+                let phases = super::super::Aggregation::path(expired).iter().chain(finale.iter());
+                let mut commands = 0;
+                for &phase in phases {
+                    for planned in steps(&ctx, phase) {
+                        let cmd = run_command(&ctx, &planned.action).unwrap();
+                        assert_eq!(
+                            cmd.is_some(),
+                            planned.step.kind == StepKind::Command,
+                            "{phase:?}: {:?}",
+                            planned.step
+                        );
+                        if let Some(cmd) = cmd {
+                            testing::assert_runs_as_planned(&planned.step, &cmd, &recorder).await;
+                            commands += 1;
+                        }
+                    }
+                }
+                assert_eq!(commands, if expired { 4 } else { 8 });
+                // The drifts the plan once had: terraform's -no-color, helm's timeout under
+                // `--timeout 0`, the kubeconfig helm gets.
+                let ran: Vec<String> = recorder.calls().into_iter().map(|c| c.line).collect();
+                let taint = ran.iter().find(|l| l.contains(" taint ")).unwrap();
+                assert!(taint.contains("-no-color"), "{taint}");
+                if expired {
+                    continue;
+                }
+                let upgrade = ran.iter().find(|l| l.contains(" upgrade ")).unwrap();
+                let helm_timeout = if timeout.is_zero() { "876000h" } else { "600s" };
+                assert!(upgrade.contains(&format!("--timeout {helm_timeout} ")), "{upgrade}");
+                assert!(upgrade.contains("--kubeconfig <0600 kubeconfig"), "{upgrade}");
+                assert!(upgrade.contains("context c (cluster s, user u)"), "{upgrade}");
+            }
+        }
+    }
 }

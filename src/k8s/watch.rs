@@ -21,6 +21,13 @@
 //! yields every failure and retries it), and a watch whose start is answered with HTTP 410 keeps
 //! it retrying the same version without listing (its `InitListed` state), the very loop this
 //! module exists to avoid; its default backoff also waits up to 30 s, long after the API is back.
+//! `kube::runtime::wait::await_condition` is that watcher underneath, so the same holds for it
+//! (the test harness may use it: it never waits through a kube-apiserver restart).
+//!
+//! The rotations wait in two ways only: for objects to change (a rollout, APIServices
+//! becoming Available) with this watch, and for what the API does not announce with a watch
+//! event (a ConfigMap kube-apiserver republishes after its restart, a served certificate, an
+//! aggregated API answering) by polling within `--timeout` (`crate::duration::poll`).
 
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;

@@ -13,6 +13,7 @@ use crate::pki::{self, CertInfo};
 use crate::tools::helm::Helm;
 use crate::tools::lokoctl::Lokoctl;
 use crate::tools::terraform::Terraform;
+use crate::tools::{Command, Program, Runner};
 
 /// Shown in place of the module address when a dry run could not read the state.
 const UNRESOLVED_MODULE: &str = "module.<unresolved>.module.bootkube";
@@ -31,7 +32,8 @@ pub struct Ctx {
     pub progress_index: usize,
     pub terraform_dir: PathBuf,
     pub config_dir: PathBuf,
-    pub helm_name: String,
+    /// The runner of this run's children; a dry run's plan builds its commands with it.
+    pub runner: Runner,
     /// The workloads behind the extension API servers, once read from the cluster: the
     /// restart steps name them.
     pub extension_servers: Option<Vec<String>>,
@@ -94,19 +96,25 @@ impl Ctx {
     }
 
     pub fn conn(&self) -> Result<&Connection> {
-        self.conn.as_ref().ok_or_else(|| Error::Usage("the cluster is not reachable".into()))
+        self.conn
+            .as_ref()
+            .ok_or_else(|| Error::Wiring("a phase ran without the verified cluster".into()))
     }
 
     pub fn terraform(&self) -> Result<&Terraform> {
-        self.terraform.as_ref().ok_or_else(|| Error::Usage("terraform is not set up".into()))
+        self.terraform
+            .as_ref()
+            .ok_or_else(|| Error::Wiring("terraform is not set up for this phase".into()))
     }
 
     pub fn helm(&self) -> Result<&Helm> {
-        self.helm.as_ref().ok_or_else(|| Error::Usage("helm is not set up".into()))
+        self.helm.as_ref().ok_or_else(|| Error::Wiring("helm is not set up for this phase".into()))
     }
 
     pub fn lokoctl(&self) -> Result<&Lokoctl> {
-        self.lokoctl.as_ref().ok_or_else(|| Error::Usage("lokoctl is not set up".into()))
+        self.lokoctl
+            .as_ref()
+            .ok_or_else(|| Error::Wiring("lokoctl is not set up for this phase".into()))
     }
 
     /// Progress messages of the phase running now.
@@ -118,32 +126,65 @@ impl Ctx {
         }
     }
 
-    pub fn taint_line(&self, resource: &str) -> String {
-        format!("terraform taint {} (in {})", self.addr(resource), self.terraform_dir.display())
+    /// terraform as the plan shows it: the one found, else (a dry run) by its name.
+    fn plan_terraform(&self) -> std::borrow::Cow<'_, Terraform> {
+        match &self.terraform {
+            Some(t) => std::borrow::Cow::Borrowed(t),
+            None => std::borrow::Cow::Owned(Terraform::new(
+                Program::unresolved("terraform"),
+                self.terraform_dir.clone(),
+                self.runner.clone(),
+            )),
+        }
     }
 
-    pub fn apply_line(&self, targets: &[&str]) -> String {
-        let targets: Vec<String> =
-            targets.iter().map(|t| format!("-target={}", self.addr(t))).collect();
-        format!(
-            "terraform apply -auto-approve -input=false {} (in {})",
-            targets.join(" "),
-            self.terraform_dir.display()
-        )
+    /// `terraform taint <module>.<resource>`, as run.
+    pub fn taint_command(&self, resource: &str) -> Command {
+        self.plan_terraform().taint_command(&self.addr(resource))
     }
 
-    pub fn recover_releases_line(&self) -> String {
-        format!(
-            "{} list --all-namespaces --pending -o json {}; each release listed: {} rollback <release> <its latest revision> -n <namespace> --wait, then {} status shows it deployed",
-            self.helm_name,
-            crate::tools::helm::kubeconfig_in_plan(self.helm.as_ref()),
-            self.helm_name,
-            self.helm_name
-        )
+    /// `terraform apply -target=<module>.<target>…`, as run.
+    pub fn apply_command(&self, targets: &[&str]) -> Command {
+        let targets: Vec<String> = targets.iter().map(|t| self.addr(t)).collect();
+        self.plan_terraform().apply_command(&targets)
     }
 
-    pub fn lokoctl_line(&self, skip_health_check: bool) -> String {
-        let skip = if skip_health_check { " --skip-pre-update-health-check" } else { "" };
-        format!("lokoctl cluster apply --confirm{skip} (in {})", self.config_dir.display())
+    /// helm as the plan shows it: the one found (its kubeconfig named, not written), else
+    /// (a dry run) by its name.
+    pub fn plan_helm(&self) -> std::borrow::Cow<'_, Helm> {
+        match &self.helm {
+            Some(h) => std::borrow::Cow::Borrowed(h),
+            None => std::borrow::Cow::Owned(Helm::new(
+                Program::unresolved("helm"),
+                self.runner.clone(),
+                None,
+            )),
+        }
+    }
+
+    /// `lokoctl cluster apply --confirm …` in the config dir, as the plan shows it.
+    pub fn plan_lokoctl(&self, skip_health_check: bool) -> Command {
+        match &self.lokoctl {
+            Some(l) => l.plan_apply(skip_health_check),
+            None => Lokoctl::new(
+                Program::unresolved("lokoctl"),
+                self.runner.clone(),
+                &self.config_dir,
+                None,
+            )
+            .plan_apply(skip_health_check),
+        }
+    }
+
+    /// The plan line of the recovery of releases left pending (the list runs; what follows
+    /// depends on what it lists).
+    pub fn recover_releases_command(&self) -> (Command, String) {
+        let helm = self.plan_helm();
+        let list = helm.plan_list_pending();
+        let name = list.argv()[0].clone();
+        let note = format!(
+            "; each release listed: {name} rollback <release> <its latest revision> -n <namespace> --wait, then {name} status shows it deployed"
+        );
+        (list, note)
     }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::context::Ctx;
 use super::journal::{RunDir, RunState};
 use super::lock::RotationLock;
+use super::phase::{PhaseOutcome, PhaseResult, RunPath};
 use super::plan::{self, PhasePlan, Step};
 use super::runs_root;
 use crate::assets::AssetDir;
@@ -28,9 +29,6 @@ use crate::tools::lokocfg;
 use crate::tools::lokoctl::Lokoctl;
 use crate::tools::terraform::Terraform;
 use crate::tools::{Program, Runner, process};
-
-pub const NOT_EXPIRED: &str = "not-expired";
-pub const EXPIRED: &str = "expired";
 
 /// The external programs a phase runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,6 +47,11 @@ pub struct Planned<A> {
 impl<A> Planned<A> {
     pub fn new(kind: super::plan::StepKind, description: String, action: A) -> Self {
         Self { step: Step::new(kind, description), action }
+    }
+
+    /// A command step, shown as `cmd` renders itself, then `note`.
+    pub fn command(cmd: &crate::tools::Command, note: &str, action: A) -> Self {
+        Self { step: Step::command(cmd, note), action }
     }
 }
 
@@ -103,7 +106,7 @@ pub struct Request<Phase> {
 #[serde(rename_all = "camelCase")]
 struct PhaseReport {
     name: &'static str,
-    result: &'static str,
+    result: PhaseResult,
     seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
@@ -116,7 +119,7 @@ struct Report<'a> {
     kind: &'static str,
     run: String,
     journal: String,
-    path: &'static str,
+    path: RunPath,
     phases: &'a [PhaseReport],
     fingerprints: std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -129,13 +132,13 @@ struct Report<'a> {
 struct PlanReport<'a> {
     api_version: &'static str,
     kind: &'static str,
-    path: &'static str,
+    path: RunPath,
     phases: &'a [PhasePlan],
     unresolved: &'a [String],
 }
 
-fn path_name(expired: bool) -> &'static str {
-    if expired { EXPIRED } else { NOT_EXPIRED }
+fn path_name(expired: bool) -> RunPath {
+    RunPath::of(expired)
 }
 
 /// Runs procedure `P` as asked.
@@ -189,7 +192,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         progress_index: 0,
         terraform_dir: assets.root().join("terraform"),
         config_dir,
-        helm_name: "helm".into(),
+        runner: runner.clone(),
         extension_servers: None,
         assets,
     };
@@ -213,16 +216,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     }
     // Phases the journal has done are reported as such, so every invocation accounts for
     // every phase it was asked for.
-    let mut results: Vec<PhaseReport> = wanted
-        .iter()
-        .filter(|p| !todo.contains(p))
-        .map(|&p| PhaseReport {
-            name: P::phase_name(p),
-            result: "already-done",
-            seconds: 0.0,
-            message: Some("done by an earlier invocation (journal)".into()),
-        })
-        .collect();
+    let mut results = done_earlier::<P>(&wanted, &todo);
     if todo.is_empty() {
         finish_if_path_done::<P>(&mut ctx)?;
         let note = if ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::Finished) {
@@ -262,7 +256,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     if let Some(stale) = ctx.run_mut().running_phase() {
         ctx.run_mut().end_phase(
             &stale,
-            "interrupted",
+            PhaseOutcome::Interrupted,
             Some("the run stopped during this phase".into()),
         )?;
     }
@@ -290,7 +284,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
             if !phase.is_empty() {
                 ctx.run_mut().end_phase(
                     &phase,
-                    "interrupted",
+                    PhaseOutcome::Interrupted,
                     Some(format!("interrupted ({signal})")),
                 )?;
             }
@@ -301,7 +295,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
                 .find(|n| *n == phase);
             results.push(PhaseReport {
                 name: name.unwrap_or("-"),
-                result: "interrupted",
+                result: PhaseResult::Interrupted,
                 seconds: 0.0,
                 message: None,
             });
@@ -309,6 +303,20 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
             Err(Error::Interrupted { signal, phase, stopped })
         }
     }
+}
+
+/// The report's lines of the phases asked for that the journal has done already.
+fn done_earlier<P: Procedure>(wanted: &[P::Phase], todo: &[P::Phase]) -> Vec<PhaseReport> {
+    wanted
+        .iter()
+        .filter(|p| !todo.contains(p))
+        .map(|&p| PhaseReport {
+            name: P::phase_name(p),
+            result: PhaseResult::AlreadyDone,
+            seconds: 0.0,
+            message: Some("done by an earlier invocation (journal)".into()),
+        })
+        .collect()
 }
 
 /// `--phase P` with no run in progress (a rotation an operator began by hand): every phase
@@ -471,12 +479,9 @@ fn find_programs<P: Procedure>(
     // Without a verified cluster (a dry run) nothing runs helm or lokoctl.
     let cluster = ctx.conn.as_ref().map(|c| Arc::new(ClusterEnv::new(c, runner.clone())));
     ctx.terraform = terraform.map(|p| Terraform::new(p, ctx.terraform_dir.clone(), runner.clone()));
-    if let Some(p) = helm {
-        ctx.helm_name = p.path.display().to_string();
-        ctx.helm = cluster.clone().map(|c| Helm::new(p, runner.clone(), c));
-    }
-    ctx.lokoctl =
-        lokoctl.zip(cluster).map(|(p, c)| Lokoctl::new(p, runner.clone(), &ctx.config_dir, c));
+    // A real run always has the cluster; a dry run's plan names it only.
+    ctx.helm = helm.map(|p| Helm::new(p, runner.clone(), cluster.clone()));
+    ctx.lokoctl = lokoctl.map(|p| Lokoctl::new(p, runner.clone(), &ctx.config_dir, cluster));
     Ok(())
 }
 
@@ -516,7 +521,7 @@ fn choose_run<P: Procedure>(
             )))
         }
         Some(run) if run.journal.state == RunState::InProgress || !request.new_run => {
-            let expired = run.journal.path == EXPIRED;
+            let expired = run.journal.path.expired();
             Ok((Some(run), expired))
         }
         // A phase asked for with no run in progress starts one when the real state shows its
@@ -554,7 +559,7 @@ fn wanted_phases<P: Procedure>(
                 return Err(Error::Usage(format!(
                     "phase {} is not part of the {} path ({})",
                     P::phase_name(phase),
-                    path_name(expired),
+                    path_name(expired).name(),
                     names()
                 )));
             };
@@ -602,7 +607,7 @@ async fn run_phases<P: Procedure>(
                 progress.finish(i, false, &e.to_string());
                 results.push(PhaseReport {
                     name,
-                    result: "failed",
+                    result: PhaseResult::Failed,
                     seconds,
                     message: Some(e.to_string()),
                 });
@@ -615,15 +620,15 @@ async fn run_phases<P: Procedure>(
 
 /// Runs one phase: detects from the real state that it is done already, else runs its steps,
 /// each recorded in the journal before and after.
-async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(&'static str, String)> {
+async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(PhaseResult, String)> {
     let name = P::phase_name(phase);
     // Found done without this run having begun it before: someone did it by hand.
     let by_hand = ctx.run()?.phase_first_began(name).is_none();
     ctx.run_mut().begin_phase(name)?;
     if let Some(why) = P::found_done(ctx, phase).await.unwrap_or(None) {
         let why = if by_hand { format!("{BY_HAND}: {why}") } else { why };
-        ctx.run_mut().end_phase(name, "done", Some(format!("found done: {why}")))?;
-        return Ok(("already-done", why));
+        ctx.run_mut().end_phase(name, PhaseOutcome::Done, Some(format!("found done: {why}")))?;
+        return Ok((PhaseResult::AlreadyDone, why));
     }
     let steps = P::steps(ctx, phase);
     let mut last = String::new();
@@ -638,13 +643,13 @@ async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(&'st
             }
             Err(e) => {
                 ctx.run_mut().end_event(index, &format!("failed: {e}"))?;
-                ctx.run_mut().end_phase(name, "failed", Some(e.to_string()))?;
+                ctx.run_mut().end_phase(name, PhaseOutcome::Failed, Some(e.to_string()))?;
                 return Err(e);
             }
         }
     }
-    ctx.run_mut().end_phase(name, "done", None)?;
-    Ok(("done", last))
+    ctx.run_mut().end_phase(name, PhaseOutcome::Done, None)?;
+    Ok((PhaseResult::Done, last))
 }
 
 /// The plan of `phases` as the dry run prints it.
@@ -734,14 +739,14 @@ fn render(out: &mut impl Write, doc: &Report, note: &str) -> std::io::Result<()>
         writeln!(out, "{note}")?;
     }
     if !doc.run.is_empty() {
-        writeln!(out, "rotation {} ({} path), journal {}", doc.run, doc.path, doc.journal)?;
+        writeln!(out, "rotation {} ({} path), journal {}", doc.run, doc.path.name(), doc.journal)?;
     }
     if !doc.phases.is_empty() {
         let mut table = Table::new(&["PHASE", "RESULT", "SECONDS", "DETAIL"]);
         for p in doc.phases {
             table.row(vec![
                 p.name.into(),
-                p.result.into(),
+                p.result.name().into(),
                 format!("{:.1}", p.seconds),
                 p.message.clone().unwrap_or_default(),
             ]);
@@ -758,4 +763,348 @@ fn render(out: &mut impl Write, doc: &Report, note: &str) -> std::io::Result<()>
         writeln!(out, "next: {}", doc.next)?;
     }
     Ok(())
+}
+
+/// The engine's decisions, in-process: a fake procedure whose phases record what they do, a
+/// recording runner, no cluster.
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rotation::phase::{PhaseOutcome, RunPath};
+    use crate::rotation::plan::StepKind;
+    use crate::rotation::step::testing;
+    use crate::tools::Recorder;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum F {
+        Backup,
+        Change,
+        Unhook,
+        Check,
+        Finale,
+    }
+
+    /// What the fake phases did, and which the real state shows done.
+    static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static FOUND_DONE: Mutex<Vec<F>> = Mutex::new(Vec::new());
+    static FAIL_IN: Mutex<Option<F>> = Mutex::new(None);
+    /// The tests share the statics: one at a time.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    struct Fake;
+
+    impl Procedure for Fake {
+        type Phase = F;
+        type Action = F;
+        const NAME: &'static str = "fake";
+        const REPORT_KIND: &'static str = "FakeRotation";
+        const PLAN_KIND: &'static str = "FakePlan";
+
+        fn path(expired: bool) -> &'static [F] {
+            if expired {
+                &[F::Backup, F::Unhook, F::Change, F::Check]
+            } else {
+                &[F::Backup, F::Change, F::Check]
+            }
+        }
+        fn finale() -> Option<F> {
+            Some(F::Finale)
+        }
+        fn phase_name(phase: F) -> &'static str {
+            match phase {
+                F::Backup => "backup",
+                F::Change => "change",
+                F::Unhook => "unhook",
+                F::Check => "check",
+                F::Finale => "finale",
+            }
+        }
+        fn needs(_: F) -> Needs {
+            Needs::default()
+        }
+        fn has_expired(_: &AssetDir) -> Result<bool> {
+            Ok(false)
+        }
+        fn check_assets(_: &AssetDir) -> Result<()> {
+            Ok(())
+        }
+        fn steps(_: &Ctx, phase: F) -> Vec<Planned<F>> {
+            vec![Planned::new(StepKind::Api, format!("do {phase:?}"), phase)]
+        }
+        async fn found_done(_: &Ctx, phase: F) -> Result<Option<String>> {
+            let done = FOUND_DONE.lock().unwrap().contains(&phase);
+            Ok(done.then(|| "the real state shows it".into()))
+        }
+        async fn execute(_: &mut Ctx, phase: F, _: &F) -> Result<String> {
+            LOG.lock().unwrap().push(Fake::phase_name(phase).into());
+            if *FAIL_IN.lock().unwrap() == Some(phase) {
+                return Err(Error::Verification { phase: "x", reason: "killed here".into() });
+            }
+            Ok("did it".into())
+        }
+        async fn resolve(_: &mut Ctx) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn request(phase: Option<F>) -> Request<F> {
+        Request { phase, finale: false, expired: false, new_run: false }
+    }
+
+    /// A run of `Fake` on `path` with `done` phases done, and `running` left running (killed).
+    fn run_with(root: &Path, path: RunPath, done: &[F], running: Option<F>) -> RunDir {
+        let name = RunDir::new_name(root, Fake::NAME);
+        let mut run = RunDir::create(root, root, Fake::NAME, &name, path).unwrap();
+        for &p in done {
+            run.begin_phase(Fake::phase_name(p)).unwrap();
+            run.end_phase(Fake::phase_name(p), PhaseOutcome::Done, None).unwrap();
+        }
+        if let Some(p) = running {
+            run.begin_phase(Fake::phase_name(p)).unwrap();
+        }
+        run
+    }
+
+    fn names(phases: &[F]) -> Vec<&'static str> {
+        phases.iter().map(|&p| Fake::phase_name(p)).collect()
+    }
+
+    #[test]
+    fn which_run_is_chosen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("certrotate");
+        std::fs::create_dir_all(tmp.path().join("cluster-assets")).unwrap();
+        let assets = AssetDir::open(tmp.path()).unwrap();
+        let new_run = Request { new_run: true, ..request(None) };
+        // None: a new run, its path from the certificate (or --expired).
+        let (run, expired) = choose_run::<Fake>(&assets, None, &request(None)).unwrap();
+        assert!(run.is_none() && !expired);
+        let asked = Request { expired: true, ..request(None) };
+        assert!(choose_run::<Fake>(&assets, None, &asked).unwrap().1);
+        // In progress: resumed on its own path, whatever is asked; --new-run is refused.
+        let mut in_progress = run_with(&root, RunPath::Expired, &[F::Backup], None);
+        let (run, expired) =
+            choose_run::<Fake>(&assets, Some(in_progress.clone()), &request(None)).unwrap();
+        assert_eq!(run.unwrap().journal.run, in_progress.journal.run);
+        assert!(expired, "the run's own path");
+        let refused = choose_run::<Fake>(&assets, Some(in_progress.clone()), &new_run);
+        assert!(matches!(refused, Err(Error::Usage(_))), "{refused:?}");
+        // Finished: reported (never resumed) unless --new-run, which starts a new one.
+        in_progress.finish().unwrap();
+        let finished = in_progress;
+        let (run, _) = choose_run::<Fake>(&assets, Some(finished.clone()), &request(None)).unwrap();
+        assert_eq!(run.unwrap().journal.state, RunState::Finished);
+        let (run, expired) = choose_run::<Fake>(&assets, Some(finished), &new_run).unwrap();
+        assert!(run.is_none() && !expired, "a new run, on the path the certificate says");
+    }
+
+    #[test]
+    fn which_phases_a_request_covers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("certrotate");
+        let with_finale = Request { finale: true, ..request(None) };
+        let half = run_with(&root, RunPath::NotExpired, &[F::Backup], None);
+        let whole = run_with(&root, RunPath::NotExpired, &[F::Backup, F::Change, F::Check], None);
+        type Case<'a> =
+            (&'a str, Option<&'a RunDir>, bool, Request<F>, Result<Vec<&'a str>, &'a str>);
+        let cases: Vec<Case> = vec![
+            ("all, no run", None, false, request(None), Ok(vec!["backup", "change", "check"])),
+            (
+                "all, expired path",
+                None,
+                true,
+                request(None),
+                Ok(vec!["backup", "unhook", "change", "check"]),
+            ),
+            (
+                "all and the finale",
+                None,
+                false,
+                with_finale,
+                Ok(vec!["backup", "change", "check", "finale"]),
+            ),
+            (
+                "all of a run half done (the engine skips what is done)",
+                Some(&half),
+                false,
+                request(None),
+                Ok(vec!["backup", "change", "check"]),
+            ),
+            (
+                "one phase, predecessors done",
+                Some(&half),
+                false,
+                request(Some(F::Change)),
+                Ok(vec!["change"]),
+            ),
+            (
+                "one phase, a predecessor not done",
+                Some(&half),
+                false,
+                request(Some(F::Check)),
+                Err("phase change is not done yet"),
+            ),
+            // Issue 18: without a run, the new run's first phase, the predecessors the real
+            // state must show done by hand, then the phase.
+            (
+                "one phase, no run",
+                None,
+                false,
+                request(Some(F::Check)),
+                Ok(vec!["backup", "change", "check"]),
+            ),
+            (
+                "a phase off the path",
+                None,
+                false,
+                request(Some(F::Unhook)),
+                Err("not part of the not-expired path"),
+            ),
+            (
+                "the finale before the path is done",
+                Some(&half),
+                false,
+                request(Some(F::Finale)),
+                Err("may only run once the rotation is complete"),
+            ),
+            (
+                "the finale once it is",
+                Some(&whole),
+                false,
+                request(Some(F::Finale)),
+                Ok(vec!["finale"]),
+            ),
+        ];
+        for (case, run, expired, request, want) in cases {
+            let got = wanted_phases::<Fake>(run, expired, &request);
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(names(&got), want, "{case}"),
+                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{case}: {e}"),
+                (got, want) => panic!("{case}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    /// A context of the fake procedure on run `run`, path `expired`.
+    fn ctx(tmp: &Path, run: Option<RunDir>, expired: bool) -> Ctx {
+        let mut ctx = testing::ctx(tmp, expired, Duration::from_secs(5), &Recorder::default());
+        ctx.run = run;
+        ctx
+    }
+
+    #[tokio::test]
+    async fn a_phase_asked_for_without_a_run_needs_its_predecessors_found_done() {
+        let _serial = SERIAL.lock().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx(tmp.path(), None, true);
+        FOUND_DONE.lock().unwrap().clear();
+        // The backup is the new run's own; unhook must be found done before change.
+        let err = predecessors_done_by_hand::<Fake>(&ctx, &request(Some(F::Change))).await;
+        assert!(err.unwrap_err().to_string().contains("does not show phase unhook done"));
+        FOUND_DONE.lock().unwrap().push(F::Unhook);
+        predecessors_done_by_hand::<Fake>(&ctx, &request(Some(F::Change))).await.unwrap();
+        predecessors_done_by_hand::<Fake>(&ctx, &request(Some(F::Backup))).await.unwrap();
+        predecessors_done_by_hand::<Fake>(&ctx, &request(None)).await.unwrap();
+        FOUND_DONE.lock().unwrap().clear();
+    }
+
+    /// Killed in each phase in turn, the re-run goes on from that phase (marked interrupted
+    /// by the run), never redoes one done, and finishes the run once its path is done.
+    #[tokio::test]
+    async fn resume_after_a_kill_in_each_phase() {
+        let _serial = SERIAL.lock().await;
+        let path = Fake::path(false);
+        for (at, &killed) in path.iter().enumerate() {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().join("certrotate");
+            let run = run_with(&root, RunPath::NotExpired, &path[..at], Some(killed));
+            let mut ctx = ctx(tmp.path(), Some(run), false);
+            ctx.progress = Some(Progress::new(names(path).iter().map(|n| n.to_string()).collect()));
+            LOG.lock().unwrap().clear();
+            let todo: Vec<F> = path
+                .iter()
+                .copied()
+                .filter(|&p| !ctx.run().unwrap().phase_done(Fake::phase_name(p)))
+                .collect();
+            assert_eq!(todo, path[at..], "killed in {killed:?}");
+            let stale = ctx.run_mut().running_phase().unwrap();
+            ctx.run_mut().end_phase(&stale, PhaseOutcome::Interrupted, None).unwrap();
+            let mut results = Vec::new();
+            run_phases::<Fake>(&mut ctx, &todo, &mut results).await.unwrap();
+            assert_eq!(*LOG.lock().unwrap(), names(&path[at..]), "killed in {killed:?}");
+            assert!(results.iter().all(|r| r.result == PhaseResult::Done));
+            finish_if_path_done::<Fake>(&mut ctx).unwrap();
+            let journal = &ctx.run().unwrap().journal;
+            assert_eq!(journal.state, RunState::Finished, "killed in {killed:?}");
+            let interrupted: Vec<&str> = journal
+                .phases
+                .iter()
+                .filter(|p| p.outcome == PhaseOutcome::Interrupted)
+                .map(|p| p.name.as_str())
+                .collect();
+            assert_eq!(interrupted, [Fake::phase_name(killed)]);
+        }
+    }
+
+    /// A phase the real state shows done is recorded as such, and as done by hand when this
+    /// run never began it; a failing phase stops the run, the rest untouched.
+    #[tokio::test]
+    async fn found_done_by_hand_and_failures() {
+        let _serial = SERIAL.lock().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("certrotate");
+        let run = run_with(&root, RunPath::NotExpired, &[F::Backup], None);
+        let mut ctx = ctx(tmp.path(), Some(run), false);
+        ctx.progress = Some(Progress::new(vec!["change".into(), "check".into()]));
+        LOG.lock().unwrap().clear();
+        *FOUND_DONE.lock().unwrap() = vec![F::Change];
+        *FAIL_IN.lock().unwrap() = Some(F::Check);
+        let mut results = Vec::new();
+        let outcome = run_phases::<Fake>(&mut ctx, &[F::Change, F::Check], &mut results).await;
+        FOUND_DONE.lock().unwrap().clear();
+        *FAIL_IN.lock().unwrap() = None;
+        assert!(outcome.is_err());
+        assert_eq!(*LOG.lock().unwrap(), ["check"], "change was found done, not run");
+        let got: Vec<(&str, PhaseResult)> = results.iter().map(|r| (r.name, r.result)).collect();
+        assert_eq!(got, [("change", PhaseResult::AlreadyDone), ("check", PhaseResult::Failed)]);
+        assert!(results[0].message.as_deref().unwrap().starts_with(BY_HAND), "{:?}", results[0]);
+        finish_if_path_done::<Fake>(&mut ctx).unwrap();
+        assert_eq!(ctx.run().unwrap().journal.state, RunState::InProgress);
+        assert_eq!(
+            next_step::<Fake>(&ctx),
+            "kubectl certrotate fake --phase check (or --phase all)"
+        );
+    }
+
+    #[test]
+    fn phases_done_earlier_are_reported_as_such() {
+        let wanted = [F::Backup, F::Change, F::Check, F::Finale];
+        let report = done_earlier::<Fake>(&wanted, &[F::Check, F::Finale]);
+        let got: Vec<(&str, PhaseResult)> = report.iter().map(|r| (r.name, r.result)).collect();
+        assert_eq!(
+            got,
+            [("backup", PhaseResult::AlreadyDone), ("change", PhaseResult::AlreadyDone)]
+        );
+        let json = serde_json::to_value(&report[0]).unwrap();
+        assert_eq!(json["result"], "already-done");
+        assert_eq!(json["message"], "done by an earlier invocation (journal)");
+    }
+
+    /// A run whose path is done is finished even when nothing ran (the phases were done by
+    /// an earlier invocation), and then says the finale is optional.
+    #[tokio::test]
+    async fn a_run_whose_path_is_done_is_finished() {
+        let _serial = SERIAL.lock().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("certrotate");
+        let run = run_with(&root, RunPath::NotExpired, Fake::path(false), None);
+        let mut ctx = ctx(tmp.path(), Some(run), false);
+        assert_eq!(ctx.run().unwrap().journal.state, RunState::InProgress);
+        finish_if_path_done::<Fake>(&mut ctx).unwrap();
+        assert_eq!(ctx.run().unwrap().journal.state, RunState::Finished);
+        assert_eq!(next_step::<Fake>(&ctx), "optionally: kubectl certrotate fake --phase finale");
+    }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::files::{private_dir, write_atomic};
+use super::phase::{PhaseOutcome, RunPath};
 use super::plan::StepKind;
 use crate::error::{Error, Result};
 
@@ -29,7 +30,7 @@ pub struct PhaseRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     /// `running`, `done`, `failed` or `interrupted`.
-    pub outcome: String,
+    pub outcome: PhaseOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -52,7 +53,7 @@ pub struct Journal {
     pub rotation: String,
     pub run: String,
     /// `not-expired` or `expired`.
-    pub path: String,
+    pub path: RunPath,
     pub state: RunState,
     pub assets_dir: String,
     pub started_at: String,
@@ -72,7 +73,7 @@ pub struct Journal {
 }
 
 /// A run's folder and its journal, as last saved.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RunDir {
     dir: PathBuf,
     pub journal: Journal,
@@ -156,7 +157,7 @@ impl RunDir {
         assets_dir: &Path,
         rotation: &str,
         run: &str,
-        path: &str,
+        path: RunPath,
     ) -> Result<RunDir> {
         let dir = root.join(run);
         private_dir(&dir.join(BACKUP_DIR))
@@ -166,7 +167,7 @@ impl RunDir {
             kind: "RotationJournal".into(),
             rotation: rotation.into(),
             run: run.into(),
-            path: path.into(),
+            path,
             state: RunState::InProgress,
             assets_dir: assets_dir.display().to_string(),
             started_at: now(),
@@ -224,7 +225,7 @@ impl RunDir {
     }
 
     pub fn phase_done(&self, name: &str) -> bool {
-        self.journal.phases.iter().any(|p| p.name == name && p.outcome == "done")
+        self.journal.phases.iter().any(|p| p.name == name && p.outcome == PhaseOutcome::Done)
     }
 
     pub fn begin_phase(&mut self, name: &str) -> Result<()> {
@@ -232,19 +233,28 @@ impl RunDir {
             name: name.into(),
             started_at: now(),
             finished_at: None,
-            outcome: "running".into(),
+            outcome: PhaseOutcome::Running,
             message: None,
         });
         self.save()
     }
 
     /// Ends the phase begun last under `name`.
-    pub fn end_phase(&mut self, name: &str, outcome: &str, message: Option<String>) -> Result<()> {
-        if let Some(record) =
-            self.journal.phases.iter_mut().rev().find(|p| p.name == name && p.outcome == "running")
+    pub fn end_phase(
+        &mut self,
+        name: &str,
+        outcome: PhaseOutcome,
+        message: Option<String>,
+    ) -> Result<()> {
+        if let Some(record) = self
+            .journal
+            .phases
+            .iter_mut()
+            .rev()
+            .find(|p| p.name == name && p.outcome == PhaseOutcome::Running)
         {
             record.finished_at = Some(now());
-            record.outcome = outcome.into();
+            record.outcome = outcome;
             record.message = message;
         }
         self.save()
@@ -265,7 +275,12 @@ impl RunDir {
 
     /// The phase still marked running (a run that was killed, or is being interrupted).
     pub fn running_phase(&self) -> Option<String> {
-        self.journal.phases.iter().rev().find(|p| p.outcome == "running").map(|p| p.name.clone())
+        self.journal
+            .phases
+            .iter()
+            .rev()
+            .find(|p| p.outcome == PhaseOutcome::Running)
+            .map(|p| p.name.clone())
     }
 
     /// Records a step as started; returns its index for [`RunDir::end_event`].
@@ -305,11 +320,11 @@ mod tests {
         let root = dir.path().join("certrotate");
         let name = RunDir::new_name(&root, "aggregation");
         let mut run =
-            RunDir::create(&root, dir.path(), "aggregation", &name, "not-expired").unwrap();
+            RunDir::create(&root, dir.path(), "aggregation", &name, RunPath::NotExpired).unwrap();
         run.begin_phase("backup").unwrap();
         let e = run.begin_event("backup", StepKind::File, "copy").unwrap();
         run.end_event(e, "ok").unwrap();
-        run.end_phase("backup", "done", None).unwrap();
+        run.end_phase("backup", PhaseOutcome::Done, None).unwrap();
         let again = RunDir::latest(&root, "aggregation").unwrap().unwrap();
         assert!(again.phase_done("backup"));
         assert_eq!(again.journal.events[0].outcome, "ok");
@@ -322,7 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("certrotate");
         let name = "aggregation-20260101T000000Z";
-        RunDir::create(&root, dir.path(), "aggregation", name, "not-expired").unwrap();
+        RunDir::create(&root, dir.path(), "aggregation", name, RunPath::NotExpired).unwrap();
         // Killed inside the next run's creation: its folder exists, its journal does not.
         private_dir(&root.join("aggregation-20260102T000000Z").join(BACKUP_DIR)).unwrap();
         let latest = RunDir::latest(&root, "aggregation").unwrap().unwrap();

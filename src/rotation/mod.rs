@@ -6,8 +6,10 @@ pub mod engine;
 pub mod files;
 pub mod journal;
 pub mod lock;
+pub mod phase;
 pub mod plan;
 pub mod signals;
+pub mod step;
 
 use std::path::PathBuf;
 

@@ -3,39 +3,9 @@
 
 use std::io::Write;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StepKind {
-    Command,
-    Api,
-    Check,
-    File,
-}
-
-impl StepKind {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Command => "run",
-            Self::Api => "api",
-            Self::Check => "check",
-            Self::File => "file",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Step {
-    pub kind: StepKind,
-    pub description: String,
-}
-
-impl Step {
-    pub fn new(kind: StepKind, description: impl Into<String>) -> Self {
-        Self { kind, description: description.into() }
-    }
-}
+pub use super::step::{Step, StepKind};
 
 /// One phase of a plan, and whether the journal already has it done.
 #[derive(Debug, Clone, Serialize)]

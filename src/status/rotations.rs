@@ -60,7 +60,7 @@ fn row_of(rotation: &'static str, root: &Path, run: &RunDir) -> RotationRow {
         phases_done: journal
             .phases
             .iter()
-            .filter(|p| p.outcome == "done")
+            .filter(|p| p.outcome == crate::rotation::phase::PhaseOutcome::Done)
             .map(|p| p.name.clone())
             .collect(),
         last_finished_unix: last_finished.as_deref().and_then(unix),

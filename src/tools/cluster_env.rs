@@ -38,6 +38,17 @@ impl ClusterEnv {
         }
     }
 
+    /// A verified cluster given as its kubeconfig's bytes (the engine's tests).
+    #[cfg(test)]
+    pub fn from_parts(kubeconfig: &[u8], selection: &str, runner: Runner) -> Self {
+        Self {
+            kubeconfig: kubeconfig.to_vec(),
+            selection: selection.into(),
+            runner,
+            written: Mutex::new(None),
+        }
+    }
+
     /// `context C (cluster S, user U)`.
     pub fn selection(&self) -> &str {
         &self.selection

@@ -20,10 +20,12 @@ const IN_PROGRESS: &str = "another operation (install/upgrade/rollback) is in pr
 /// Upgrade attempts before giving up: the seed's "try again", plus one after a rollback.
 const UPGRADE_ATTEMPTS: usize = 3;
 
+#[derive(Clone)]
 pub struct Helm {
     program: Program,
     runner: Runner,
-    cluster: Arc<ClusterEnv>,
+    /// `None` only for a dry run's plan (nothing runs without the verified cluster).
+    cluster: Option<Arc<ClusterEnv>>,
 }
 
 /// One row of `helm history -o json`.
@@ -71,35 +73,51 @@ pub struct Release<'a> {
 }
 
 impl Helm {
-    pub fn new(program: Program, runner: Runner, cluster: Arc<ClusterEnv>) -> Self {
+    pub fn new(program: Program, runner: Runner, cluster: Option<Arc<ClusterEnv>>) -> Self {
         Self { program, runner, cluster }
     }
 
     /// `helm <args> --kubeconfig <the verified cluster alone>`; the flag (not only
     /// `KUBECONFIG`) so that every command line shown says which kubeconfig it used.
     fn command(&self, args: &[&str]) -> Result<Command> {
-        let cmd = self.cluster.confine(self.runner.command(&self.program))?;
-        let kubeconfig = self.cluster.kubeconfig()?.display().to_string();
-        Ok(cmd.args(args.iter().copied()).args(["--kubeconfig", kubeconfig.as_str()]))
+        self.command_with(|cmd| cmd.args(args.iter().copied()))
     }
 
-    /// `helm upgrade … --reuse-values -f <values file> --wait --timeout …`, the file given.
-    pub fn upgrade_command(&self, release: &Release, values_file: &str) -> Result<Command> {
+    fn command_with(&self, args: impl FnOnce(Command) -> Command) -> Result<Command> {
+        let cluster = self.cluster.as_ref().ok_or_else(|| {
+            Error::Wiring("helm set up without the verified cluster ran a command".into())
+        })?;
+        let cmd = args(cluster.confine(self.runner.command(&self.program))?);
+        let kubeconfig = cluster.kubeconfig()?.display().to_string();
+        Ok(self.with_kubeconfig(cmd, kubeconfig))
+    }
+
+    /// [`Helm::command_with`] as a plan shows it: the same program and arguments, nothing
+    /// written, the kubeconfig named for what it holds.
+    fn plan_command_with(&self, args: impl FnOnce(Command) -> Command) -> Command {
+        self.with_kubeconfig(args(self.runner.command(&self.program)), "")
+    }
+
+    fn with_kubeconfig(&self, cmd: Command, path: impl Into<String>) -> Command {
+        cmd.arg("--kubeconfig").arg_shown(path, kubeconfig_in_plan(self.cluster.as_deref()))
+    }
+
+    /// `helm upgrade … --reuse-values -f <values file> --wait --timeout …`, the file given;
+    /// `values` says what the file sets (plans and lines show that instead of its path).
+    pub fn upgrade_command(
+        &self,
+        release: &Release,
+        values_file: &str,
+        values: &str,
+    ) -> Result<Command> {
         let timeout = self.runner.helm_timeout();
-        let chart = release.chart.display().to_string();
-        self.command(&[
-            "upgrade",
-            "-n",
-            release.namespace,
-            release.name,
-            &chart,
-            "--reuse-values",
-            "-f",
-            values_file,
-            "--wait",
-            "--timeout",
-            &timeout,
-        ])
+        self.command_with(|cmd| upgrade_args(cmd, release, values_file, values, &timeout))
+    }
+
+    /// [`Helm::upgrade_command`] as the plan shows it.
+    pub fn plan_upgrade(&self, release: &Release, values: &str) -> Command {
+        let timeout = self.runner.helm_timeout();
+        self.plan_command_with(|cmd| upgrade_args(cmd, release, "", values, &timeout))
     }
 
     pub fn rollback_command(&self, release: &Release, revision: u32) -> Result<Command> {
@@ -150,6 +168,7 @@ impl Helm {
         &self,
         release: &Release<'_>,
         values: &serde_json::Value,
+        shown: &str,
         in_place: impl Fn(&serde_json::Value) -> bool,
         note: &(dyn Fn(&str, &str) + Sync),
     ) -> Result<()> {
@@ -157,7 +176,7 @@ impl Helm {
         let mut last_error = None;
         for _ in 0..UPGRADE_ATTEMPTS {
             self.recover_pending(release, note).await?;
-            let cmd = self.upgrade_command(release, &file.path_str())?;
+            let cmd = self.upgrade_command(release, &file.path_str(), shown)?;
             let outcome = cmd.run().await?;
             if outcome.success() {
                 note(&cmd.line(), "ok");
@@ -211,7 +230,12 @@ impl Helm {
     /// `helm list --all-namespaces --pending -o json`: the releases whose latest revision is
     /// `pending-install`, `pending-upgrade` or `pending-rollback`.
     pub fn list_pending_command(&self) -> Result<Command> {
-        self.command(&["list", "--all-namespaces", "--pending", "-o", "json"])
+        self.command(&LIST_PENDING)
+    }
+
+    /// [`Helm::list_pending_command`] as the plan shows it.
+    pub fn plan_list_pending(&self) -> Command {
+        self.plan_command_with(|cmd| cmd.args(LIST_PENDING))
     }
 
     /// Recovers every release that a killed helm or lokoctl left pending, as the manual
@@ -297,6 +321,23 @@ impl Helm {
     }
 }
 
+fn upgrade_args(
+    cmd: Command,
+    release: &Release,
+    values_file: &str,
+    values: &str,
+    timeout: &str,
+) -> Command {
+    cmd.args(["upgrade", "-n", release.namespace, release.name])
+        .arg(release.chart.display().to_string())
+        .args(["--reuse-values", "-f"])
+        // The file exists only while the upgrade runs: shown as what it sets.
+        .arg_shown(values_file, format!("<0600 values file: {values}>"))
+        .args(["--wait", "--timeout", timeout])
+}
+
+const LIST_PENDING: [&str; 5] = ["list", "--all-namespaces", "--pending", "-o", "json"];
+
 /// How long to wait between looks at an API that is down (kube-apiserver restarting).
 const API_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -330,7 +371,7 @@ impl PrivateValues {
 }
 
 /// How a plan shows the kubeconfig helm gets: the file exists only while a run does.
-pub fn kubeconfig_in_plan(helm: Option<&Helm>) -> String {
-    let only = helm.map_or("the verified context, cluster and user", |h| h.cluster.selection());
-    format!("--kubeconfig <0600 kubeconfig in the run folder: only {only}>")
+fn kubeconfig_in_plan(cluster: Option<&ClusterEnv>) -> String {
+    let only = cluster.map_or("the verified context, cluster and user", ClusterEnv::selection);
+    format!("<0600 kubeconfig in the run folder: only {only}>")
 }

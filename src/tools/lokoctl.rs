@@ -12,11 +12,13 @@ use crate::error::{Error, Result};
 /// they would make it read another lokocfg than the one checked.
 const LOKOCFG_VARS: [&str; 2] = ["LOKOCFG", "LOKOCFG-VARS"];
 
+#[derive(Clone)]
 pub struct Lokoctl {
     program: Program,
     runner: Runner,
     config_dir: PathBuf,
-    cluster: Arc<ClusterEnv>,
+    /// `None` only for a dry run's plan (nothing runs without the verified cluster).
+    cluster: Option<Arc<ClusterEnv>>,
 }
 
 impl Lokoctl {
@@ -24,7 +26,7 @@ impl Lokoctl {
         program: Program,
         runner: Runner,
         config_dir: &Path,
-        cluster: Arc<ClusterEnv>,
+        cluster: Option<Arc<ClusterEnv>>,
     ) -> Self {
         Self { program, runner, config_dir: config_dir.to_path_buf(), cluster }
     }
@@ -36,15 +38,24 @@ impl Lokoctl {
     /// reads `KUBECONFIG` (and helm's variables, through helm's library) it gets the verified
     /// cluster alone.
     pub fn apply_command(&self, skip_health_check: bool) -> Result<Command> {
+        let cluster = self.cluster.as_ref().ok_or_else(|| {
+            Error::Wiring("lokoctl set up without the verified cluster ran a command".into())
+        })?;
         let cmd = LOKOCFG_VARS
             .iter()
             .fold(self.runner.command(&self.program), |cmd, var| cmd.env_remove(var));
-        let cmd = self.cluster.confine(cmd)?.dir(&self.config_dir).args([
-            "cluster",
-            "apply",
-            "--confirm",
-        ]);
-        Ok(if skip_health_check { cmd.arg("--skip-pre-update-health-check") } else { cmd })
+        Ok(Self::apply_args(cluster.confine(cmd)?, &self.config_dir, skip_health_check))
+    }
+
+    /// [`Lokoctl::apply_command`] as the plan shows it: the same program, folder and
+    /// arguments (the environment is not shown), nothing written.
+    pub fn plan_apply(&self, skip_health_check: bool) -> Command {
+        Self::apply_args(self.runner.command(&self.program), &self.config_dir, skip_health_check)
+    }
+
+    fn apply_args(cmd: Command, config_dir: &Path, skip_health_check: bool) -> Command {
+        let cmd = cmd.dir(config_dir).args(["cluster", "apply", "--confirm"]);
+        if skip_health_check { cmd.arg("--skip-pre-update-health-check") } else { cmd }
     }
 
     pub async fn apply(&self, skip_health_check: bool) -> Result<()> {

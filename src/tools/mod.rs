@@ -12,7 +12,7 @@ pub mod terraform;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use process::{Command, Outcome, Program};
+pub use process::{Command, Outcome, Program, Recorded, Recorder};
 
 /// Margin over `--timeout` for a child's own bound: helm's `--wait --timeout` must end first
 /// and report why.
@@ -25,13 +25,27 @@ pub struct Runner {
     scratch: PathBuf,
     echo: bool,
     timeout: Duration,
+    /// Set: commands are recorded, not run (tests of the engine and of the plans).
+    recorder: Option<process::Recorder>,
 }
 
 impl Runner {
     /// `marker` goes into every child's environment; `scratch` (the run's private folder)
     /// holds the temp files of children (values files, plan files).
     pub fn new(marker: &str, scratch: &Path, verbose: u8, timeout: Duration) -> Self {
-        Self { marker: marker.into(), scratch: scratch.into(), echo: verbose > 0, timeout }
+        Self {
+            marker: marker.into(),
+            scratch: scratch.into(),
+            echo: verbose > 0,
+            timeout,
+            recorder: None,
+        }
+    }
+
+    /// A runner whose commands are recorded in `recorder` instead of run.
+    pub fn recording(mut self, recorder: &process::Recorder) -> Self {
+        self.recorder = Some(recorder.clone());
+        self
     }
 
     /// A private temp dir inside the run's folder, removed on drop (a killed run's leftovers
@@ -95,6 +109,9 @@ impl Runner {
         } else {
             self.timeout.saturating_add(CHILD_TIMEOUT_MARGIN)
         };
-        Command::new(program, bound).env(process::RUN_ENV, &self.marker).echo(self.echo)
+        Command::new(program, bound)
+            .env(process::RUN_ENV, &self.marker)
+            .echo(self.echo)
+            .recorded_by(self.recorder.clone())
     }
 }

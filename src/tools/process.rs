@@ -72,6 +72,13 @@ impl Program {
     }
 }
 
+impl Program {
+    /// A program a dry run could not find, shown by its name in the plan (never run).
+    pub fn unresolved(name: &'static str) -> Self {
+        Self { name, path: name.into() }
+    }
+}
+
 /// One command line to run.
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -84,6 +91,39 @@ pub struct Command {
     timeout: Duration,
     echo: bool,
     keep_unredacted: bool,
+    /// Arguments shown as a placeholder (by index): files that exist only while a run does
+    /// (values, kubeconfig), whose path a plan cannot know and a reader needs not see.
+    shown: Vec<(usize, String)>,
+    /// Set: the command is recorded there instead of run ([`Recorder`]).
+    recorder: Option<Recorder>,
+}
+
+/// What a command run through a recording [`super::Runner`] left: the argv as a plan shows
+/// it (placeholders in), and the folder. The engine's tests use it instead of a child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub argv: Vec<String>,
+    pub dir: Option<PathBuf>,
+    pub line: String,
+}
+
+/// Collects the commands a recording runner would have run; each "succeeds" with `stdout`
+/// from the answer function (empty by default).
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub calls: std::sync::Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Recorder({} calls)", self.calls.lock().map_or(0, |c| c.len()))
+    }
+}
+
+impl Recorder {
+    pub fn calls(&self) -> Vec<Recorded> {
+        self.calls.lock().expect("recorded calls").clone()
+    }
 }
 
 /// How a command ended. All of it is redacted but `unredacted_stdout`, which is never shown.
@@ -164,6 +204,58 @@ impl Command {
             timeout,
             echo: false,
             keep_unredacted: false,
+            shown: Vec::new(),
+            recorder: None,
+        }
+    }
+
+    /// Records instead of running ([`Recorder`]).
+    pub fn recorded_by(mut self, recorder: Option<Recorder>) -> Self {
+        self.recorder = recorder;
+        self
+    }
+
+    /// An argument passed as `value` and shown (in plans, lines, argv) as `shown`.
+    pub fn arg_shown(mut self, value: impl Into<String>, shown: impl Into<String>) -> Self {
+        self.shown.push((self.args.len(), shown.into()));
+        self.args.push(value.into());
+        self
+    }
+
+    /// The program as invoked (its path) and every argument, placeholders shown: what a plan
+    /// carries as `argv`.
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(self.program.path.display().to_string())
+            .chain(self.args.iter().enumerate().map(|(i, a)| match self.placeholder(i) {
+                Some(shown) => shown.to_string(),
+                None => a.clone(),
+            }))
+            .collect()
+    }
+
+    /// The folder it runs in, if not this tool's.
+    pub fn workdir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    fn placeholder(&self, index: usize) -> Option<&str> {
+        self.shown.iter().find(|(i, _)| *i == index).map(|(_, s)| s.as_str())
+    }
+
+    /// The plan's line: [`Command::argv`] as a shell would take it (placeholders as they
+    /// are), then the folder.
+    pub fn plan_line(&self) -> String {
+        let mut words = vec![shell_quote(&self.program.path.display().to_string())];
+        for (i, a) in self.args.iter().enumerate() {
+            words.push(match self.placeholder(i) {
+                Some(shown) => shown.to_string(),
+                None => shell_quote(a),
+            });
+        }
+        let line = words.join(" ");
+        match &self.dir {
+            Some(dir) => format!("{line} (in {})", dir.display()),
+            None => line,
         }
     }
 
@@ -217,6 +309,14 @@ impl Command {
 
     /// Runs it to the end (or the timeout); a non-zero exit is an `Ok` outcome.
     pub async fn run(&self) -> Result<Outcome> {
+        if let Some(recorder) = &self.recorder {
+            recorder.calls.lock().expect("recorded calls").push(Recorded {
+                argv: self.argv(),
+                dir: self.dir.clone(),
+                line: self.plan_line(),
+            });
+            return Ok(Outcome { code: Some(0), ..Outcome::default() });
+        }
         let (pgid_tx, pgid_rx) = tokio::sync::oneshot::channel();
         let spawn = self.clone();
         let mut task = tokio::task::spawn_blocking(move || spawn.run_blocking(pgid_tx));

@@ -16,6 +16,7 @@ const BOOTKUBE_SUFFIX: &str = ".module.bootkube";
 /// The folder of the run that keeps the state before each change.
 pub const STATE_BACKUPS: &str = "terraform-state";
 
+#[derive(Clone)]
 pub struct Terraform {
     program: Program,
     dir: PathBuf,
@@ -160,8 +161,10 @@ impl Terraform {
             .args(args.iter().copied())
     }
 
+    /// `-no-color` last: terraform takes it anywhere (it strips it before parsing flags), and
+    /// the plan line reads `terraform taint <address>` as the manual procedure writes it.
     pub fn taint_command(&self, address: &str) -> Command {
-        self.command(&["taint", "-no-color", address])
+        self.command(&["taint", address, "-no-color"])
     }
 
     pub fn apply_command(&self, targets: &[String]) -> Command {

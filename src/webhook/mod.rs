@@ -9,7 +9,10 @@
 pub mod phases;
 
 use crate::assets::AssetDir;
-use crate::cli::{GlobalOpts, WebhookArgs, WebhookPhaseArg};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{GlobalOpts, WebhookArgs};
 use crate::error::{Error, Result, exit};
 use crate::k8s::{Connection, objects};
 use crate::rotation::context::Ctx;
@@ -18,12 +21,19 @@ use crate::rotation::journal::{RunDir, RunState};
 use crate::rotation::lock::RotationLock;
 use crate::rotation::runs_root;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A phase of the webhook certificate rotation; its doc comments are the `--phase` help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// Keep lokomotive.yaml (and, when expired, the webhook configuration) in the journal.
     Backup,
+    /// Expired path only: delete MutatingWebhookConfiguration admission-webhook-server.
     Unhook,
+    /// terraform taint the certificate, lokoctl cluster apply.
     Certificate,
+    /// Restart Deployment admission-webhook-server (it reads its certificate only at start).
     Restart,
+    /// Secret, caBundle, SANs, and a real admission call.
     Verify,
 }
 
@@ -36,17 +46,6 @@ impl Phase {
             Self::Restart => "restart",
             Self::Verify => "verify",
         }
-    }
-
-    fn of(arg: WebhookPhaseArg) -> Option<Self> {
-        Some(match arg {
-            WebhookPhaseArg::All => return None,
-            WebhookPhaseArg::Backup => Self::Backup,
-            WebhookPhaseArg::Unhook => Self::Unhook,
-            WebhookPhaseArg::Certificate => Self::Certificate,
-            WebhookPhaseArg::Restart => Self::Restart,
-            WebhookPhaseArg::Verify => Self::Verify,
-        })
     }
 }
 
@@ -124,7 +123,7 @@ pub async fn run(global: &GlobalOpts, args: &WebhookArgs) -> Result<u8> {
         return restore(global).await;
     }
     let request = Request {
-        phase: Phase::of(args.phase),
+        phase: args.phase.phase(),
         finale: false,
         expired: args.expired,
         new_run: args.new_run,

@@ -9,6 +9,7 @@ use crate::pki::{self, CertInfo};
 use crate::rotation::context::Ctx;
 use crate::rotation::engine::Planned;
 use crate::rotation::plan::StepKind;
+use crate::tools::Command;
 
 pub const CONFIGURATION: &str = "admission-webhook-server";
 pub const NAMESPACE: &str = "lokomotive-system";
@@ -63,20 +64,23 @@ pub fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
             format!("DELETE mutatingwebhookconfiguration {CONFIGURATION} (an expired certificate makes every call to it fail; lokoctl creates it again)"),
             A::DeleteConfiguration,
         )],
-        Phase::Certificate => vec![
-            Planned::new(
-                K::Command,
-                format!("{} (skipped when the state's certificate is already a new one)", ctx.taint_line(cert_resource())),
+        Phase::Certificate => {
+            let (recover, then) = ctx.recover_releases_command();
+            vec![
+            Planned::command(
+                &ctx.taint_command(cert_resource()),
+                " (skipped when the state's certificate is already a new one)",
                 A::Taint,
             ),
-            Planned::new(K::Command, ctx.recover_releases_line(), A::RecoverReleases),
-            Planned::new(K::Command, ctx.lokoctl_line(ctx.expired), A::Lokoctl),
+            Planned::command(&recover, &then, A::RecoverReleases),
+            Planned::command(&ctx.plan_lokoctl(ctx.expired), "", A::Lokoctl),
             Planned::new(
                 K::Check,
                 format!("{LOKOMOTIVE_VALUES} holds a new certificate, equal to the state's, matching its key, signed by the kube CA, naming the five service names"),
                 A::CheckNewCertificate,
             ),
-        ],
+        ]
+        }
         Phase::Restart => vec![Planned::new(
             K::Api,
             format!("restart deployment/{DEPLOYMENT} -n {NAMESPACE} (kubectl rollout restart) and wait as kubectl rollout status"),
@@ -166,6 +170,17 @@ pub async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
     }
 }
 
+/// The command a command step runs, built as the real run builds it; `None` for a step
+/// that runs none. The plan renders each of these from the same builders.
+pub fn run_command(ctx: &Ctx, action: Action) -> Result<Option<Command>> {
+    Ok(Some(match action {
+        Action::Taint => ctx.terraform()?.taint_command(&ctx.addr(cert_resource())),
+        Action::RecoverReleases => ctx.helm()?.list_pending_command()?,
+        Action::Lokoctl => ctx.lokoctl()?.apply_command(ctx.expired)?,
+        _ => return Ok(None),
+    }))
+}
+
 pub async fn execute(ctx: &mut Ctx, phase: Phase, action: Action) -> Result<String> {
     let fail = |reason: String| Error::Verification { phase: phase.name(), reason };
     match action {
@@ -209,8 +224,8 @@ pub async fn execute(ctx: &mut Ctx, phase: Phase, action: Action) -> Result<Stri
             if state.sha256 != old_cert(ctx)?.sha256 {
                 return Ok("skipped: the state already holds a new certificate".into());
             }
-            let terraform = ctx.terraform()?;
-            terraform.change(terraform.taint_command(&ctx.addr(cert_resource()))).await?;
+            let taint = run_command(ctx, action)?.expect("a taint runs a command");
+            ctx.terraform()?.change(taint).await?;
             Ok("tainted".into())
         }
         Action::RecoverReleases => ctx.helm()?.recover_pending_releases().await,
@@ -324,4 +339,42 @@ fn dns_names(cert: &CertInfo) -> Vec<String> {
         .subject_alt_names()
         .map(|names| names.iter().filter_map(|n| n.dnsname().map(str::to_string)).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rotation::engine::Procedure as _;
+    use crate::rotation::step::testing;
+    use crate::tools::Recorder;
+
+    /// Every command step of every phase, on both paths: planned as the real run builds it.
+    #[tokio::test]
+    async fn every_command_step_is_planned_as_it_runs() {
+        for expired in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let recorder = Recorder::default();
+            let ctx = testing::ctx(tmp.path(), expired, Duration::ZERO, &recorder);
+            let mut commands = 0;
+            for &phase in super::super::Webhook::path(expired) {
+                for planned in steps(&ctx, phase) {
+                    let cmd = run_command(&ctx, planned.action).unwrap();
+                    assert_eq!(cmd.is_some(), planned.step.kind == StepKind::Command, "{phase:?}");
+                    if let Some(cmd) = cmd {
+                        testing::assert_runs_as_planned(&planned.step, &cmd, &recorder).await;
+                        commands += 1;
+                    }
+                }
+            }
+            assert_eq!(commands, 3);
+            let lokoctl =
+                recorder.calls().into_iter().find(|c| c.line.contains("lokoctl")).unwrap();
+            assert_eq!(
+                lokoctl.argv.last().map(String::as_str) == Some("--skip-pre-update-health-check"),
+                expired
+            );
+        }
+    }
 }
