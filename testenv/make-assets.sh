@@ -9,6 +9,7 @@
 #   CONFIG_DIR/assets/terraform/cluster.tf        module "aws-<cluster>" -> module "bootkube"
 #   CONFIG_DIR/assets/terraform-modules/{aws,bootkube}/
 #   CONFIG_DIR/assets/cluster-assets/charts/kube-system/kube-apiserver/        (chart)
+#   CONFIG_DIR/assets/cluster-assets/charts/kube-system/{kubernetes,kubelet}/  (charts)
 #   CONFIG_DIR/assets/cluster-assets/charts/lokomotive-system/lokomotive/      (chart)
 # then runs `terraform init` and `terraform apply -auto-approve` in
 # assets/terraform, which writes tls/, auth/ and the chart values files.
@@ -81,7 +82,8 @@ cp -r "$HERE/terraform/modules/aws" "$HERE/terraform/modules/bootkube" "$ASSETS/
 sed -e "s/@CLUSTER_NAME@/$CLUSTER/g" -e "s/@API_PORT@/$API_PORT/g" \
 	-e "s/@VALIDITY_HOURS@/$VALIDITY/g" -e "s/@CONTROLLER_COUNT@/$CONTROLLERS/g" \
 	"$HERE/terraform/cluster.tf.tmpl" >"$ASSETS/terraform/cluster.tf"
-for chart in kube-system/kube-apiserver:kube-apiserver lokomotive-system/lokomotive:lokomotive; do
+for chart in kube-system/kube-apiserver:kube-apiserver kube-system/kubernetes:kubernetes \
+	kube-system/kubelet:kubelet lokomotive-system/lokomotive:lokomotive; do
 	dst=$ASSETS/cluster-assets/charts/${chart%%:*}
 	rm -rf "$dst"
 	cp -r "$HERE/charts/${chart##*:}" "$dst"

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use support::process::DEATH_LOG_LINES;
 use support::{
     AssetOptions, Assets, EnvOptions, ExtApiServer, Helm, KubeletConfig, TestEnv,
-    file_fingerprints, free_port, wait_for,
+    file_fingerprints, free_port, helm_history_rows, wait_for,
 };
 
 const ROLLOUT: Duration = Duration::from_secs(120);
@@ -655,4 +655,58 @@ fn etcd_requires_client_certificates_and_the_node_heartbeats_with_the_kubelet_ce
         "{.status.conditions[?(@.type==\"Ready\")].status}",
     );
     assert_eq!(ready, "True");
+}
+
+#[test]
+fn kube_controller_manager_runs_as_the_kubernetes_charts_pod_with_its_token() {
+    let kcm_user = "system:serviceaccount:kube-system:kube-controller-manager";
+    let env = TestEnv::start_with(
+        "kcm-pod",
+        EnvOptions { audit_users: vec![kcm_user.into()], ..Default::default() },
+    );
+    let bootstrap = env.component_pid("kube-controller-manager").expect("the bootstrap kcm");
+
+    env.step("helm install kubernetes: its pod restarts kube-controller-manager with the chart's Secret and its ServiceAccount's token");
+    env.install_kubernetes_chart(Helm::V3);
+    let first = env.component_pid("kube-controller-manager").expect("kcm for the pod");
+    assert_ne!(first, bootstrap, "kube-controller-manager was not restarted for its pod");
+    assert_eq!(env.controller_manager.restarts(), 1);
+    env.kubectl().args(["create", "namespace", "kcm-pod-works"]).ok();
+    wait_for("a token for the new namespace's default ServiceAccount", ROLLOUT, || {
+        let name = kubectl_jsonpath(
+            &env,
+            &["-n", "kcm-pod-works", "get", "serviceaccount", "default"],
+            "{.secrets[0].name}",
+        );
+        if name.is_empty() { Err("none yet".to_string()) } else { Ok(()) }
+    });
+    let as_pod = env
+        .audited_requests()
+        .into_iter()
+        .filter(|r| r.user == kcm_user && r.code == Some(200))
+        .count();
+    assert!(as_pod > 0, "no request of kube-controller-manager as {kcm_user}");
+
+    env.step("kubectl rollout restart of its Deployment restarts the process again");
+    env.rollout_restart("kube-system", "deployment/kube-controller-manager");
+    let second = env.component_pid("kube-controller-manager").expect("kcm for the new pod");
+    assert_ne!(second, first);
+    assert_eq!(env.controller_manager.restarts(), 2);
+
+    env.step("the lokoctl double upgrades kubernetes, and kubelet with --upgrade-kubelets");
+    env.install_kubelet_chart(Helm::V3);
+    let revisions = |release: &str| {
+        let out =
+            env.helm(Helm::V3).args(["history", release, "-n", "kube-system", "-o", "json"]).ok();
+        helm_history_rows(&out.stdout)
+            .into_iter()
+            .map(|(rev, status, _)| (rev, status))
+            .max_by_key(|(rev, _)| *rev)
+    };
+    env.lokoctl().args(["cluster", "apply", "--confirm"]).ok();
+    assert_eq!(revisions("kubernetes"), Some((2, "deployed".to_string())));
+    assert_eq!(revisions("kubelet"), Some((1, "deployed".to_string())));
+    env.lokoctl().args(["cluster", "apply", "--confirm", "--upgrade-kubelets"]).ok();
+    assert_eq!(revisions("kubernetes"), Some((3, "deployed".to_string())));
+    assert_eq!(revisions("kubelet"), Some((2, "deployed".to_string())));
 }

@@ -24,19 +24,20 @@ use super::wait::wait_for_async;
 pub const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The keys of Secret `kube-system/kube-apiserver` that the kube-apiserver chart mounts and its
-/// flags name, with the asset dir file each comes from (what terraform rendered into the
-/// chart's values). `token-auth-file` is left out: the harness's process has no token file.
-pub const SECRET_FILES: [(&str, &str); 10] = [
-    ("apiserver.crt", "apiserver.crt"),
-    ("apiserver.key", "apiserver.key"),
-    ("service-account.key", "service-account.key"),
-    ("ca.crt", "ca.crt"),
-    ("etcd-client-ca.crt", "etcd-client-ca.crt"),
-    ("etcd-client.crt", "etcd-client.crt"),
-    ("etcd-client.key", "etcd-client.key"),
-    ("aggregation-ca.crt", "aggregation-ca.crt"),
-    ("aggregation-client.crt", "aggregation-client.crt"),
-    ("aggregation-client.key", "aggregation-client.key"),
+/// flags name; each is also the name of the asset dir file (`tls/<key>`) terraform rendered
+/// into the chart's values. `token-auth-file` is left out: the harness's process has no token
+/// file.
+pub const SECRET_FILES: [&str; 10] = [
+    "apiserver.crt",
+    "apiserver.key",
+    "service-account.key",
+    "ca.crt",
+    "etcd-client-ca.crt",
+    "etcd-client.crt",
+    "etcd-client.key",
+    "aggregation-ca.crt",
+    "aggregation-client.crt",
+    "aggregation-client.key",
 ];
 
 /// What a kube-apiserver pod mounts from Secret `kube-apiserver`: every key of
@@ -48,24 +49,14 @@ pub struct Mounted(pub BTreeMap<String, Vec<u8>>);
 impl Mounted {
     /// The asset dir's files, as the Secret holds them at install.
     pub fn from_assets(assets: &Assets) -> Mounted {
-        Mounted(
-            SECRET_FILES
-                .iter()
-                .map(|(key, file)| {
-                    let path = assets.tls(file);
-                    let data =
-                        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                    (key.to_string(), data)
-                })
-                .collect(),
-        )
+        Mounted::read(&assets.tls(""))
     }
 
     fn read(dir: &Path) -> Mounted {
         Mounted(
             SECRET_FILES
                 .iter()
-                .map(|(key, _)| {
+                .map(|key| {
                     let path = dir.join(key);
                     let data =
                         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -174,10 +165,86 @@ impl ApiServer {
     }
 }
 
+/// The real kube-controller-manager process: first the bootstrap one (admin kubeconfig, the
+/// asset dir's files), then, once the `kubernetes` chart is installed, restarted for each of
+/// its pods with what the pod mounts (`kcm.rs`).
+pub struct ControllerManager {
+    sup: Arc<Supervisor>,
+    /// The flags that never change (ports, cert dir, client rate).
+    base: ProcSpec,
+    secure_port: u16,
+    events: Arc<EventLog>,
+    /// The running process; the lock serialises restarts.
+    current: tokio::sync::Mutex<Option<ProcId>>,
+    restarts: AtomicU32,
+}
+
+impl ControllerManager {
+    /// The flags of a run with `kubeconfig` and the files `ca.crt`, `ca.key`,
+    /// `service-account.key` of `files`.
+    fn spec(&self, kubeconfig: &Path, files: &Path) -> ProcSpec {
+        self.base
+            .clone()
+            .arg(flag("kubeconfig", kubeconfig))
+            .arg(flag("authentication-kubeconfig", kubeconfig))
+            .arg(flag("authorization-kubeconfig", kubeconfig))
+            .arg(flag("service-account-private-key-file", &files.join("service-account.key")))
+            .arg(flag("root-ca-file", &files.join("ca.crt")))
+            .arg(flag("cluster-signing-cert-file", &files.join("ca.crt")))
+            .arg(flag("cluster-signing-key-file", &files.join("ca.key")))
+    }
+
+    /// Stops the running process and starts one with `kubeconfig` and `files`; returns once
+    /// it serves its secure port.
+    pub async fn restart(
+        &self,
+        reason: &str,
+        kubeconfig: &Path,
+        files: &Path,
+    ) -> Result<(), String> {
+        let mut current = self.current.lock().await;
+        self.events.line(format!("kube-controller-manager: restarting ({reason})"));
+        if let Some(id) = current.take() {
+            self.sup.stop(id);
+        }
+        let id = self
+            .sup
+            .spawn(&self.spec(kubeconfig, files))
+            .map_err(|e| format!("starting kube-controller-manager: {e}"))?;
+        *current = Some(id);
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.sup.exit_status(id) {
+                let log = self.base.log.display();
+                return Err(format!("kube-controller-manager exited ({status}); its log: {log}"));
+            }
+            if TcpStream::connect(("127.0.0.1", self.secure_port)).is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err("kube-controller-manager does not serve its port after 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// How many times the process was restarted (for a pod) since the bootstrap one.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
+    /// Its log (appended across restarts).
+    pub fn log(&self) -> PathBuf {
+        self.base.log.clone()
+    }
+}
+
 /// A running control plane. Its processes belong to the [`Supervisor`] it was given, which
 /// stops them.
 pub struct ControlPlane {
     pub apiserver: Arc<ApiServer>,
+    pub controller_manager: Arc<ControllerManager>,
     /// A client with the asset dir's admin kubeconfig.
     pub client: Client,
     pub etcd_port: u16,
@@ -204,7 +271,6 @@ impl ControlPlane {
         let etcd_port = start_etcd(sup, assets, work, logs);
         events.line(format!("etcd: serving TLS on 127.0.0.1:{etcd_port}"));
 
-        let tls = |name: &str| assets.tls(name);
         let secrets_dir = work.join("kube-apiserver-secrets");
         let cert_dir = work.join("kube-apiserver-certs");
         std::fs::create_dir_all(&cert_dir).unwrap();
@@ -280,33 +346,38 @@ impl ControlPlane {
             started.elapsed()
         ));
 
-        let kubeconfig = assets.kubeconfig();
         let kcm_certs = work.join("kube-controller-manager-certs");
         let kcm_log = logs.join("kube-controller-manager.log");
-        let kcm =
+        let secure_port = free_port();
+        let base =
             ProcSpec::new("kube-controller-manager", &tools.kube_controller_manager, &kcm_log)
-                .arg(flag("kubeconfig", &kubeconfig))
-                .arg(flag("authentication-kubeconfig", &kubeconfig))
-                .arg(flag("authorization-kubeconfig", &kubeconfig))
                 .arg("--leader-elect=false")
-                .arg(flag("service-account-private-key-file", &tls("service-account.key")))
-                .arg(flag("root-ca-file", &tls("ca.crt")))
-                .arg(flag("cluster-signing-cert-file", &tls("ca.crt")))
-                .arg(flag("cluster-signing-key-file", &tls("ca.key")))
                 .arg("--bind-address=127.0.0.1")
-                .arg(format!("--secure-port={}", free_port()))
+                .arg(format!("--secure-port={secure_port}"))
                 .arg("--port=0")
                 .arg(flag("cert-dir", &kcm_certs))
                 .arg("--use-service-account-credentials=false");
         // Default client rate (20 requests/s) unless a benchmark asks for more.
-        let kcm = match controller_api_qps {
-            Some(qps) => kcm
+        let base = match controller_api_qps {
+            Some(qps) => base
                 .arg(format!("--kube-api-qps={qps}"))
                 .arg(format!("--kube-api-burst={}", qps * 2)),
-            None => kcm,
+            None => base,
         };
+        let controller_manager = Arc::new(ControllerManager {
+            sup: Arc::clone(sup),
+            base,
+            secure_port,
+            events: Arc::clone(events),
+            current: tokio::sync::Mutex::new(None),
+            restarts: AtomicU32::new(0),
+        });
+        // The bootstrap process: the admin kubeconfig and the asset dir's tls/ca.crt, ca.key,
+        // service-account.key (the names the chart's Secret has).
+        let bootstrap = controller_manager.spec(&assets.kubeconfig(), &assets.tls(""));
         // Should it exit, the wait below fails with its death (the supervisor watches it).
-        sup.spawn(&kcm).expect("starting kube-controller-manager");
+        let id = sup.spawn(&bootstrap).expect("starting kube-controller-manager");
+        *controller_manager.current.lock().await = Some(id);
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         wait_for_async(
             "kube-controller-manager to create ServiceAccount default/default",
@@ -322,7 +393,7 @@ impl ControlPlane {
         .await;
         let startup = started.elapsed();
         events.line(format!("control plane: up after {startup:?}"));
-        ControlPlane { apiserver, client, etcd_port, startup }
+        ControlPlane { apiserver, controller_manager, client, etcd_port, startup }
     }
 }
 

@@ -22,7 +22,8 @@ use tokio::task::AbortHandle;
 use super::assets::{AssetOptions, Assets, free_port};
 use super::audit::{self, AuditedRequest};
 use super::cmd::Cmd;
-use super::control_plane::{ApiServer, ControlPlane};
+use super::control_plane::{ApiServer, ControlPlane, ControllerManager};
+use super::kcm::{ControllerManagerPods, token_kubeconfig};
 use super::kubelet::{Kubelet, KubeletConfig, PodRuntime};
 use super::pki::{client_certificate, fingerprints, self_signed_serving, write_private};
 use super::pods::{
@@ -112,6 +113,8 @@ pub struct TestEnv {
     pub client: Client,
     /// The real kube-apiserver (restart count, restart by hand).
     pub apiserver: Arc<ApiServer>,
+    /// The real kube-controller-manager (bootstrap, then the `kubernetes` chart's pod).
+    pub controller_manager: Arc<ControllerManager>,
     pub kubelet: Kubelet,
     /// How long starting the control plane took (after the asset dir was made).
     pub startup: Duration,
@@ -192,8 +195,16 @@ impl TestEnv {
                 work: work.clone(),
                 logs: logs.clone(),
             };
+            let kcm_pods = ControllerManagerPods::new(
+                Arc::clone(&cp.controller_manager),
+                cp.client.clone(),
+                assets.api_port,
+                &work,
+                Arc::clone(&events),
+            );
             let runtimes: Vec<Arc<dyn PodRuntime>> = vec![
                 apiserver_pods,
+                kcm_pods,
                 ProcessPods::new(ExtApiServerProgram::new(&ctx, serving.clone()), &ctx),
                 ProcessPods::new(AdmissionWebhookProgram::new(&ctx), &ctx),
             ];
@@ -215,6 +226,7 @@ impl TestEnv {
             assets,
             client: control_plane.client,
             apiserver: control_plane.apiserver,
+            controller_manager: control_plane.controller_manager,
             kubelet,
             startup: control_plane.startup,
             started,
@@ -372,6 +384,72 @@ impl TestEnv {
     /// `protocol` (upgrades work with either).
     pub fn install_lokomotive_chart(&self) {
         self.install_asset_chart(Helm::V3, "lokomotive-system", "lokomotive");
+    }
+
+    /// `helm install kubernetes` (kube-system) from the asset dir's chart and rendered values,
+    /// with `--wait`: Secret `kube-controller-manager` (`ca.crt`, `ca.key`,
+    /// `service-account.key`), its ServiceAccount and the workload whose pod restarts the real
+    /// kube-controller-manager with them and the ServiceAccount's token (`kcm.rs`).
+    pub fn install_kubernetes_chart(&self, helm: Helm) {
+        self.install_asset_chart(helm, "kube-system", "kubernetes");
+    }
+
+    /// `helm install kubelet` (kube-system) from the asset dir, with `--wait`: the kubelet
+    /// DaemonSet with `kubernetesCACert` (its `ca-syncer` is not modelled yet).
+    pub fn install_kubelet_chart(&self, helm: Helm) {
+        self.install_asset_chart(helm, "kube-system", "kubelet");
+    }
+
+    /// A kubeconfig (0600) that still works once every certificate of the cluster has
+    /// expired, for the test to look at such a cluster: the token of a ServiceAccount
+    /// `kube-system/certrotate-observer` bound to `cluster-admin` (a token does not expire),
+    /// and `insecure-skip-tls-verify` (the serving certificate will have). Only the test uses
+    /// it; nothing of the cluster does.
+    pub fn observer_kubeconfig(&self) -> PathBuf {
+        let path = self.root.join("values").join("observer-kubeconfig");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let kubectl_apply = |doc: Value| {
+            let file = self.root.join("values").join("observer.json");
+            std::fs::write(&file, doc.to_string()).unwrap();
+            self.kubectl().args(["apply", "-f"]).arg(&file).ok();
+        };
+        kubectl_apply(json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": "certrotate-observer", "namespace": "kube-system"}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "certrotate-observer"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+             "subjects": [{"kind": "ServiceAccount", "name": "certrotate-observer", "namespace": "kube-system"}]},
+        ]}));
+        let token = wait_for(
+            "the token of ServiceAccount kube-system/certrotate-observer",
+            Duration::from_secs(60),
+            || {
+                let secret = self
+                    .kubectl()
+                    .args(["-n", "kube-system", "get", "serviceaccount", "certrotate-observer"])
+                    .arg("-o=jsonpath={.secrets[0].name}")
+                    .run();
+                let name = secret.stdout.trim();
+                if !secret.success() || name.is_empty() {
+                    return Err(format!("no token Secret yet: {secret}"));
+                }
+                let token = self
+                    .kubectl()
+                    .args(["-n", "kube-system", "get", "secret", name, "-o=jsonpath={.data.token}"])
+                    .run();
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(token.stdout.trim())
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(|t| String::from_utf8_lossy(&t).into_owned())
+                    .ok_or_else(|| format!("no token yet: {token}"))
+            },
+        );
+        token_kubeconfig(&path, self.assets.api_port, None, &token)
+            .unwrap_or_else(|e| panic!("{e}"));
+        path
     }
 
     fn install_asset_chart(&self, helm: Helm, namespace: &str, chart: &str) {

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod cmd;
 pub mod control_plane;
 pub mod env;
+pub mod kcm;
 pub mod kubelet;
 pub mod logserver;
 pub mod pki;

@@ -56,7 +56,7 @@ fn mounted_from_secret(secret: &Secret) -> Option<Mounted> {
     let data = secret.data.as_ref()?;
     SECRET_FILES
         .iter()
-        .map(|(key, _)| {
+        .map(|key| {
             let value = data.get(*key).map(|b| b.0.clone()).filter(|b| !b.is_empty())?;
             Some((key.to_string(), value))
         })
@@ -97,8 +97,7 @@ impl ApiServerPods {
         })
         .await?;
         mounted_from_secret(&secret).ok_or_else(|| {
-            let keys: Vec<&str> = SECRET_FILES.iter().map(|(key, _)| *key).collect();
-            format!("Secret kube-system/kube-apiserver lacks one of {}", keys.join(", "))
+            format!("Secret kube-system/kube-apiserver lacks one of {}", SECRET_FILES.join(", "))
         })
     }
 

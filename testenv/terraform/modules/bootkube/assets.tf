@@ -1,5 +1,6 @@
 # Rendered assets: the admin and kubelet kubeconfigs and the values files of
-# the control-plane charts lokoctl upgrades (kube-apiserver, lokomotive).
+# the control-plane charts lokoctl upgrades (kube-apiserver, kubernetes,
+# kubelet, lokomotive).
 # Certificate values are base64 of the PEM, as Lokomotive's assets.tf does.
 
 locals {
@@ -41,6 +42,18 @@ locals {
     replicas                = var.controller_count
   })
 
+  kubernetes_values = templatefile("${path.module}/resources/charts/kubernetes.yaml", {
+    serviceaccount_key = base64encode(tls_private_key.service-account.private_key_pem)
+    ca_cert            = base64encode(tls_self_signed_cert.kube-ca.cert_pem)
+    ca_key             = base64encode(tls_private_key.kube-ca.private_key_pem)
+    replicas           = var.controller_count
+  })
+
+  kubelet_values = templatefile("${path.module}/resources/charts/kubelet.yaml", {
+    cluster_dns_service_ip = cidrhost(var.service_cidr, 10)
+    kubernetes_ca_cert     = base64encode(tls_self_signed_cert.kube-ca.cert_pem)
+  })
+
   lokomotive_values = templatefile("${path.module}/resources/charts/lokomotive.yaml", {
     serving_key  = base64encode(tls_private_key.admission-webhook-server.private_key_pem)
     serving_cert = base64encode(tls_locally_signed_cert.admission-webhook-server.cert_pem)
@@ -72,4 +85,14 @@ resource "local_file" "kube-apiserver" {
 resource "local_file" "lokomotive" {
   content  = local.lokomotive_values
   filename = "${var.asset_dir}/charts/lokomotive-system/lokomotive.yaml"
+}
+
+resource "local_file" "kubernetes" {
+  content  = local.kubernetes_values
+  filename = "${var.asset_dir}/charts/kube-system/kubernetes.yaml"
+}
+
+resource "local_file" "kubelet" {
+  content  = local.kubelet_values
+  filename = "${var.asset_dir}/charts/kube-system/kubelet.yaml"
 }

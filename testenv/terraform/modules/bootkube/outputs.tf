@@ -6,6 +6,16 @@ output "kube-apiserver_values" {
   sensitive = true
 }
 
+output "kubernetes_values" {
+  value     = local.kubernetes_values
+  sensitive = true
+}
+
+output "kubelet_values" {
+  value     = local.kubelet_values
+  sensitive = true
+}
+
 output "lokomotive_values" {
   value     = local.lokomotive_values
   sensitive = true
