@@ -384,7 +384,7 @@ async fn release_deployed(ctx: &Ctx) -> Result<bool> {
 }
 
 /// The command a command step runs, built as the real run builds it (with the verified
-/// cluster's kubeconfig; a values file of `helm upgrade` is named by `values_file`); `None`
+/// cluster's kubeconfig; `helm upgrade`'s values file shown as what it sets); `None`
 /// for a step that runs none. The plan renders each of these from the same builders.
 pub fn run_command(ctx: &Ctx, action: &Action) -> Result<Option<Command>> {
     Ok(Some(match action {
@@ -397,9 +397,9 @@ pub fn run_command(ctx: &Ctx, action: &Action) -> Result<Option<Command>> {
         Action::HelmUpgrade(value) => {
             let chart = ctx.asset(CHART);
             let release = Release { name: RELEASE, namespace: NAMESPACE, chart: &chart };
-            let file = ctx.runner.private_temp("values-")?;
-            let file = file.path().join("values.json").display().to_string();
-            ctx.helm()?.upgrade_command(&release, &file, &value.shown())?
+            // The real file is written by the upgrade itself; every line shows it as what it
+            // sets, so any path stands for it here (and nothing is written).
+            ctx.helm()?.upgrade_command(&release, "values.json", &value.shown())?
         }
         Action::RecoverReleases => ctx.helm()?.list_pending_command()?,
         Action::Lokoctl => ctx.lokoctl()?.apply_command(true)?,
