@@ -410,10 +410,11 @@ fn phases_one_by_one_each_twice_with_their_dry_runs() {
     assert_unchanged(&env, &w0, "--dry-run");
     assert!(run_dirs(&env).is_empty(), "a dry run starts no journal");
 
-    env.step("--phase bundle before backup and ca is refused");
+    // `backup` needs nothing of the real state, so the first phase that is not done is `ca`.
+    env.step("--phase bundle before ca is refused");
     let out = run(&["--phase", "bundle", "-y"]);
     assert_eq!(out.code(), Some(1), "{out}");
-    assert!(text(&out).contains("backup"), "names the phase to run (backup): {out}");
+    assert!(text(&out).contains("--phase ca"), "names the phase to run (ca): {out}");
     assert_unchanged(&env, &w0, "a refused --phase bundle");
 
     for phase in PHASES {
