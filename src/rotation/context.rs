@@ -80,8 +80,10 @@ impl Ctx {
         pki::parse_one_cert(&bytes).map_err(|p| Error::Journal { path, reason: p.0 })
     }
 
+    /// The run's journal and backups. Every step runs within a run (the engine creates it
+    /// before the first step): a phase meeting none is a wiring bug, not the operator's usage.
     pub fn run(&self) -> Result<&RunDir> {
-        self.run.as_ref().ok_or_else(|| Error::Usage("no rotation run in progress".into()))
+        self.run.as_ref().ok_or_else(|| Error::Wiring("a step ran without its run".into()))
     }
 
     pub fn run_mut(&mut self) -> &mut RunDir {

@@ -135,14 +135,52 @@ fn path_name(expired: bool) -> RunPath {
     RunPath::of(expired)
 }
 
-/// Runs procedure `P` as asked.
+/// Runs procedure `P` as asked: prepares it, then prints its plan (a dry run) or executes it.
 pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) -> Result<u8> {
+    match prepare::<P>(global, &request).await? {
+        Prepared::Plan { ctx, wanted, unresolved } => {
+            print_plan::<P>(&ctx, &wanted, global.output, &unresolved)
+        }
+        Prepared::Execute(execution) => execute::<P>(global, execution).await,
+    }
+}
+
+/// What preparing a run yields.
+enum Prepared<P: Procedure> {
+    /// `--dry-run`: every phase asked for, to describe, and what could not be resolved.
+    Plan { ctx: Ctx, wanted: Vec<P::Phase>, unresolved: Vec<String> },
+    /// A real run, resolved: the lock held, the cluster verified and answering, every program
+    /// its phases need found (a dry run only names what it could not resolve), the module
+    /// chosen.
+    Execute(Execution<P>),
+}
+
+/// A real run, prepared: what [`execute`] needs and nothing it must still look for.
+struct Execution<P: Procedure> {
+    ctx: Ctx,
+    /// The phases asked for, and those of them the journal does not have done.
+    wanted: Vec<P::Phase>,
+    todo: Vec<P::Phase>,
+    /// `<assets>/certrotate/`, and the name of the run (new or resumed).
+    root: PathBuf,
+    run_name: String,
+    /// Held until the run ends: one rotation at a time per asset dir.
+    _lock: RotationLock,
+}
+
+/// The first half of a run: the asset dir, the lock, a killed run's leftovers, the run and
+/// the phases to work on, the verified connection, the programs, the module; a dry run goes
+/// on past what it cannot resolve and names it, a real run stops there, before any change.
+async fn prepare<P: Procedure>(
+    global: &GlobalOpts,
+    request: &Request<P::Phase>,
+) -> Result<Prepared<P>> {
     let dir = &crate::assets::single_asset_dir(&global.assets_dirs, P::NAME)?;
     let assets = AssetDir::open(dir)?;
     P::check_assets(&assets)?;
     let root = runs_root(&assets);
     // A dry run changes nothing, not even the lock file.
-    let _lock = if global.dry_run { None } else { Some(RotationLock::acquire(&root)?) };
+    let lock = if global.dry_run { None } else { Some(RotationLock::acquire(&root)?) };
     let latest = RunDir::latest(&root, P::NAME)?;
     if let Some(run) = latest.as_ref().filter(|r| r.journal.state == RunState::InProgress)
         && !global.dry_run
@@ -153,8 +191,8 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         // Read again: a leftover lokoctl may have been writing the files checked above.
         P::check_assets(&assets)?;
     }
-    let (run, expired) = choose_run::<P>(&assets, latest, &request)?;
-    let wanted = wanted_phases::<P>(run.as_ref(), expired, &request)?;
+    let (run, expired) = choose_run::<P>(&assets, latest, request)?;
+    let wanted = wanted_phases::<P>(run.as_ref(), expired, request)?;
     let todo: Vec<P::Phase> = wanted
         .iter()
         .copied()
@@ -195,7 +233,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     find_programs::<P>(global, &mut ctx, described, &runner, &mut unresolved)?;
     resolve_module(&mut ctx, global.dry_run, &mut unresolved).await?;
     if ctx.run.is_none() && !global.dry_run {
-        predecessors_done_by_hand::<P>(&ctx, &request).await?;
+        predecessors_done_by_hand::<P>(&ctx, request).await?;
     }
     let resuming = !global.dry_run
         && ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::InProgress);
@@ -205,9 +243,15 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
         // The cluster must answer before anything changes, not only when a phase needs it.
         Err(e) => return Err(e),
     }
-    if global.dry_run {
-        return print_plan::<P>(&ctx, &wanted, global.output, &unresolved);
-    }
+    // Only a dry run goes without the lock, and only it may leave anything unresolved.
+    let Some(lock) = lock else { return Ok(Prepared::Plan { ctx, wanted, unresolved }) };
+    Ok(Prepared::Execute(Execution { ctx, wanted, todo, root, run_name, _lock: lock }))
+}
+
+/// The second half of a run: the confirmation on the plan, the run folder, the phases with
+/// the journal, Ctrl-C (SIGTERM, SIGHUP), the report.
+async fn execute<P: Procedure>(global: &GlobalOpts, execution: Execution<P>) -> Result<u8> {
+    let Execution { mut ctx, wanted, todo, root, run_name, _lock } = execution;
     // Phases the journal has done are reported as such, so every invocation accounts for
     // every phase it was asked for.
     let mut results = done_earlier::<P>(&wanted, &todo);
@@ -222,7 +266,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     }
     if !global.yes && std::io::stdin().is_terminal() {
         // The operator decides on the plan itself, not on a list of phase names.
-        let _ = plan::render(&mut std::io::stderr(), &plans::<P>(&ctx, &todo), &unresolved);
+        let _ = plan::render(&mut std::io::stderr(), &plans::<P>(&ctx, &todo), &[]);
     }
     let names: Vec<&str> = todo.iter().map(|&p| P::phase_name(p)).collect();
     output::confirm(
@@ -239,7 +283,8 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
     // starts before the run folder exists, so no signal finds the run half made.
     let stop_signal = super::signals::stop_requested()?;
     if ctx.run.is_none() {
-        let run = RunDir::create(&root, ctx.assets.root(), P::NAME, &run_name, path_name(expired))?;
+        let run =
+            RunDir::create(&root, ctx.assets.root(), P::NAME, &run_name, path_name(ctx.expired))?;
         eprintln!(
             "rotation run {} started (journal {})",
             run.journal.run,
@@ -282,7 +327,7 @@ pub async fn run<P: Procedure>(global: &GlobalOpts, request: Request<P::Phase>) 
                     Some(format!("interrupted ({signal})")),
                 )?;
             }
-            let name = P::path(expired)
+            let name = P::path(ctx.expired)
                 .iter()
                 .chain(P::finale().iter())
                 .map(|&p| P::phase_name(p))
