@@ -323,7 +323,7 @@ pub fn resolve_asset_dirs(given: &[String]) -> Result<Vec<PathBuf>> {
             continue;
         }
         let paths = glob::glob(pattern)
-            .map_err(|e| Error::BadGlob { pattern: pattern.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::BadGlob { pattern: pattern.clone(), source: e })?;
         let mut matched: Vec<PathBuf> =
             paths.filter_map(std::result::Result::ok).filter(|p| p.is_dir()).collect();
         if matched.is_empty() {

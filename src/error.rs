@@ -39,8 +39,12 @@ pub enum Error {
     #[error("no asset dir matches {pattern:?}: check the path or the glob")]
     NoAssetDirMatches { pattern: String },
 
-    #[error("invalid glob {pattern:?} for --assets-dir: {reason}")]
-    BadGlob { pattern: String, reason: String },
+    #[error("invalid glob {pattern:?} for --assets-dir: {source}")]
+    BadGlob {
+        pattern: String,
+        #[source]
+        source: glob::PatternError,
+    },
 
     #[error("cannot read kubeconfig {path}: {reason}")]
     Kubeconfig { path: PathBuf, reason: String },
@@ -80,6 +84,14 @@ pub enum Error {
 
     #[error("{}: {reason}", path.display())]
     BadInputFile { path: PathBuf, reason: String },
+
+    /// An input file that could not be read at all (what it holds is [`Error::BadInputFile`]).
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("{object} {reason}")]
     ClusterObject { object: String, reason: String },
@@ -147,8 +159,13 @@ pub enum Error {
     #[error("the Terraform state in {} {reason}", dir.display())]
     TerraformState { dir: PathBuf, reason: String },
 
-    #[error("cannot write a private temp file: {0}")]
-    TempFile(String),
+    #[error("cannot write a private temp file: {place}: {source}")]
+    TempFile {
+        /// `in <folder>`, or the file's path.
+        place: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error(
         "another rotation of this asset dir is running ({holder}; lock {}): wait for it to \
@@ -159,6 +176,14 @@ pub enum Error {
 
     #[error("rotation journal {}: {reason}", path.display())]
     Journal { path: PathBuf, reason: String },
+
+    /// A file of a run's folder (journal, lock, backup) that could not be read or written.
+    #[error("rotation journal {}: {source}", path.display())]
+    JournalIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("phase {phase} cannot run: {reason}")]
     Precondition { phase: &'static str, reason: String },
@@ -179,7 +204,12 @@ pub enum Error {
         "the API server {server} did not answer within {secs}s (--timeout): {last}; once \
          kube-apiserver runs again, run the same command again to go on"
     )]
-    ApiDown { server: String, secs: u64, last: String },
+    ApiDown {
+        server: String,
+        secs: u64,
+        #[source]
+        last: Box<Error>,
+    },
 
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -279,6 +309,33 @@ mod tests {
     fn api(code: u16) -> Error {
         let status = kube::core::Status::failure("m", "r").with_code(code);
         Error::kube("list things", kube::Error::Api(Box::new(status)))
+    }
+
+    /// A variant wrapping another error carries it as its source (for whoever walks the
+    /// chain) and its message says the source's text once.
+    #[test]
+    fn wrapped_errors_are_sources_said_once() {
+        let io = || std::io::Error::other("disk on fire");
+        let wrapped = || Box::new(Error::Output(io()));
+        let cases = [
+            Error::Unreadable { path: "/a".into(), source: io() },
+            Error::JournalIo { path: "/a".into(), source: io() },
+            Error::TempFile { place: "in /a".into(), source: io() },
+            Error::Runtime(io()),
+            Error::Signals(io()),
+            Error::Output(io()),
+            Error::TerraformChange { source: wrapped(), kept: "/k".into(), dir: "/d".into() },
+            Error::ApiDown { server: "https://s".into(), secs: 1, last: wrapped() },
+        ];
+        for err in cases {
+            let source = std::error::Error::source(&err).expect("the wrapped error");
+            assert!(source.to_string().contains("disk on fire"), "{err:?}");
+            assert_eq!(err.to_string().matches("disk on fire").count(), 1, "{err}");
+        }
+        let glob =
+            Error::BadGlob { pattern: "[".into(), source: glob::Pattern::new("[").unwrap_err() };
+        let source = std::error::Error::source(&glob).expect("the pattern error").to_string();
+        assert_eq!(glob.to_string().matches(&source).count(), 1, "{glob}");
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
 
 fn read_ca_file(path: &Path) -> Result<Vec<pki::CertInfo>> {
     let pem = std::fs::read(path)
-        .map_err(|e| Error::BadInputFile { path: path.to_path_buf(), reason: e.to_string() })?;
+        .map_err(|e| Error::Unreadable { path: path.to_path_buf(), source: e })?;
     pki::parse_certs(&pem)
         .map_err(|p| Error::BadInputFile { path: path.to_path_buf(), reason: p.0 })
 }

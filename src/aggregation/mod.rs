@@ -84,7 +84,7 @@ impl Procedure for Aggregation {
     fn has_expired(assets: &AssetDir) -> Result<bool> {
         let path = assets.asset(phases::CA_CERT);
         let bytes = std::fs::read(&path)
-            .map_err(|e| Error::BadInputFile { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::Unreadable { path: path.clone(), source: e })?;
         let cert =
             pki::parse_one_cert(&bytes).map_err(|p| Error::BadInputFile { path, reason: p.0 })?;
         Ok(cert.not_after <= jiff::Timestamp::now().as_second())

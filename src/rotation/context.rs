@@ -51,7 +51,7 @@ impl Ctx {
 
     pub fn read_asset(&self, relative: &str) -> Result<Vec<u8>> {
         let path = self.asset(relative);
-        std::fs::read(&path).map_err(|e| Error::BadInputFile { path, reason: e.to_string() })
+        std::fs::read(&path).map_err(|e| Error::Unreadable { path, source: e })
     }
 
     pub fn file_cert(&self, relative: &str) -> Result<CertInfo> {

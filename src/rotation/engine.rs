@@ -414,7 +414,7 @@ async fn resolve_once_answering<P: Procedure>(ctx: &mut Ctx, resuming: bool) -> 
                     return Err(Error::ApiDown {
                         server,
                         secs: ctx.timeout.as_secs(),
-                        last: e.to_string(),
+                        last: Box::new(e),
                     });
                 }
                 if !told {

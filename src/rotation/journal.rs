@@ -129,7 +129,8 @@ impl RunDir {
     fn open(dir: &Path) -> Result<RunDir> {
         let path = dir.join(JOURNAL_FILE);
         let bad = |reason: String| Error::Journal { path: path.clone(), reason };
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::JournalIo { path: path.clone(), source: e })?;
         let journal = serde_json::from_str(&text).map_err(|e| {
             bad(format!(
                 "is not a journal this version reads ({e}); move the folder aside to start over"
@@ -161,7 +162,7 @@ impl RunDir {
     ) -> Result<RunDir> {
         let dir = root.join(run);
         private_dir(&dir.join(BACKUP_DIR))
-            .map_err(|e| Error::Journal { path: dir.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::JournalIo { path: dir.clone(), source: e })?;
         let journal = Journal {
             api_version: crate::output::JSON_API_VERSION.into(),
             kind: "RotationJournal".into(),
@@ -193,8 +194,7 @@ impl RunDir {
     pub fn save(&self) -> Result<()> {
         let path = self.journal_path();
         let text = serde_json::to_vec_pretty(&self.journal).expect("a journal serializes");
-        write_atomic(&path, &text, 0o600)
-            .map_err(|e| Error::Journal { path, reason: e.to_string() })
+        write_atomic(&path, &text, 0o600).map_err(|e| Error::JournalIo { path, source: e })
     }
 
     /// Removes the temp dirs of children (values, plan and kubeconfig files) a killed
@@ -220,7 +220,7 @@ impl RunDir {
     pub fn write_backup(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         let path = self.backup_path(name);
         write_atomic(&path, bytes, 0o600)
-            .map_err(|e| Error::Journal { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::JournalIo { path: path.clone(), source: e })?;
         Ok(path)
     }
 

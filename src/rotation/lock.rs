@@ -19,7 +19,7 @@ impl RotationLock {
     /// Takes the lock of the asset dir whose rotation folder is `root`, or says who holds it.
     pub fn acquire(root: &Path) -> Result<Self> {
         let path = root.join(".lock");
-        let io = |e: std::io::Error| Error::Journal { path: path.clone(), reason: e.to_string() };
+        let io = |e: std::io::Error| Error::JournalIo { path: path.clone(), source: e };
         private_dir(root).map_err(io)?;
         let mut file = std::fs::OpenOptions::new()
             .read(true)

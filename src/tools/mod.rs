@@ -52,7 +52,10 @@ impl Runner {
     /// stay inside the 0700 run folder, not in /tmp).
     pub fn private_temp(&self, prefix: &str) -> crate::error::Result<tempfile::TempDir> {
         tempfile::Builder::new().prefix(prefix).tempdir_in(&self.scratch).map_err(|e| {
-            crate::error::Error::TempFile(format!("in {}: {e}", self.scratch.display()))
+            crate::error::Error::TempFile {
+                place: format!("in {}", self.scratch.display()),
+                source: e,
+            }
         })
     }
 
@@ -66,8 +69,9 @@ impl Runner {
     ) -> crate::error::Result<tempfile::TempDir> {
         let dir = self.private_temp(prefix)?;
         let path = dir.path().join(name);
-        crate::rotation::files::write_atomic(&path, bytes, 0o600)
-            .map_err(|e| crate::error::Error::TempFile(format!("{}: {e}", path.display())))?;
+        crate::rotation::files::write_atomic(&path, bytes, 0o600).map_err(|e| {
+            crate::error::Error::TempFile { place: path.display().to_string(), source: e }
+        })?;
         Ok(dir)
     }
 
@@ -81,9 +85,9 @@ impl Runner {
         use crate::rotation::files::{private_dir, write_atomic};
         let dir = self.scratch.join(folder);
         let path = dir.join(name);
-        private_dir(&dir).and_then(|()| write_atomic(&path, bytes, 0o600)).map_err(|e| {
-            crate::error::Error::Journal { path: path.clone(), reason: e.to_string() }
-        })?;
+        private_dir(&dir)
+            .and_then(|()| write_atomic(&path, bytes, 0o600))
+            .map_err(|e| crate::error::Error::JournalIo { path: path.clone(), source: e })?;
         Ok(path)
     }
 

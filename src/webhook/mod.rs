@@ -81,7 +81,7 @@ impl Procedure for Webhook {
     fn has_expired(assets: &AssetDir) -> Result<bool> {
         let path = assets.asset(crate::assets::LOKOMOTIVE_VALUES);
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::BadInputFile { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::Unreadable { path: path.clone(), source: e })?;
         let (cert, _) = crate::assets::parse_webhook_values(&text)
             .map_err(|reason| Error::BadInputFile { path: path.clone(), reason })?;
         let cert = crate::pki::parse_one_cert(&cert).map_err(|p| Error::BadInputFile {
