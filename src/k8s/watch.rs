@@ -24,10 +24,12 @@
 //! `kube::runtime::wait::await_condition` is that watcher underneath, so the same holds for it
 //! (the test harness may use it: it never waits through a kube-apiserver restart).
 //!
-//! The rotations wait in two ways only: for objects to change (a rollout, APIServices
-//! becoming Available) with this watch, and for what the API does not announce with a watch
-//! event (a ConfigMap kube-apiserver republishes after its restart, a served certificate, an
-//! aggregated API answering) by polling within `--timeout` (`crate::duration::poll`).
+//! The rotations wait in one style, bounded the same way: `--timeout` around the whole wait
+//! (`crate::duration::within`, tokio's timeout; zero means no limit). Around this watch for
+//! objects that change (a rollout, APIServices becoming Available); around a poll
+//! (`crate::duration::poll`) for what the API does not announce with a watch event (a ConfigMap
+//! kube-apiserver republishes after its restart, a served certificate, an aggregated API
+//! answering, a webhook's admission, an API server restarting under a resumed run).
 
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;

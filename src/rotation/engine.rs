@@ -404,30 +404,30 @@ const API_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 /// that does not answer yet (refused, 5xx, a handshake cut) is waited for, within
 /// `--timeout`, saying so; a refusal (401, 403) or anything else still fails at once.
 async fn resolve_once_answering<P: Procedure>(ctx: &mut Ctx, resuming: bool) -> Result<()> {
-    let started = Instant::now();
-    let mut told = false;
-    loop {
-        match P::resolve(ctx).await {
-            Err(e) if resuming && e.is_api_outage() => {
-                let server = ctx.conn.as_ref().map_or("", |c| c.server.as_str()).to_string();
-                if !ctx.timeout.is_zero() && started.elapsed() >= ctx.timeout {
-                    return Err(Error::ApiDown {
-                        server,
-                        secs: ctx.timeout.as_secs(),
-                        last: Box::new(e),
-                    });
-                }
-                if !told {
-                    eprintln!(
-                        "waiting for the API server {server} to answer (a rotation is in progress and kube-apiserver may be restarting; --timeout bounds the wait): {e}"
-                    );
-                    told = true;
-                }
-                tokio::time::sleep(API_RETRY).await;
+    let first = match P::resolve(ctx).await {
+        Err(e) if resuming && e.is_api_outage() => e,
+        other => return other,
+    };
+    let server = ctx.conn.as_ref().map_or("", |c| c.server.as_str()).to_string();
+    eprintln!(
+        "waiting for the API server {server} to answer (a rotation is in progress and kube-apiserver may be restarting; --timeout bounds the wait): {first}"
+    );
+    let timeout = ctx.timeout;
+    let mut last = first;
+    // The bound every wait of a rotation has: --timeout around the whole wait.
+    let answered =
+        crate::duration::poll(timeout, API_RETRY, async || match P::resolve(ctx).await {
+            Err(e) if e.is_api_outage() => {
+                let said = e.to_string();
+                last = e;
+                Err(said)
             }
-            other => return other,
-        }
-    }
+            other => Ok(other),
+        })
+        .await;
+    answered.unwrap_or_else(|_| {
+        Err(Error::ApiDown { server, secs: timeout.as_secs(), last: Box::new(last) })
+    })
 }
 
 /// What every child of run `run` of this asset dir carries (`KUBECTL_CERTROTATE_RUN`): the
