@@ -572,18 +572,14 @@ fn check_after_phase(env: &TestEnv, phase: &str, orig: &Original, module: &str, 
 fn an_expired_aggregation_ca_takes_the_expired_path() {
     let env = TestEnv::start("agg-expired");
     let module = env.assets.bootkube_module();
-    let then = jiff::Timestamp::now()
-        .checked_sub(jiff::SignedDuration::from_hours(2 * 8760))
-        .unwrap()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
+    let then = reissue_two_years_back(
+        &env,
+        &[
+            "tls_self_signed_cert.aggregation-ca[0]",
+            "tls_locally_signed_cert.aggregation-client[0]",
+        ],
+    );
     env.step(&format!("aggregation CA and client certificate re-issued as of {then}"));
-    env.terraform()
-        .env("CERTROTATE_FAKE_NOW", &then)
-        .args(["apply", "-auto-approve", "-input=false", "-no-color"])
-        .arg(format!("-replace={module}.tls_self_signed_cert.aggregation-ca[0]"))
-        .arg(format!("-replace={module}.tls_locally_signed_cert.aggregation-client[0]"))
-        .ok();
     let orig = Original::of(&env);
     assert!(expired(&orig.ca) && expired(&orig.client), "both expired");
     assert!(!expired(&read(&env.assets.tls("ca.crt"))), "the kube CA is not");

@@ -32,8 +32,8 @@ use serde_json::Value;
 pub use crate::support::mode;
 use crate::support::rotation::proc_stat;
 pub use crate::support::rotation::{
-    alive, cert, cert_key_der, expired, fp, journal_of, key_matches, pod_ready, read, run_folders,
-    script, signed_by, text, timed,
+    alive, cert, cert_key_der, expired, fp, journal_of, key_matches, pod_ready, read,
+    reissue_two_years_back, run_folders, script, signed_by, text, timed,
 };
 use crate::support::{Cmd, ExtApiServer, Helm, Output, TestEnv, Tools, fingerprints, wait_for};
 

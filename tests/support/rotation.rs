@@ -51,6 +51,22 @@ pub fn expired(pem: &[u8]) -> bool {
     cert(pem).not_after() < Asn1Time::days_from_now(0).unwrap()
 }
 
+/// Re-issues the bootkube module's `resources` with a real `terraform apply -replace`, the
+/// test provider's clock two years back (so what they sign expired a year ago); returns that
+/// time.
+pub fn reissue_two_years_back(env: &TestEnv, resources: &[&str]) -> String {
+    let module = env.assets.bootkube_module();
+    let then = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2 * 8760))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    env.terraform()
+        .env("CERTROTATE_FAKE_NOW", &then)
+        .args(["apply", "-auto-approve", "-input=false", "-no-color"])
+        .args(resources.iter().map(|r| format!("-replace={module}.{r}")))
+        .ok();
+    then
+}
+
 // ---------------------------------------------------------------------------------------
 // Running the plugin
 

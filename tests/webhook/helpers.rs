@@ -22,7 +22,8 @@ use serde_json::Value;
 
 pub use crate::support::mode;
 pub use crate::support::rotation::{
-    alive, expired, fp, journal_of, key_matches, pod_ready, read, run_folders, script, text, timed,
+    alive, expired, fp, journal_of, key_matches, pod_ready, read, reissue_two_years_back,
+    run_folders, script, text, timed,
 };
 use crate::support::{Cmd, Helm, Output, TestEnv, fingerprints, wait_for};
 
@@ -224,17 +225,9 @@ pub fn cluster(name: &str) -> TestEnv {
 /// with helm 3 as lokoctl does at cluster creation).
 pub fn expired_cluster(name: &str) -> TestEnv {
     let env = TestEnv::start(name);
-    let module = env.assets.bootkube_module();
     let others = ["ca.crt", "apiserver.crt", "aggregation-ca.crt", "aggregation-client.crt"];
     let before: Vec<Vec<u8>> = others.iter().map(|f| read(&env.assets.tls(f))).collect();
-    let then = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2 * 8760))
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    env.terraform()
-        .env("CERTROTATE_FAKE_NOW", &then)
-        .args(["apply", "-auto-approve", "-input=false", "-no-color"])
-        .arg(format!("-replace={module}.{CERT_RESOURCE}"))
-        .ok();
+    let then = reissue_two_years_back(&env, &[CERT_RESOURCE]);
     let (cert, key) = values_pair(&env);
     assert!(expired(&cert), "the re-issued webhook certificate has expired");
     assert!(key_matches(&key, &cert));
