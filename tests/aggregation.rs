@@ -55,14 +55,6 @@ fn unreachable_kubeconfig(env: &TestEnv) -> PathBuf {
     path
 }
 
-fn run_timed(env: &TestEnv, what: &str, cmd: support::Cmd) -> Output {
-    env.step(what);
-    let t = Instant::now();
-    let out = cmd.run();
-    env.step(&format!("… exited {:?} after {:.1?}", out.code(), t.elapsed()));
-    out
-}
-
 /// The `-o json` summary of a completed run.
 fn check_summary(env: &TestEnv, s: &Value, phases: &[&str], path: &str) {
     let dir = run_dir(env);
@@ -133,7 +125,7 @@ fn full_rotation_with_helm3_leaves_only_the_new_ca_trusted() {
     let module = env.assets.bootkube_module();
     let watch = CaWatch::start(env.assets.tls("aggregation-ca.crt"));
 
-    let out = run_timed(
+    let out = timed(
         &env,
         "aggregation --phase all --cleanup -y -o json --helm <helm 3>",
         agg(&env)
@@ -201,7 +193,7 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
             .arg("--lokoctl")
             .arg(&lokoctl.path)
     };
-    let out = run_timed(
+    let out = timed(
         &env,
         "aggregation --phase all --cleanup -y -vvv, helm 4, every program through a wrapper",
         rotation(),
@@ -219,7 +211,7 @@ fn full_rotation_with_helm4_at_vvv_leaks_no_private_key() {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ));
         env.step("the rotation failed: the same command again");
-        let again = run_timed(&env, "re-run", rotation());
+        let again = timed(&env, "re-run", rotation());
         assert_eq!(again.code(), Some(0), "the re-run failed too: {again}\nfirst run: {out}");
         outs.push(again);
     }
@@ -342,7 +334,7 @@ fn a_rotation_with_helm_debug_tf_log_trace_and_a_0755_kubeconfig_completes() {
     let keys_before = asset_keys(&env);
     let group_readable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
     std::fs::set_permissions(env.kubeconfig(), group_readable).unwrap();
-    let out = run_timed(
+    let out = timed(
         &env,
         "aggregation --cleanup -y -v with HELM_DEBUG=1, TF_LOG=TRACE, a 0755 kubeconfig",
         agg(&env)
@@ -427,7 +419,7 @@ fn phases_one_by_one_each_twice_with_their_dry_runs() {
         assert_unchanged(&env, &before, &format!("--phase {phase} --dry-run"));
         assert_eq!(journal_tree(&env), tree, "--phase {phase} --dry-run touched the journal");
 
-        let out = run_timed(
+        let out = timed(
             &env,
             &format!("--phase {phase}"),
             agg(&env).args(["--phase", phase, "-y", "-o", "json"]).args(WAIT),
@@ -629,7 +621,7 @@ fn an_expired_aggregation_ca_takes_the_expired_path() {
     assert!(plan_text(&p, "apply").contains("--skip-pre-update-health-check"), "{p:#}");
     assert_unchanged(&env, &w0, "--dry-run");
 
-    let out = run_timed(
+    let out = timed(
         &env,
         "aggregation -y -o json (expired: auto-detected)",
         agg(&env).args(["-y", "-o", "json"]).args(WAIT),
@@ -759,7 +751,7 @@ fn kill9_during_the_ca_apply_then_a_rerun_completes_with_one_new_ca() {
     env.step(&format!("after the kill: CA key state status {}", key["status"]));
 
     std::fs::write(&release, "").unwrap();
-    let out = run_timed(&env, "the same command again", rotation().args(["-o", "json"]));
+    let out = timed(&env, "the same command again", rotation().args(["-o", "json"]));
     assert_eq!(out.code(), Some(0), "{out}");
     // The summary lists what this run did (the killed run's backup is in the journal only).
     let s = summary(&out);
@@ -845,7 +837,7 @@ fn kill9_during_the_bundle_helm_wait_then_a_rerun_rolls_back_and_completes() {
     env.kubelet.set_never_started(None);
     env.wait_rollout("kube-system", "deploy/kube-apiserver");
     let calls = helm.calls().len();
-    let out = run_timed(&env, "the same command again", rotation().args(["-o", "json"]));
+    let out = timed(&env, "the same command again", rotation().args(["-o", "json"]));
     assert_eq!(out.code(), Some(0), "{out}");
     let history = helm_history(&env, "kube-apiserver", "kube-system");
     if status == "pending-upgrade" {
@@ -919,7 +911,7 @@ fn a_failing_helm_is_retried_and_sigint_during_the_restart_wait_stops_cleanly() 
 
     env.step("release the held pods; the same command again");
     env.kubelet.set_never_ready(None);
-    let out = run_timed(&env, "re-run", rotation());
+    let out = timed(&env, "re-run", rotation());
     assert_eq!(out.code(), Some(0), "{out}");
     let new = check_rotated(&env, &orig, &module, false);
     assert_eq!(watch.generations(), vec![orig.ca_fp.clone(), new], "exactly one new CA");
@@ -1178,7 +1170,7 @@ fn a_release_left_pending_behind_lokoctl_is_recovered_before_lokoctl_runs_again(
     let orig = Original::of(&env);
     let module = env.assets.bootkube_module();
     for phase in ["backup", "ca", "bundle", "restart", "client"] {
-        let out = run_timed(
+        let out = timed(
             &env,
             &format!("--phase {phase}"),
             agg(&env).args(["-y", "--phase", phase]).args(WAIT),
@@ -1212,7 +1204,7 @@ fn a_release_left_pending_behind_lokoctl_is_recovered_before_lokoctl_runs_again(
 
     env.kubelet.set_never_started(None);
     env.wait_rollout("kube-system", "deploy/kube-apiserver");
-    let out = run_timed(&env, "the same command again", agg(&env).args(["-y"]).args(WAIT));
+    let out = timed(&env, "the same command again", agg(&env).args(["-y"]).args(WAIT));
     assert_eq!(out.code(), Some(0), "{out}");
     let history = helm_history(&env, "kube-apiserver", "kube-system");
     assert!(
@@ -1295,7 +1287,7 @@ fn sigterm_and_sighup_stop_the_run_as_ctrl_c_and_the_state_is_kept() {
 
     env.kubelet.set_never_started(None);
     env.wait_rollout("kube-system", "deploy/kube-apiserver");
-    let out = run_timed(&env, "the same command again", rotation());
+    let out = timed(&env, "the same command again", rotation());
     assert_eq!(out.code(), Some(0), "{out}");
     let new = check_rotated(&env, &orig, &module, false);
     assert_eq!(watch.generations(), vec![orig.ca_fp.clone(), new], "exactly one new CA");
@@ -1393,7 +1385,7 @@ fn cut_off_runs_destroyed_resources_restarting_apis_and_failed_cleanups_are_all_
     let restarted = restarted_at(&env, "metrics-server");
 
     env.step("--phase cleanup: the extension servers still run from before the ConfigMap");
-    let out = run_timed(
+    let out = timed(
         &env,
         "--phase cleanup",
         agg(&env).args(["-y", "--phase", "cleanup", "-o", "json"]).args(WAIT),

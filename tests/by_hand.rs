@@ -227,7 +227,7 @@ fn an_expired_webhook_unhooked_and_tainted_by_hand_is_picked_up() {
     let out = webhook::webhook(&env).args(["-y"]).run();
     env.step(&format!("webhook -y: exit {:?}", out.code()));
     assert_eq!(out.code(), Some(0), "{out}");
-    let j = webhook::journal(&webhook::latest_run(&env));
+    let j = webhook::journal_of(&webhook::latest_run(&env));
     assert_found_by_hand(&j, &["unhook"]);
     let events = j["events"].to_string();
     assert!(events.contains("did not exist"), "the backup says what it could not keep: {j:#}");

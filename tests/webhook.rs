@@ -23,12 +23,6 @@ mod helpers;
 
 use helpers::*;
 
-/// Whether a process is alive (a zombie is not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-}
-
 /// A process of ours that must not outlive the test: SIGKILLed when dropped.
 struct KillOnDrop(u32);
 
@@ -69,7 +63,7 @@ fn rotation_in_slow_lokoctl_via(env: &TestEnv, asset_dir: &Path) -> InLokoctl {
         env,
         "slow-lokoctl",
         &format!(
-            "set -eu\nrm -f {fifo}\nmkfifo {fifo}\nexec 3<>{fifo}\n\
+            "#!/usr/bin/env bash\nset -eu\nrm -f {fifo}\nmkfifo {fifo}\nexec 3<>{fifo}\n\
              sleep 300 </dev/null >/dev/null 2>&1 &\necho $$ $! >{marker}\n\
              read -r -t 60 -u 3 || true\nexec {real} \"$@\"\n",
             fifo = shell_quote(&fifo),
@@ -115,7 +109,7 @@ fn kill_during_lokoctl_via(env: &TestEnv, asset_dir: &Path) -> KillOnDrop {
         ca_bundle(env).is_none(),
         "the configuration is deleted (unhook) and not yet re-created:\n{out}"
     );
-    let j = journal(&latest_run(env));
+    let j = journal_of(&latest_run(env));
     let outcomes = phase_outcomes(&j);
     assert_eq!(
         outcomes,
@@ -202,7 +196,7 @@ fn rotation_with_lokoctl_on_helm4_reports_json() {
         &env,
         "helm4",
         &format!(
-            "printf '%s\\n' \"$*\" >>{}\nexec {} \"$@\"\n",
+            "#!/usr/bin/env bash\nprintf '%s\\n' \"$*\" >>{}\nexec {} \"$@\"\n",
             shell_quote(&helm_log),
             shell_quote(&Tools::get().helm4)
         ),
@@ -317,7 +311,7 @@ fn killed_after_unhook_a_plain_rerun_restores_the_webhook_and_completes() {
         "unhook is not run again: {out}"
     );
     check_rotated(&env, &before, "expired", "after-rerun");
-    let j = journal(&latest_run(&env));
+    let j = journal_of(&latest_run(&env));
     assert!(
         j["phases"]
             .as_array()
@@ -402,7 +396,7 @@ fn a_failing_lokoctl_fails_with_its_command_line_and_the_way_back() {
     let failing = script(
         &env,
         "failing-lokoctl",
-        "echo 'lokoctl: error: simulated failure: the cloud API refused the request' >&2\nexit 1\n",
+        "#!/usr/bin/env bash\necho 'lokoctl: error: simulated failure: the cloud API refused the request' >&2\nexit 1\n",
     );
     let out = timed(
         &env,
@@ -435,7 +429,7 @@ fn a_failing_lokoctl_fails_with_its_command_line_and_the_way_back() {
         &env,
         "helm-hangs-on-upgrade",
         &format!(
-            "if [ \"$1\" = upgrade ]; then touch {marker}; exec sleep 300; fi\nexec {real} \"$@\"\n",
+            "#!/usr/bin/env bash\nif [ \"$1\" = upgrade ]; then touch {marker}; exec sleep 300; fi\nexec {real} \"$@\"\n",
             marker = shell_quote(&upgrading),
             real = shell_quote(&Tools::get().helm3),
         ),
@@ -642,7 +636,7 @@ fn same_second_runs_on_two_asset_dirs_leave_each_other_alone() {
     );
     let other_run = other.dir.join("certrotate").join(run.file_name().unwrap());
     std::fs::create_dir_all(other_run.join("backup")).unwrap();
-    let mut j = journal(&run);
+    let mut j = journal_of(&run);
     j["assetsDir"] = other.dir.display().to_string().into();
     j["phases"] = Value::Array(vec![]);
     j["events"] = Value::Array(vec![]);

@@ -2,8 +2,8 @@
 //! rotated phase by phase as the manual procedure does, resumable after any interruption.
 //!
 //! Not expired: backup, ca, bundle, restart, client, apply, and cleanup on request. Already
-//! expired: backup, ca, apply, restart. The steps of each phase are in [`phases`]; running
-//! them (journal, lock, plan, resume) is the shared [`crate::rotation::engine`].
+//! expired: backup, ca, apply, restart. Each phase is a module of [`phases`]; running them
+//! (journal, lock, plan, resume) is the shared [`crate::rotation::engine`].
 
 mod old_ca;
 pub mod phases;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{AggregationArgs, GlobalOpts};
 use crate::error::{Error, Result};
 use crate::rotation::context::Ctx;
-use crate::rotation::engine::{self, Needs, Planned, Procedure, Request};
+use crate::rotation::engine::{self, PhaseUnit, Procedure, Request};
 
 /// A phase of the aggregation rotation; its doc comments are the `--phase` help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -55,7 +55,6 @@ pub struct Aggregation;
 
 impl Procedure for Aggregation {
     type Phase = Phase;
-    type Action = phases::Action;
 
     const NAME: &'static str = "aggregation";
     const REPORT_KIND: &'static str = "AggregationRotation";
@@ -77,13 +76,8 @@ impl Procedure for Aggregation {
         phase.name()
     }
 
-    fn needs(phase: Phase) -> Needs {
-        Needs {
-            // The backup re-writes a key file a targeted apply typed by hand left stale.
-            terraform: matches!(phase, Phase::Backup | Phase::Ca | Phase::Client | Phase::Apply),
-            helm: matches!(phase, Phase::Bundle | Phase::Client | Phase::Apply),
-            lokoctl: phase == Phase::Apply,
-        }
+    fn unit(phase: Phase) -> &'static dyn PhaseUnit {
+        phases::unit(phase)
     }
 
     fn has_expired(assets: &AssetDir) -> Result<bool> {
@@ -98,18 +92,6 @@ impl Procedure for Aggregation {
             "{} has no aggregation CA (enable_aggregation = false): there is nothing to rotate",
             assets.root().display()
         )))
-    }
-
-    fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<phases::Action>> {
-        phases::steps(ctx, phase)
-    }
-
-    async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
-        phases::found_done(ctx, phase).await
-    }
-
-    async fn execute(ctx: &mut Ctx, phase: Phase, action: &phases::Action) -> Result<String> {
-        phases::execute(ctx, phase, action).await
     }
 
     async fn resolve(ctx: &mut Ctx) -> Result<()> {

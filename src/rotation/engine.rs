@@ -16,8 +16,9 @@ use super::context::Ctx;
 use super::journal::{RunDir, RunState};
 use super::lock::RotationLock;
 use super::phase::{PhaseOutcome, PhaseResult, RunPath};
-use super::plan::{self, PhasePlan, Step};
+use super::plan::{self, PhasePlan};
 use super::runs_root;
+use super::step::{Planned, Running};
 use crate::assets::AssetDir;
 use crate::cli::{GlobalOpts, OutputFormat};
 use crate::error::{Error, Result, exit};
@@ -38,27 +39,28 @@ pub struct Needs {
     pub lokoctl: bool,
 }
 
-/// A step of a phase: how it is described, and what it does when run.
-pub struct Planned<A> {
-    pub step: Step,
-    pub action: A,
-}
-
-impl<A> Planned<A> {
-    pub fn new(kind: super::plan::StepKind, description: String, action: A) -> Self {
-        Self { step: Step::new(kind, description), action }
+/// One phase of a procedure, as its own module implements it: what it needs, its steps, and
+/// whether the real state shows it done.
+pub trait PhaseUnit {
+    /// The external programs its steps run.
+    fn needs(&self) -> Needs {
+        Needs::default()
     }
 
-    /// A command step, shown as `cmd` renders itself, then `note`.
-    pub fn command(cmd: &crate::tools::Command, note: &str, action: A) -> Self {
-        Self { step: Step::command(cmd, note), action }
+    /// Its steps, described for this asset dir (what cannot be resolved is named): one list
+    /// for the dry run, which prints them, and the real run, which runs them.
+    fn steps(&self, ctx: &Ctx) -> Vec<Planned>;
+
+    /// Whether the real state shows the phase done already (a run killed before it could
+    /// record it, or a rotation begun by hand); `Some(why)` if so.
+    fn found_done<'a>(&'a self, _ctx: &'a Ctx) -> Running<'a, Option<String>> {
+        Box::pin(async { Ok(None) })
     }
 }
 
 /// One rotation procedure: its phases and their steps.
 pub trait Procedure {
     type Phase: Copy + Eq + std::fmt::Debug + 'static;
-    type Action;
 
     /// The run folder prefix and the name in messages (`aggregation`).
     const NAME: &'static str;
@@ -71,21 +73,13 @@ pub trait Procedure {
     /// A phase run only when asked for (the aggregation cleanup).
     fn finale() -> Option<Self::Phase>;
     fn phase_name(phase: Self::Phase) -> &'static str;
-    fn needs(phase: Self::Phase) -> Needs;
+    /// The module of `phase`: its steps, its "already done?" check, what it needs.
+    fn unit(phase: Self::Phase) -> &'static dyn PhaseUnit;
     /// Whether the certificate has expired already (picks the path of a new run).
     fn has_expired(assets: &AssetDir) -> Result<bool>;
     /// What must hold before anything at all is done (the asset dir has what is rotated).
     fn check_assets(assets: &AssetDir) -> Result<()>;
 
-    fn steps(ctx: &Ctx, phase: Self::Phase) -> Vec<Planned<Self::Action>>;
-    /// Whether the real state shows the phase done already (a run killed before it could
-    /// record it); `Some(why)` if so.
-    fn found_done(ctx: &Ctx, phase: Self::Phase) -> impl Future<Output = Result<Option<String>>>;
-    fn execute(
-        ctx: &mut Ctx,
-        phase: Self::Phase,
-        action: &Self::Action,
-    ) -> impl Future<Output = Result<String>>;
     /// Reads from the cluster what the plan names (the extension servers a restart covers),
     /// which also proves the cluster answers before anything changes.
     fn resolve(ctx: &mut Ctx) -> impl Future<Output = Result<()>>;
@@ -335,7 +329,7 @@ async fn predecessors_done_by_hand<P: Procedure>(
     let Some(phase) = request.phase else { return Ok(()) };
     let Some(at) = order.iter().position(|&p| p == phase) else { return Ok(()) };
     for &before in order.iter().take(at).skip(1) {
-        if P::found_done(ctx, before).await?.is_none() {
+        if P::unit(before).found_done(ctx).await?.is_none() {
             let missing = P::phase_name(before);
             return Err(Error::Precondition {
                 phase: P::phase_name(phase),
@@ -453,7 +447,7 @@ fn find_programs<P: Procedure>(
     runner: &Runner,
     unresolved: &mut Vec<String>,
 ) -> Result<()> {
-    let needs = |f: fn(Needs) -> bool| phases.iter().any(|&p| f(P::needs(p)));
+    let needs = |f: fn(Needs) -> bool| phases.iter().any(|&p| f(P::unit(p).needs()));
     let mut find =
         |needed: bool, name, flag: &Option<PathBuf>, var, flag_name| -> Result<Option<Program>> {
             if !needed {
@@ -630,18 +624,18 @@ async fn run_phase<P: Procedure>(ctx: &mut Ctx, phase: P::Phase) -> Result<(Phas
     // Found done without this run having begun it before: someone did it by hand.
     let by_hand = ctx.run()?.phase_first_began(name).is_none();
     ctx.run_mut().begin_phase(name)?;
-    if let Some(why) = P::found_done(ctx, phase).await.unwrap_or(None) {
+    if let Some(why) = P::unit(phase).found_done(ctx).await.unwrap_or(None) {
         let why = if by_hand { format!("{BY_HAND}: {why}") } else { why };
         ctx.run_mut().end_phase(name, PhaseOutcome::Done, Some(format!("found done: {why}")))?;
         return Ok((PhaseResult::AlreadyDone, why));
     }
-    let steps = P::steps(ctx, phase);
+    let steps = P::unit(phase).steps(ctx);
     let mut last = String::new();
     for (n, planned) in steps.iter().enumerate() {
         ctx.reporter()(&format!("step {}/{}: {}", n + 1, steps.len(), planned.step.description));
         let index =
             ctx.run_mut().begin_event(name, planned.step.kind, &planned.step.description)?;
-        match P::execute(ctx, phase, &planned.action).await {
+        match planned.action.run(ctx).await {
             Ok(outcome) => {
                 ctx.run_mut().end_event(index, &outcome)?;
                 last = outcome;
@@ -664,7 +658,7 @@ fn plans<P: Procedure>(ctx: &Ctx, phases: &[P::Phase]) -> Vec<PhasePlan> {
         .map(|&phase| PhasePlan {
             name: P::phase_name(phase),
             already_done: ctx.run.as_ref().is_some_and(|r| r.phase_done(P::phase_name(phase))),
-            steps: P::steps(ctx, phase).into_iter().map(|p| p.step).collect(),
+            steps: P::unit(phase).steps(ctx).into_iter().map(|p| p.step).collect(),
         })
         .collect()
 }
@@ -801,9 +795,32 @@ mod tests {
 
     struct Fake;
 
+    /// Each fake phase is its own unit, and its one step runs as that phase.
+    impl PhaseUnit for F {
+        fn steps(&self, _: &Ctx) -> Vec<Planned> {
+            vec![Planned::new(StepKind::Api, format!("do {self:?}"), *self)]
+        }
+        fn found_done<'a>(&'a self, _: &'a Ctx) -> Running<'a, Option<String>> {
+            let done = FOUND_DONE.lock().unwrap().contains(self);
+            Box::pin(async move { Ok(done.then(|| "the real state shows it".into())) })
+        }
+    }
+
+    impl crate::rotation::step::Action for F {
+        fn run<'a>(&'a self, _: &'a mut Ctx) -> Running<'a, String> {
+            LOG.lock().unwrap().push(Fake::phase_name(*self).into());
+            let failed = *FAIL_IN.lock().unwrap() == Some(*self);
+            Box::pin(async move {
+                if failed {
+                    return Err(Error::Verification { phase: "x", reason: "killed here".into() });
+                }
+                Ok("did it".into())
+            })
+        }
+    }
+
     impl Procedure for Fake {
         type Phase = F;
-        type Action = F;
         const NAME: &'static str = "fake";
         const REPORT_KIND: &'static str = "FakeRotation";
         const PLAN_KIND: &'static str = "FakePlan";
@@ -827,28 +844,20 @@ mod tests {
                 F::Finale => "finale",
             }
         }
-        fn needs(_: F) -> Needs {
-            Needs::default()
+        fn unit(phase: F) -> &'static dyn PhaseUnit {
+            match phase {
+                F::Backup => &F::Backup,
+                F::Change => &F::Change,
+                F::Unhook => &F::Unhook,
+                F::Check => &F::Check,
+                F::Finale => &F::Finale,
+            }
         }
         fn has_expired(_: &AssetDir) -> Result<bool> {
             Ok(false)
         }
         fn check_assets(_: &AssetDir) -> Result<()> {
             Ok(())
-        }
-        fn steps(_: &Ctx, phase: F) -> Vec<Planned<F>> {
-            vec![Planned::new(StepKind::Api, format!("do {phase:?}"), phase)]
-        }
-        async fn found_done(_: &Ctx, phase: F) -> Result<Option<String>> {
-            let done = FOUND_DONE.lock().unwrap().contains(&phase);
-            Ok(done.then(|| "the real state shows it".into()))
-        }
-        async fn execute(_: &mut Ctx, phase: F, _: &F) -> Result<String> {
-            LOG.lock().unwrap().push(Fake::phase_name(phase).into());
-            if *FAIL_IN.lock().unwrap() == Some(phase) {
-                return Err(Error::Verification { phase: "x", reason: "killed here".into() });
-            }
-            Ok("did it".into())
         }
         async fn resolve(_: &mut Ctx) -> Result<()> {
             Ok(())

@@ -1,13 +1,76 @@
 //! A step of a phase as a value: what it is (a command, an API call, a check, a file write),
-//! how the plan shows it, and, for a command, the exact program, arguments and folder it runs.
+//! how the plan shows it, and, for a command, the exact program, arguments and folder it runs;
+//! beside it ([`Planned`]), the [`Action`] that runs it.
 //!
 //! A command step's plan line is rendered from the [`Command`] itself (values files and the
 //! kubeconfig as placeholders: they exist only while a run does), so the dry run and the real
 //! run cannot drift apart; the `-o json` plan carries the same `argv` and `dir` as data.
 
+use futures::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 
+use super::context::Ctx;
+use crate::error::Result;
 use crate::tools::Command;
+
+/// What a phase's step or check is doing: boxed, so that every phase's actions, each a type
+/// of its own module, run through one `dyn` interface.
+pub type Running<'a, T> = LocalBoxFuture<'a, Result<T>>;
+
+/// What a step does when it runs.
+pub trait Action {
+    /// Runs the step; returns what the journal records of it.
+    fn run<'a>(&'a self, ctx: &'a mut Ctx) -> Running<'a, String>;
+
+    /// The command a command step runs, built as the real run builds it (the plan renders
+    /// its line from the same builders); `None` for a step that runs none.
+    fn command(&self, _ctx: &Ctx) -> Result<Option<Command>> {
+        Ok(None)
+    }
+}
+
+/// A step of a phase: how it is described, and what it does when run.
+pub struct Planned {
+    pub step: Step,
+    pub action: Box<dyn Action>,
+}
+
+impl Planned {
+    pub fn new(
+        kind: StepKind,
+        description: impl Into<String>,
+        action: impl Action + 'static,
+    ) -> Self {
+        Self { step: Step::new(kind, description), action: Box::new(action) }
+    }
+
+    /// A command step, shown as `cmd` renders itself, then `note`.
+    pub fn command(cmd: &Command, note: &str, action: impl Action + 'static) -> Self {
+        Self { step: Step::command(cmd, note), action: Box::new(action) }
+    }
+}
+
+/// Every release a killed helm or lokoctl left `pending-*`, rolled back to its latest
+/// revision: lokoctl, run with `--skip-pre-update-health-check`, would not. Both rotations
+/// take this step before their lokoctl.
+pub struct RecoverReleases;
+
+impl RecoverReleases {
+    pub fn planned(ctx: &Ctx) -> Planned {
+        let (list, then) = ctx.recover_releases_command();
+        Planned::command(&list, &then, Self)
+    }
+}
+
+impl Action for RecoverReleases {
+    fn command(&self, ctx: &Ctx) -> Result<Option<Command>> {
+        Ok(Some(ctx.helm()?.list_pending_command()?))
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut Ctx) -> Running<'a, String> {
+        Box::pin(async move { ctx.helm()?.recover_pending_releases().await })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -16,7 +16,7 @@ use crate::cli::{GlobalOpts, WebhookArgs};
 use crate::error::{Error, Result, exit};
 use crate::k8s::{Connection, objects};
 use crate::rotation::context::Ctx;
-use crate::rotation::engine::{self, Needs, Planned, Procedure, Request};
+use crate::rotation::engine::{self, PhaseUnit, Procedure, Request};
 use crate::rotation::journal::{RunDir, RunState};
 use crate::rotation::lock::RotationLock;
 use crate::rotation::runs_root;
@@ -53,7 +53,6 @@ pub struct Webhook;
 
 impl Procedure for Webhook {
     type Phase = Phase;
-    type Action = phases::Action;
 
     const NAME: &'static str = "webhook";
     const REPORT_KIND: &'static str = "WebhookRotation";
@@ -75,9 +74,8 @@ impl Procedure for Webhook {
         phase.name()
     }
 
-    fn needs(phase: Phase) -> Needs {
-        let certificate = phase == Phase::Certificate;
-        Needs { terraform: certificate, helm: certificate, lokoctl: certificate }
+    fn unit(phase: Phase) -> &'static dyn PhaseUnit {
+        phases::unit(phase)
     }
 
     fn has_expired(assets: &AssetDir) -> Result<bool> {
@@ -95,18 +93,6 @@ impl Procedure for Webhook {
 
     fn check_assets(assets: &AssetDir) -> Result<()> {
         Self::has_expired(assets).map(drop)
-    }
-
-    fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<phases::Action>> {
-        phases::steps(ctx, phase)
-    }
-
-    async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
-        phases::found_done(ctx, phase).await
-    }
-
-    async fn execute(ctx: &mut Ctx, phase: Phase, action: &phases::Action) -> Result<String> {
-        phases::execute(ctx, phase, *action).await
     }
 
     async fn resolve(ctx: &mut Ctx) -> Result<()> {

@@ -7,7 +7,8 @@
 //!
 //! Everything here acts on one test's environment and its temp dir only.
 
-#![allow(dead_code)]
+// Each test crate uses only part of these (and of the re-exports of `support::rotation`).
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -29,6 +30,11 @@ use openssl::x509::X509;
 use serde_json::Value;
 
 pub use crate::support::mode;
+use crate::support::rotation::proc_stat;
+pub use crate::support::rotation::{
+    alive, cert, cert_key_der, expired, fp, journal_of, key_matches, pod_ready, read, run_folders,
+    script, signed_by, text, timed,
+};
 use crate::support::{Cmd, ExtApiServer, Helm, Output, TestEnv, Tools, fingerprints, wait_for};
 
 /// The built plugin, as cargo names it to integration tests.
@@ -61,11 +67,6 @@ pub fn agg(env: &TestEnv) -> Cmd {
         .env(TAG_VAR, tag(env))
         .env("CERTROTATE_LOKOCTL_LOG", env.dir().join("lokoctl-double.log"))
         .timeout(Duration::from_secs(540))
-}
-
-/// stdout and stderr together, for assertions about what an operator reads.
-pub fn text(out: &Output) -> String {
-    format!("{}\n{}", out.stdout, out.stderr)
 }
 
 /// The `-o json` document on stdout.
@@ -171,19 +172,7 @@ pub fn certrotate_dir(env: &TestEnv) -> PathBuf {
 
 /// Every `<assets>/certrotate/aggregation-*` run folder.
 pub fn run_dirs(env: &TestEnv) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(certrotate_dir(env)) else { return Vec::new() };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("aggregation-"))
-        })
-        .collect();
-    dirs.sort();
-    dirs
+    run_folders(env, "aggregation")
 }
 
 /// The one run folder.
@@ -195,9 +184,7 @@ pub fn run_dir(env: &TestEnv) -> PathBuf {
 
 /// The one run's journal.json.
 pub fn journal(env: &TestEnv) -> Value {
-    let path = run_dir(env).join("journal.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+    journal_of(&run_dir(env))
 }
 
 /// The journal's latest record of `phase` (Null when it has none). The journal appends one
@@ -239,40 +226,6 @@ pub fn is_run_name(name: &str) -> bool {
 
 // ---------------------------------------------------------------------------------------
 // PKI
-
-pub fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The fingerprint of a PEM holding exactly one certificate.
-pub fn fp(pem: &[u8]) -> String {
-    let fps = fingerprints(pem);
-    assert_eq!(fps.len(), 1, "one certificate expected, found {}", fps.len());
-    fps.into_iter().next().unwrap()
-}
-
-pub fn cert(pem: &[u8]) -> X509 {
-    X509::from_pem(pem).expect("a PEM certificate")
-}
-
-pub fn cert_key_der(pem: &[u8]) -> Vec<u8> {
-    cert(pem).public_key().unwrap().public_key_to_der().unwrap()
-}
-
-/// Does the private key PEM belong to the certificate? (Never prints the key.)
-pub fn key_matches(key_pem: &[u8], cert_pem: &[u8]) -> bool {
-    let key = openssl::pkey::PKey::private_key_from_pem(key_pem).expect("a PEM private key");
-    key.public_key_to_der().unwrap() == cert_key_der(cert_pem)
-}
-
-pub fn signed_by(cert_pem: &[u8], ca_pem: &[u8]) -> bool {
-    cert(cert_pem).verify(&cert(ca_pem).public_key().unwrap()).unwrap_or(false)
-}
-
-pub fn expired(pem: &[u8]) -> bool {
-    let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
-    cert(pem).not_after() < now
-}
 
 /// Valid for at least `days` more days.
 pub fn valid_for_days(pem: &[u8], days: u32) -> bool {
@@ -618,13 +571,6 @@ pub fn pod_phase(pod: &Pod) -> String {
     pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default()
 }
 
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 pub fn label_is(pod: &Pod, key: &str, value: &str) -> bool {
     pod.metadata.labels.as_ref().and_then(|l| l.get(key)).is_some_and(|v| v == value)
 }
@@ -639,21 +585,6 @@ pub struct Tagged {
     pub ppid: u32,
     pub comm: String,
     pub is_plugin: bool,
-}
-
-fn proc_stat(pid: u32) -> Option<(char, u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_string();
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid, comm))
-}
-
-/// Is `pid` a live process (not gone, not a zombie)?
-pub fn alive(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(state, _, _)| state != 'Z' && state != 'X')
 }
 
 pub fn tagged(tag: &str) -> Vec<Tagged> {
@@ -727,16 +658,6 @@ pub fn signal(pid: u32, sig: &str) {
 
 // ---------------------------------------------------------------------------------------
 // Wrapper scripts
-
-/// Writes an executable `#!/bin/sh` script into the test's `bin/` folder.
-pub fn script(env: &TestEnv, name: &str, body: &str) -> PathBuf {
-    let dir = env.dir().join("bin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
 
 /// A wrapper of a real program: appends `<pid> <ppid> <args>` of each call to its log, runs
 /// `extra` (shell), then execs the real program in the same process (so a signal to the

@@ -21,6 +21,7 @@ pub mod logserver;
 pub mod pki;
 pub mod pods;
 pub mod process;
+pub mod rotation;
 pub mod service;
 pub mod sync;
 pub mod tools;

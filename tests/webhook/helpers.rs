@@ -5,11 +5,11 @@
 //!
 //! Everything here acts on one test's environment and its temp dir only.
 
-#![allow(dead_code)]
+// Each test crate uses only part of these (and of the re-exports of `support::rotation`).
+#![allow(dead_code, unused_imports)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -17,12 +17,13 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use openssl::asn1::Asn1Time;
-use openssl::pkey::PKey;
 use openssl::x509::X509;
 use serde_json::Value;
 
 pub use crate::support::mode;
+pub use crate::support::rotation::{
+    alive, expired, fp, journal_of, key_matches, pod_ready, read, run_folders, script, text, timed,
+};
 use crate::support::{Cmd, Helm, Output, TestEnv, fingerprints, wait_for};
 
 pub const NS: &str = "lokomotive-system";
@@ -41,14 +42,6 @@ pub const NOT_EXPIRED_PHASES: [&str; 4] = ["backup", "certificate", "restart", "
 pub const EXPIRED_PHASES: [&str; 5] = ["backup", "unhook", "certificate", "restart", "verify"];
 
 // ----------------------------------------------------------------------------- reading ---
-
-pub fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-pub fn fp(pem: &[u8]) -> String {
-    fingerprints(pem).into_iter().next().expect("a certificate")
-}
 
 /// Field `name` of `lokomotive.yaml`'s text, base64-decoded; `None` when absent or not base64.
 pub fn values_field(text: &str, name: &str) -> Option<Vec<u8>> {
@@ -78,21 +71,11 @@ pub fn tfstate(env: &TestEnv) -> Vec<u8> {
     read(&env.assets.terraform_dir().join("terraform.tfstate"))
 }
 
-pub fn key_matches(cert: &[u8], key: &[u8]) -> bool {
-    let cert = X509::from_pem(cert).unwrap();
-    let key = PKey::private_key_from_pem(key).unwrap();
-    cert.public_key().unwrap().public_eq(&key)
-}
-
 pub fn dns_names(cert: &[u8]) -> Vec<String> {
     let cert = X509::from_pem(cert).unwrap();
     cert.subject_alt_names()
         .map(|n| n.iter().filter_map(|n| n.dnsname().map(str::to_string)).collect())
         .unwrap_or_default()
-}
-
-pub fn expired(cert: &[u8]) -> bool {
-    X509::from_pem(cert).unwrap().not_after() < Asn1Time::days_from_now(0).unwrap()
 }
 
 /// `cert.pem` and `key.pem` of Secret `lokomotive-system/admission-webhook-server`.
@@ -125,13 +108,6 @@ pub fn webhooks_spec(env: &TestEnv) -> Value {
 pub fn is_webhook_pod(pod: &Pod) -> bool {
     pod.metadata.namespace.as_deref() == Some(NS)
         && pod.labels().get("k8s-app").is_some_and(|v| v == NAME)
-}
-
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The one webhook pod, once it is the only one and Ready (a rollout's old pod gone).
@@ -188,24 +164,11 @@ pub fn admission_mutates(env: &TestEnv, ns: &str) -> bool {
 
 /// The webhook run folders, oldest first.
 pub fn runs(env: &TestEnv) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(env.assets.dir.join("certrotate")) else {
-        return Vec::new();
-    };
-    let mut runs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("webhook-"))
-        .collect();
-    runs.sort();
-    runs
+    run_folders(env, "webhook")
 }
 
 pub fn latest_run(env: &TestEnv) -> PathBuf {
     runs(env).pop().expect("a webhook run folder")
-}
-
-pub fn journal(run: &Path) -> Value {
-    serde_json::from_slice(&read(&run.join("journal.json"))).expect("journal.json is JSON")
 }
 
 /// The outcome of the latest record of each phase, in the journal's order of first record.
@@ -228,17 +191,6 @@ pub fn webhook(env: &TestEnv) -> Cmd {
     env.certrotate().arg("webhook")
 }
 
-pub fn timed(env: &TestEnv, what: &str, cmd: Cmd) -> Output {
-    let started = Instant::now();
-    let out = cmd.run();
-    env.step(&format!("{what}: exit {:?} in {:.1?}", out.code(), started.elapsed()));
-    out
-}
-
-pub fn text(out: &Output) -> String {
-    format!("{}\n{}", out.stdout, out.stderr)
-}
-
 /// The tool's error (from the line starting `error: ` to the end of stderr), logged as a step.
 pub fn logged_error(env: &TestEnv, out: &Output) -> String {
     let lines: Vec<&str> = out.stderr.lines().collect();
@@ -246,16 +198,6 @@ pub fn logged_error(env: &TestEnv, out: &Output) -> String {
     let error = lines[at..].join("\n");
     env.step(&format!("its error: {error}"));
     error
-}
-
-/// An executable script in the test's temp dir.
-pub fn script(env: &TestEnv, name: &str, body: &str) -> PathBuf {
-    let dir = env.dir().join("scripts");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/usr/bin/env bash\n{body}")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 pub fn shell_quote(path: &Path) -> String {
@@ -295,7 +237,7 @@ pub fn expired_cluster(name: &str) -> TestEnv {
         .ok();
     let (cert, key) = values_pair(&env);
     assert!(expired(&cert), "the re-issued webhook certificate has expired");
-    assert!(key_matches(&cert, &key));
+    assert!(key_matches(&key, &cert));
     for (file, bytes) in others.iter().zip(&before) {
         assert_eq!(
             &read(&env.assets.tls(file)),
@@ -376,7 +318,7 @@ pub fn check_rotated_keeping(
     let new = fp(&cert);
     assert_ne!(new, before.fp, "lokomotive.yaml holds a new certificate");
     assert!(!expired(&cert), "the new certificate is valid");
-    assert!(key_matches(&cert, &key), "lokomotive.yaml's key matches its certificate");
+    assert!(key_matches(&key, &cert), "lokomotive.yaml's key matches its certificate");
     let ca = X509::from_pem(&read(&env.assets.tls("ca.crt"))).unwrap();
     assert!(
         X509::from_pem(&cert).unwrap().verify(&ca.public_key().unwrap()).unwrap(),
@@ -388,7 +330,7 @@ pub fn check_rotated_keeping(
     }
     let (served, served_key) = secret_pair(env);
     assert_eq!(fp(&served), new, "the Secret's cert.pem is the new certificate");
-    assert!(key_matches(&served, &served_key), "the Secret's key.pem matches cert.pem");
+    assert!(key_matches(&served_key, &served), "the Secret's key.pem matches cert.pem");
     assert_eq!(served_key, key, "the Secret's key.pem is lokomotive.yaml's key");
     let bundle = ca_bundle(env).expect("the MutatingWebhookConfiguration exists");
     assert_eq!(fingerprints(&bundle), vec![new.clone()], "caBundle is the new certificate");
@@ -408,7 +350,7 @@ pub fn check_rotated_keeping(
     status_ok(env);
 
     let run = latest_run(env);
-    let j = journal(&run);
+    let j = journal_of(&run);
     assert_eq!(j["rotation"], "webhook", "{j:#}");
     assert_eq!(j["path"], path, "{j:#}");
     assert_eq!(j["state"], "finished", "{j:#}");
