@@ -7,20 +7,19 @@
 //! whose certificates have all expired). The control plane does not use the new
 //! certificates until the later phases (etcd, control-plane, tokens, restart, verify) exist;
 //! until then the report's `next` says what is left to do by hand (docs/renew.md). Each
-//! phase is a module of [`phases`], which [`Renew`] dispatches to; running them is the
-//! shared [`crate::rotation::engine`].
+//! phase is a module of [`phases`]; running them (journal, lock, plan, resume) is the shared
+//! [`crate::rotation::engine`].
 
 pub mod phases;
 
 use clap::ValueEnum;
-use phases::{Action, backup, certificates, taint};
 use serde::{Deserialize, Serialize};
 
 use crate::assets::AssetDir;
 use crate::cli::{GlobalOpts, RenewArgs};
 use crate::error::Result;
 use crate::rotation::context::Ctx;
-use crate::rotation::engine::{self, Needs, Planned, Procedure, Request};
+use crate::rotation::engine::{self, PhaseUnit, Procedure, Request};
 
 /// A phase of `renew`; its doc comments are the `--phase` help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -67,7 +66,6 @@ pub struct Renew;
 
 impl Procedure for Renew {
     type Phase = Phase;
-    type Action = Action;
 
     const NAME: &'static str = "renew";
     const REPORT_KIND: &'static str = "Renewal";
@@ -85,11 +83,6 @@ impl Procedure for Renew {
         phase.name()
     }
 
-    fn needs(_phase: Phase) -> Needs {
-        // Each phase reads or changes the Terraform state; none runs helm or lokoctl yet.
-        Needs { terraform: true, helm: false, lokoctl: false }
-    }
-
     fn has_expired(assets: &AssetDir) -> Result<bool> {
         assets.cert_has_expired(KUBE_CA)
     }
@@ -98,33 +91,8 @@ impl Procedure for Renew {
         Self::has_expired(assets).map(drop)
     }
 
-    fn steps(ctx: &Ctx, phase: Phase) -> Vec<Planned<Action>> {
-        match phase {
-            Phase::Backup => backup::steps(ctx),
-            Phase::Taint => taint::steps(ctx),
-            Phase::Certificates => certificates::steps(ctx),
-        }
-    }
-
-    async fn found_done(ctx: &Ctx, phase: Phase) -> Result<Option<String>> {
-        match phase {
-            // Nothing has changed before the backup: taking it again is always right.
-            Phase::Backup => Ok(None),
-            Phase::Taint => taint::found_done(ctx).await,
-            Phase::Certificates => certificates::found_done(ctx).await,
-        }
-    }
-
-    async fn execute(ctx: &mut Ctx, phase: Phase, action: &Action) -> Result<String> {
-        match action {
-            Action::KeepFiles => backup::keep_files(ctx),
-            Action::KeepState => backup::keep_state(ctx).await,
-            Action::CheckBackup => backup::check(ctx, phase).await,
-            Action::Taint(resource) => taint::taint(ctx, resource).await,
-            Action::CheckTainted => taint::check(ctx, phase).await,
-            Action::Apply => certificates::apply(ctx).await,
-            Action::CheckCertificates => certificates::check(ctx, phase).await,
-        }
+    fn unit(phase: Phase) -> &'static dyn PhaseUnit {
+        phases::unit(phase)
     }
 
     /// Nothing to read from the cluster: the built phases work from the asset dir and the

@@ -1,18 +1,19 @@
 //! `backup`: before anything is tainted, the run keeps `cluster-assets/tls/` whole, `auth/`
 //! whole, every rendered chart values file holding a certificate or key, and the Terraform
 //! state (`terraform state pull`), in its `backup/` folder (0600 files, 0700 folders); the
-//! copies must read back equal. Never found done: nothing has changed before it, so taking
-//! it again is always right.
+//! copies must read back equal.
 
 use std::path::Path;
 
-use super::{Action, kept_state};
+use super::kept_state;
 use crate::assets::AssetDir;
 use crate::error::{Error, Result};
 use crate::renew::Phase;
 use crate::rotation::context::Ctx;
-use crate::rotation::engine::Planned;
+use crate::rotation::engine::{Needs, PhaseUnit};
 use crate::rotation::plan::StepKind;
+use crate::rotation::step::{Action, Planned, Running};
+use crate::tools::Command;
 
 /// The state's copy, inside the run's `backup/`.
 pub const STATE: &str = "terraform.tfstate";
@@ -24,28 +25,64 @@ const WHOLE: [&str; 2] = ["tls", "auth"];
 /// The rendered chart values, `charts/<namespace>/<chart>.yaml`, inside `cluster-assets/`.
 const CHARTS: &str = "charts";
 
-pub fn steps(ctx: &Ctx) -> Vec<Planned<Action>> {
-    let values = values_files(&ctx.assets).unwrap_or_default();
-    let values = if values.is_empty() { "none found now".into() } else { values.join(", ") };
-    vec![
-        Planned::new(
-            StepKind::File,
-            format!(
-                "copy cluster-assets/tls/ and auth/ whole, and the chart values files that hold a certificate or key ({values}), into the run's backup folder (0600 files, 0700 folders)"
+pub struct Backup;
+
+impl PhaseUnit for Backup {
+    fn needs(&self) -> Needs {
+        Needs { terraform: true, ..Needs::default() }
+    }
+
+    fn steps(&self, ctx: &Ctx) -> Vec<Planned> {
+        let values = values_files(&ctx.assets).unwrap_or_default();
+        let values = if values.is_empty() { "none found now".into() } else { values.join(", ") };
+        vec![
+            Planned::new(
+                StepKind::File,
+                format!(
+                    "copy cluster-assets/tls/ and auth/ whole, and the chart values files that hold a certificate or key ({values}), into the run's backup folder (0600 files, 0700 folders)"
+                ),
+                Step::KeepFiles,
             ),
-            Action::KeepFiles,
-        ),
-        Planned::command(
-            &ctx.state_pull_command(),
-            &format!(" > <run>/backup/{STATE} (0600: it holds every private key; never shown)"),
-            Action::KeepState,
-        ),
-        Planned::new(
-            StepKind::Check,
-            "the copies read back equal to the files and the state, each 0600".into(),
-            Action::CheckBackup,
-        ),
-    ]
+            Planned::command(
+                &ctx.state_pull_command(),
+                &format!(" > <run>/backup/{STATE} (0600: it holds every private key; never shown)"),
+                Step::KeepState,
+            ),
+            Planned::new(
+                StepKind::Check,
+                "the copies read back equal to the files and the state, each 0600",
+                Step::ReadsBack,
+            ),
+        ]
+    }
+
+    // Never found done (the default): nothing has changed before the backup, so taking it
+    // again is always right.
+}
+
+enum Step {
+    /// tls/, auth/ and the chart values holding certificates or keys, into the backup.
+    KeepFiles,
+    /// `terraform state pull` into the backup (0600: it holds every private key).
+    KeepState,
+    ReadsBack,
+}
+
+impl Action for Step {
+    fn command(&self, ctx: &Ctx) -> Result<Option<Command>> {
+        Ok(match self {
+            Self::KeepState => Some(ctx.terraform()?.pull_command()),
+            Self::KeepFiles | Self::ReadsBack => None,
+        })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut Ctx) -> Running<'a, String> {
+        match self {
+            Self::KeepFiles => Box::pin(async move { keep_files(ctx) }),
+            Self::KeepState => Box::pin(keep_state(ctx)),
+            Self::ReadsBack => Box::pin(reads_back(ctx)),
+        }
+    }
 }
 
 /// Whether the text of a values file holds a certificate or key: PEM, or base64 of PEM (as
@@ -126,7 +163,7 @@ pub fn kept_assets(ctx: &Ctx) -> Result<AssetDir> {
     AssetDir::open(&ctx.run()?.backup_path(""))
 }
 
-pub fn keep_files(ctx: &mut Ctx) -> Result<String> {
+fn keep_files(ctx: &mut Ctx) -> Result<String> {
     let files = files_to_keep(&ctx.assets)?;
     if !files.iter().any(|f| f.starts_with("tls/")) {
         return Err(Error::Precondition {
@@ -142,15 +179,15 @@ pub fn keep_files(ctx: &mut Ctx) -> Result<String> {
     Ok(format!("kept {} files ({values} chart values files)", files.len()))
 }
 
-pub async fn keep_state(ctx: &mut Ctx) -> Result<String> {
+async fn keep_state(ctx: &mut Ctx) -> Result<String> {
     let (serial, state) = ctx.terraform()?.pull_to_keep().await?;
     ctx.run()?.write_backup(STATE, state.bytes())?;
     Ok(format!("kept the state at serial {serial}"))
 }
 
-pub async fn check(ctx: &mut Ctx, phase: Phase) -> Result<String> {
+async fn reads_back(ctx: &mut Ctx) -> Result<String> {
     use std::os::unix::fs::PermissionsExt as _;
-    let fail = |reason: String| Error::Verification { phase: phase.name(), reason };
+    let fail = |reason: String| Error::Verification { phase: Phase::Backup.name(), reason };
     let files = files_to_keep(&ctx.assets)?;
     for file in &files {
         let name = kept_name(file);

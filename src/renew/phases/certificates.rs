@@ -7,39 +7,74 @@
 //! certificates and new ones under the old (nothing has to trust two CAs); the CA keys and
 //! the service-account key are untouched.
 
+use super::kept_state;
 use super::taint::{self, Found};
-use super::{Action, kept_state};
 use crate::assets::{self, AssetDir, CREDENTIALS, Credential, Storage};
 use crate::error::{Error, Result};
 use crate::pki::{self, CertInfo, PublicHalf};
 use crate::renew::Phase;
 use crate::rotation::context::Ctx;
-use crate::rotation::engine::Planned;
+use crate::rotation::engine::{Needs, PhaseUnit};
 use crate::rotation::plan::StepKind;
+use crate::rotation::step::{Action, Planned, Running};
+use crate::tools::Command;
 use crate::tools::terraform::State;
 
 /// The CAs whose certificates are re-issued with their own key.
 pub const CAS: [&str; 3] = ["kube-ca", "etcd-ca", "aggregation-ca"];
 
-pub fn steps(ctx: &Ctx) -> Vec<Planned<Action>> {
-    vec![
-        Planned::command(
-            &ctx.apply_one_at_a_time_command(),
-            " (re-creates what the taint phase tainted; re-writes the asset dir's files from the state)",
-            Action::Apply,
-        ),
-        Planned::new(
-            StepKind::Check,
-            "every file equals the state; every certificate is new, chains to its CA and matches its key; each CA certificate keeps its old public key; old certificates verify under the new CA certificates and new ones under the old; the CA keys and the service-account key unchanged".into(),
-            Action::CheckCertificates,
-        ),
-    ]
+pub struct Certificates;
+
+impl PhaseUnit for Certificates {
+    fn needs(&self) -> Needs {
+        Needs { terraform: true, ..Needs::default() }
+    }
+
+    fn steps(&self, ctx: &Ctx) -> Vec<Planned> {
+        vec![
+            Planned::command(
+                &ctx.apply_one_at_a_time_command(),
+                " (re-creates what the taint phase tainted; re-writes the asset dir's files from the state)",
+                Step::Apply,
+            ),
+            Planned::new(
+                StepKind::Check,
+                "every file equals the state; every certificate is new, chains to its CA and matches its key; each CA certificate keeps its old public key; old certificates verify under the new CA certificates and new ones under the old; the CA keys and the service-account key unchanged",
+                Step::Verify,
+            ),
+        ]
+    }
+
+    fn found_done<'a>(&'a self, ctx: &'a Ctx) -> Running<'a, Option<String>> {
+        Box::pin(async move { Ok(renewed_as_proven(ctx).await?.ok()) })
+    }
 }
 
-pub async fn apply(ctx: &mut Ctx) -> Result<String> {
-    let terraform = ctx.terraform()?;
-    terraform.change(terraform.apply_one_at_a_time_command()).await?;
-    Ok("applied".into())
+enum Step {
+    /// `terraform apply -parallelism=1`.
+    Apply,
+    /// Files equal the state; new, chained, keys matching; CA keys kept.
+    Verify,
+}
+
+impl Action for Step {
+    fn command(&self, ctx: &Ctx) -> Result<Option<Command>> {
+        Ok(match self {
+            Self::Apply => Some(ctx.terraform()?.apply_one_at_a_time_command()),
+            Self::Verify => None,
+        })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut Ctx) -> Running<'a, String> {
+        match self {
+            Self::Apply => Box::pin(async move {
+                let apply = self.command(ctx)?.expect("an apply runs a command");
+                ctx.terraform()?.change(apply).await?;
+                Ok("applied".into())
+            }),
+            Self::Verify => Box::pin(verify(ctx)),
+        }
+    }
 }
 
 /// The journal's name of a CA's fingerprint: `oldKubeCa`, `newEtcdCa`, …
@@ -244,14 +279,10 @@ fn unchanged(ctx: &Ctx, old: &AssetDir, relative: &str, wrong: &mut Vec<String>)
     }
 }
 
-pub async fn found_done(ctx: &Ctx) -> Result<Option<String>> {
-    Ok(renewed_as_proven(ctx).await?.ok())
-}
-
-pub async fn check(ctx: &mut Ctx, phase: Phase) -> Result<String> {
+async fn verify(ctx: &mut Ctx) -> Result<String> {
     let proof = renewed_as_proven(ctx)
         .await?
-        .map_err(|reason| Error::Verification { phase: phase.name(), reason })?;
+        .map_err(|reason| Error::Verification { phase: Phase::Certificates.name(), reason })?;
     for ca in CAS {
         if let Ok(cert) = cert_of(&ctx.assets, ca) {
             ctx.fingerprint(&fingerprint_name("new", ca), &cert.sha256)?;

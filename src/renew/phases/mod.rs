@@ -1,48 +1,27 @@
-//! The phases of `renew`, one module each (its steps, its "already done?" check from the
-//! real state, its actions and its verification; [`super::Renew`] dispatches to them); this
-//! module holds what they share: the actions, the commands they run, the run's kept state.
+//! The phases of `renew`, one module each: a phase's steps (one list for the dry run and the
+//! real run), its "already done?" check from the real state, its actions and what it
+//! verifies. What they share, the run's kept state, is here.
+//!
+//! A new phase: its module here, its variant in [`Phase`] and its line in [`unit`] (and its
+//! place in [`super::Renew`]'s `path`).
 
 pub mod backup;
 pub mod certificates;
 pub mod taint;
 
+use super::Phase;
 use crate::error::{Error, Result};
 use crate::rotation::context::Ctx;
-use crate::tools::Command;
+use crate::rotation::engine::PhaseUnit;
 use crate::tools::terraform::State;
 
-/// What one step does when it runs.
-#[derive(Debug, Clone)]
-pub enum Action {
-    /// Copy tls/, auth/ and the chart values holding certificates or keys into the backup.
-    KeepFiles,
-    /// `terraform state pull` into the backup (0600: it holds every private key).
-    KeepState,
-    /// The backups read back equal.
-    CheckBackup,
-    /// `terraform taint <module>.<resource>`, unless the state shows it tainted or re-issued.
-    Taint(&'static str),
-    /// Every address of the list is tainted or re-issued.
-    CheckTainted,
-    /// `terraform apply -parallelism=1`.
-    Apply,
-    /// The new certificates: files equal the state, new, chained, keys matching, CA keys kept.
-    CheckCertificates,
-}
-
-/// The command a command step runs, built as the real run builds it; `None` for a step that
-/// runs none. The plan renders each of these from the same builders.
-pub fn run_command(ctx: &Ctx, action: &Action) -> Result<Option<Command>> {
-    let terraform = || ctx.terraform();
-    Ok(Some(match action {
-        Action::KeepState => terraform()?.pull_command(),
-        Action::Taint(resource) => terraform()?.taint_command(&ctx.addr(resource)),
-        Action::Apply => terraform()?.apply_one_at_a_time_command(),
-        Action::KeepFiles
-        | Action::CheckBackup
-        | Action::CheckTainted
-        | Action::CheckCertificates => return Ok(None),
-    }))
+/// The module of each phase: the one place the procedure dispatches from.
+pub fn unit(phase: Phase) -> &'static dyn PhaseUnit {
+    match phase {
+        Phase::Backup => &backup::Backup,
+        Phase::Taint => &taint::Taint,
+        Phase::Certificates => &certificates::Certificates,
+    }
 }
 
 /// The state as the run's backup kept it, before anything was tainted; `None` before the
@@ -63,8 +42,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::renew::{Phase, Renew};
-    use crate::rotation::engine::Procedure as _;
     use crate::rotation::step::testing;
     use crate::tools::Recorder;
 
@@ -83,8 +60,8 @@ mod tests {
                 std::fs::write(tls.join("aggregation-ca.crt"), "").unwrap();
             }
             let phases = [Phase::Backup, Phase::Taint, Phase::Certificates];
-            let planned = phases.iter().flat_map(|&p| Renew::steps(&ctx, p)).map(|p| {
-                let cmd = run_command(&ctx, &p.action).unwrap();
+            let planned = phases.iter().flat_map(|&p| unit(p).steps(&ctx)).map(|p| {
+                let cmd = p.action.command(&ctx).unwrap();
                 (p.step, cmd)
             });
             let commands = testing::check_commands_planned(planned, &recorder).await;

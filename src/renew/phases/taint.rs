@@ -6,13 +6,15 @@
 //! off: no `[0]`), and never one the state shows already tainted, or re-issued since the
 //! run's backup of it (the state decides, not the journal).
 
-use super::{Action, kept_state};
+use super::kept_state;
 use crate::assets::CREDENTIALS;
 use crate::error::{Error, Result};
 use crate::renew::Phase;
 use crate::rotation::context::Ctx;
-use crate::rotation::engine::Planned;
+use crate::rotation::engine::{Needs, PhaseUnit};
 use crate::rotation::plan::StepKind;
+use crate::rotation::step::{Action, Planned, Running};
+use crate::tools::Command;
 use crate::tools::terraform::State;
 
 /// lokoctl's list as it writes it (`certificateResources()` in v0.8.0, v0.9.0 and HEAD), to
@@ -87,33 +89,73 @@ pub fn found(address: &str, state: &State, kept: Option<&State>) -> Found {
     }
 }
 
-pub fn steps(ctx: &Ctx) -> Vec<Planned<Action>> {
-    let mut steps: Vec<Planned<Action>> = list(ctx)
-        .into_iter()
-        .map(|resource| {
-            Planned::command(
-                &ctx.taint_command(resource),
-                " (skipped when the state shows it tainted, re-issued since the backup, or absent)",
-                Action::Taint(resource),
-            )
-        })
-        .collect();
-    steps.push(Planned::new(
-        StepKind::Check,
-        "every address of the list is tainted or re-issued since the backup; no CA key and not the service-account key tainted".into(),
-        Action::CheckTainted,
-    ));
-    steps
+pub struct Taint;
+
+impl PhaseUnit for Taint {
+    fn needs(&self) -> Needs {
+        Needs { terraform: true, ..Needs::default() }
+    }
+
+    fn steps(&self, ctx: &Ctx) -> Vec<Planned> {
+        let mut steps: Vec<Planned> = list(ctx)
+            .into_iter()
+            .map(|resource| {
+                Planned::command(
+                    &ctx.taint_command(resource),
+                    " (skipped when the state shows it tainted, re-issued since the backup, or absent)",
+                    Step::Taint(resource),
+                )
+            })
+            .collect();
+        steps.push(Planned::new(
+            StepKind::Check,
+            "every address of the list is tainted or re-issued since the backup; no CA key and not the service-account key tainted",
+            Step::Check,
+        ));
+        steps
+    }
+
+    fn found_done<'a>(&'a self, ctx: &'a Ctx) -> Running<'a, Option<String>> {
+        Box::pin(async move { Ok(tainted(ctx).await?.ok()) })
+    }
 }
 
-pub async fn taint(ctx: &mut Ctx, resource: &str) -> Result<String> {
+enum Step {
+    /// `terraform taint <module>.<resource>`, unless the state shows it tainted or re-issued.
+    Taint(&'static str),
+    /// Every address of the list is tainted or re-issued.
+    Check,
+}
+
+impl Action for Step {
+    fn command(&self, ctx: &Ctx) -> Result<Option<Command>> {
+        Ok(match self {
+            Self::Taint(resource) => Some(ctx.terraform()?.taint_command(&ctx.addr(resource))),
+            Self::Check => None,
+        })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut Ctx) -> Running<'a, String> {
+        match self {
+            Self::Taint(resource) => Box::pin(taint(ctx, self, resource)),
+            Self::Check => Box::pin(async move {
+                tainted(ctx)
+                    .await?
+                    .map_err(|reason| Error::Verification { phase: Phase::Taint.name(), reason })
+            }),
+        }
+    }
+}
+
+async fn taint(ctx: &mut Ctx, step: &Step, resource: &str) -> Result<String> {
     let address = ctx.addr(resource);
     let terraform = ctx.terraform()?;
     let state = terraform.state().await?;
     let kept = kept_state(ctx)?;
     Ok(match found(&address, &state, kept.as_ref()) {
         Found::ToTaint => {
-            terraform.change(terraform.taint_command(&address)).await?;
+            let cmd = step.command(ctx)?.expect("a taint runs a command");
+            terraform.change(cmd).await?;
             "tainted".into()
         }
         Found::Tainted => "skipped: already tainted".into(),
@@ -154,14 +196,6 @@ async fn tainted(ctx: &Ctx) -> Result<std::result::Result<String, String>> {
     Ok(Ok(format!(
         "{tainted} tainted, {reissued} re-issued, {destroyed} to be created by the apply, {absent} not in the state"
     )))
-}
-
-pub async fn found_done(ctx: &Ctx) -> Result<Option<String>> {
-    Ok(tainted(ctx).await?.ok())
-}
-
-pub async fn check(ctx: &mut Ctx, phase: Phase) -> Result<String> {
-    tainted(ctx).await?.map_err(|reason| Error::Verification { phase: phase.name(), reason })
 }
 
 #[cfg(test)]
