@@ -146,7 +146,64 @@ fn renewed(aggregation: bool) -> impl Iterator<Item = &'static Credential> {
     })
 }
 
-/// What one credential must show after the apply; `Err` lists what it does not.
+/// One credential as the asset dir holds it now and as the backup kept it, and what the
+/// state holds of it (its certificate, its key's public half), with the addresses to name.
+struct Seen<'a> {
+    name: &'a str,
+    now: &'a Pair,
+    before: &'a Pair,
+    state_cert: Option<CertInfo>,
+    state_key: Option<PublicHalf>,
+    cert_address: String,
+    key_address: String,
+}
+
+/// What is wrong with one credential after the apply (nothing, when it is renewed as it must
+/// be); `ca`: its CA's certificates now and before, `None` for a CA itself.
+fn judge(seen: &Seen, ca: Option<(&CertInfo, &CertInfo)>) -> Vec<String> {
+    let name = seen.name;
+    let (now, before) = (&seen.now.cert, &seen.before.cert);
+    let mut wrong = Vec::new();
+    if seen.state_cert.as_ref().map(|c| &c.sha256) != Some(&now.sha256) {
+        wrong.push(format!("{name}: the file is not the state's {}", seen.cert_address));
+    }
+    if let Some(key) = &seen.now.key {
+        if seen.state_key.as_ref() != Some(key) {
+            wrong.push(format!("{name}: the key file is not the state's {}", seen.key_address));
+        }
+        if pki::certificate_half(now).as_ref() != Some(key) {
+            wrong.push(format!("{name}: the certificate does not match its key"));
+        }
+    }
+    if now.sha256 == before.sha256 {
+        wrong.push(format!("{name}: still the certificate the backup kept"));
+    }
+    match ca {
+        // A CA: self-signed, with its old key (which is what makes the rest verify).
+        None => {
+            if !pki::issued_by(now, now) {
+                wrong.push(format!("{name}: not self-signed"));
+            }
+            if pki::certificate_half(now) != pki::certificate_half(before) {
+                wrong.push(format!("{name}: its public key changed (the CA key was re-created)"));
+            }
+        }
+        Some((ca_now, ca_before)) => {
+            for (what, cert, ca) in [
+                ("the new certificate under the new CA", now, ca_now),
+                ("the old certificate under the new CA", before, ca_now),
+                ("the new certificate under the old CA", now, ca_before),
+            ] {
+                if !pki::issued_by(cert, ca) {
+                    wrong.push(format!("{name}: {what} does not verify"));
+                }
+            }
+        }
+    }
+    wrong
+}
+
+/// [`judge`] of credential `c`, from the pairs read now (`new`) and from the backup (`old`).
 fn check_credential(
     ctx: &Ctx,
     state: &State,
@@ -154,62 +211,35 @@ fn check_credential(
     new: &[(&str, Pair)],
     old: &[(&str, Pair)],
 ) -> Vec<String> {
-    let mut wrong = Vec::new();
-    let of = |pairs: &'_ [(&str, Pair)], name: &str| {
-        pairs.iter().find(|(n, _)| *n == name).map(|(_, p)| p.cert.clone())
-    };
+    fn of<'a>(pairs: &'a [(&str, Pair)], name: &str) -> Option<&'a Pair> {
+        pairs.iter().find(|(n, _)| *n == name).map(|(_, p)| p)
+    }
     let (Some(now), Some(before)) = (of(new, c.name), of(old, c.name)) else {
         return vec![format!("{}: unreadable", c.name)];
     };
-    let address = ctx.addr(c.terraform.cert.unwrap_or_default());
-    let in_state =
-        state.attribute(&address, "cert_pem").map(|pem| pki::parse_one_cert(pem.as_bytes()));
-    if !matches!(in_state, Some(Ok(ref s)) if s.sha256 == now.sha256) {
-        wrong.push(format!("{}: the file is not the state's {address}", c.name));
-    }
-    let key = new.iter().find(|(n, _)| *n == c.name).and_then(|(_, p)| p.key.clone());
+    let cert_address = ctx.addr(c.terraform.cert.unwrap_or_default());
     let key_address = ctx.addr(c.terraform.key);
-    let state_key = state
-        .attribute(&key_address, "public_key_pem")
-        .and_then(|pem| pki::public_key_half(pem.as_bytes()).ok());
-    if key.is_some() && key != state_key {
-        wrong.push(format!("{}: the key file is not the state's {key_address}", c.name));
-    }
-    if key.is_some() && key != pki::certificate_half(&now) {
-        wrong.push(format!("{}: the certificate does not match its key", c.name));
-    }
-    if now.sha256 == before.sha256 {
-        wrong.push(format!("{}: still the certificate the backup kept", c.name));
-    }
-    match c.issuer {
-        // A CA: self-signed, with its old key (which is what makes the rest verify).
-        None => {
-            if !pki::issued_by(&now, &now) {
-                wrong.push(format!("{}: not self-signed", c.name));
-            }
-            if pki::certificate_half(&now) != pki::certificate_half(&before) {
-                wrong.push(format!(
-                    "{}: its public key changed (the CA key was re-created)",
-                    c.name
-                ));
-            }
-        }
-        Some(issuer) => {
-            let (Some(ca_now), Some(ca_before)) = (of(new, issuer), of(old, issuer)) else {
-                return vec![format!("{}: its CA {issuer} is unreadable", c.name)];
-            };
-            for (what, cert, ca) in [
-                ("the new certificate under the new CA", &now, &ca_now),
-                ("the old certificate under the new CA", &before, &ca_now),
-                ("the new certificate under the old CA", &now, &ca_before),
-            ] {
-                if !pki::issued_by(cert, ca) {
-                    wrong.push(format!("{}: {what} does not verify", c.name));
-                }
-            }
-        }
-    }
-    wrong
+    let seen = Seen {
+        name: c.name,
+        now,
+        before,
+        state_cert: state
+            .attribute(&cert_address, "cert_pem")
+            .and_then(|pem| pki::parse_one_cert(pem.as_bytes()).ok()),
+        state_key: state
+            .attribute(&key_address, "public_key_pem")
+            .and_then(|pem| pki::public_key_half(pem.as_bytes()).ok()),
+        cert_address,
+        key_address,
+    };
+    let ca = match c.issuer {
+        None => None,
+        Some(issuer) => match (of(new, issuer), of(old, issuer)) {
+            (Some(ca_now), Some(ca_before)) => Some((&ca_now.cert, &ca_before.cert)),
+            _ => return vec![format!("{}: its CA {issuer} is unreadable", c.name)],
+        },
+    };
+    judge(&seen, ca)
 }
 
 /// The renewal as the files, the state and the backup show it; `Ok(Err(what is not so))`.
@@ -294,6 +324,107 @@ async fn verify(ctx: &mut Ctx) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::{PKey, Private};
+    use openssl::x509::{X509, X509NameBuilder};
+
+    fn key() -> PKey<Private> {
+        let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1);
+        PKey::from_ec_key(openssl::ec::EcKey::generate(&group.unwrap()).unwrap()).unwrap()
+    }
+
+    /// A certificate for `cn` with `key`, signed by `issuer` (its name and key), or by
+    /// itself; a fresh serial each time.
+    fn cert(
+        cn: &str,
+        key: &PKey<Private>,
+        issuer: Option<(&CertInfo, &PKey<Private>)>,
+    ) -> CertInfo {
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        let serial = openssl::bn::BigNum::from_u32(next_serial()).unwrap();
+        b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_pubkey(key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap()).unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap()).unwrap();
+        match issuer {
+            Some((ca, ca_key)) => {
+                b.set_issuer_name(ca.x509.subject_name()).unwrap();
+                b.sign(ca_key, MessageDigest::sha256()).unwrap();
+            }
+            None => {
+                b.set_issuer_name(&name).unwrap();
+                b.sign(key, MessageDigest::sha256()).unwrap();
+            }
+        }
+        pki::parse_one_cert(&b.build().to_pem().unwrap()).unwrap()
+    }
+
+    fn next_serial() -> u32 {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn pair(cert: &CertInfo, key: Option<&PKey<Private>>) -> Pair {
+        let key =
+            key.map(|k| pki::private_key_half(&k.private_key_to_pem_pkcs8().unwrap()).unwrap());
+        Pair { cert: cert.clone(), key }
+    }
+
+    fn seen<'a>(now: &'a Pair, before: &'a Pair) -> Seen<'a> {
+        Seen {
+            name: "x",
+            now,
+            before,
+            state_cert: Some(now.cert.clone()),
+            state_key: now.key.clone(),
+            cert_address: "cert".into(),
+            key_address: "key".into(),
+        }
+    }
+
+    /// Renewed as lokoctl does (CA key kept, leaf key new): nothing wrong; and each way of
+    /// getting it wrong is named.
+    #[test]
+    fn a_renewal_is_judged_by_its_keys_and_chains() {
+        let (ca_key, old_leaf_key, new_leaf_key) = (key(), key(), key());
+        let old_ca = cert("kubernetes-ca", &ca_key, None);
+        let new_ca = cert("kubernetes-ca", &ca_key, None);
+        let old_leaf = cert("kube-apiserver", &old_leaf_key, Some((&old_ca, &ca_key)));
+        let new_leaf = cert("kube-apiserver", &new_leaf_key, Some((&new_ca, &ca_key)));
+        let (ca_now, ca_before) = (pair(&new_ca, Some(&ca_key)), pair(&old_ca, Some(&ca_key)));
+        assert_eq!(judge(&seen(&ca_now, &ca_before), None), Vec::<String>::new());
+        let (now, before) =
+            (pair(&new_leaf, Some(&new_leaf_key)), pair(&old_leaf, Some(&old_leaf_key)));
+        assert_eq!(judge(&seen(&now, &before), Some((&new_ca, &old_ca))), Vec::<String>::new());
+
+        // The CA key re-created: the CA's key changed, and old and new no longer cross.
+        let other_key = key();
+        let rekeyed_ca = cert("kubernetes-ca", &other_key, None);
+        let rekeyed = pair(&rekeyed_ca, Some(&other_key));
+        let wrong = judge(&seen(&rekeyed, &ca_before), None);
+        assert!(wrong.iter().any(|w| w.contains("public key changed")), "{wrong:?}");
+        let leaf = cert("kube-apiserver", &new_leaf_key, Some((&rekeyed_ca, &other_key)));
+        let leaf = pair(&leaf, Some(&new_leaf_key));
+        let wrong = judge(&seen(&leaf, &before), Some((&rekeyed_ca, &old_ca)));
+        assert!(wrong.iter().any(|w| w.contains("old certificate under the new CA")), "{wrong:?}");
+        assert!(wrong.iter().any(|w| w.contains("new certificate under the old CA")), "{wrong:?}");
+        // Not re-issued; not the state's; a key file of another key.
+        let wrong = judge(&seen(&before, &before), Some((&new_ca, &old_ca)));
+        assert!(wrong.iter().any(|w| w.contains("still the certificate the backup kept")));
+        let mut stale = seen(&now, &before);
+        stale.state_cert = Some(old_leaf.clone());
+        let wrong = judge(&stale, Some((&new_ca, &old_ca)));
+        assert!(wrong.iter().any(|w| w.contains("not the state's cert")), "{wrong:?}");
+        let mismatched = pair(&new_leaf, Some(&old_leaf_key));
+        let wrong = judge(&seen(&mismatched, &before), Some((&new_ca, &old_ca)));
+        assert!(wrong.iter().any(|w| w.contains("does not match its key")), "{wrong:?}");
+    }
 
     #[test]
     fn fingerprint_names_are_camel_case() {
