@@ -283,6 +283,16 @@ impl AssetDir {
         self.cluster_assets().join(relative)
     }
 
+    /// Whether the certificate in file `relative` has expired (a run's path is picked by it).
+    pub fn cert_has_expired(&self, relative: &str) -> Result<bool> {
+        let path = self.asset(relative);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::Unreadable { path: path.clone(), source: e })?;
+        let cert = crate::pki::parse_one_cert(&bytes)
+            .map_err(|p| Error::BadInputFile { path, reason: p.0 })?;
+        Ok(cert.not_after <= jiff::Timestamp::now().as_second())
+    }
+
     /// The admin kubeconfig Lokomotive writes, when it exists.
     pub fn kubeconfig(&self) -> Option<PathBuf> {
         Some(self.asset(KUBECONFIG)).filter(|p| p.is_file())

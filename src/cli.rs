@@ -168,6 +168,24 @@ pub enum Command {
     /// Rotate the admission webhook server's serving certificate (inside lokomotive.yaml),
     /// restart the webhook server and prove the API server trusts the new certificate.
     Webhook(WebhookArgs),
+    /// Renew every certificate of the cluster but the aggregation and webhook ones (which have
+    /// their own commands), the way `lokoctl cluster certificate rotate` does it: the CA keys are
+    /// kept, so certificates of the old and the new CA certificates verify under each other.
+    ///
+    /// NOT COMPLETE: only the first phases exist yet. `backup` keeps tls/, auth/, the chart values
+    /// holding certificates or keys and the Terraform state in the run's folder; `taint` taints
+    /// lokoctl's list (every leaf certificate and non-CA key, the three CA certificates; never a
+    /// CA key, never the service-account key); `certificates` runs `terraform apply
+    /// -parallelism=1` and proves the new certificates from the files and the state. They need
+    /// the asset dir and the state only.
+    ///
+    /// The control plane does not use the new certificates until the later phases (etcd,
+    /// control-plane, tokens, restart, verify) exist: `--phase all` runs the built phases and the
+    /// report's `next` says what is left for you to do (the etcd members, `lokoctl cluster apply
+    /// --confirm --skip-pre-update-health-check --upgrade-kubelets`, the ServiceAccount tokens,
+    /// the restarts). See docs/renew.md.
+    #[command(hide = true)]
+    Renew(RenewArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completion(CompletionArgs),
     /// Print the version and the git commit it was built from.
@@ -264,6 +282,26 @@ pub struct WebhookArgs {
     pub restore_webhook: bool,
 }
 
+// `renew`'s help is the doc comment of `Command::Renew`.
+#[derive(Debug, Args)]
+#[command(after_help = "Phases built: backup, taint, certificates. Not built yet: etcd, \
+                  control-plane, tokens, restart, verify. The journal and backups are in \
+                  <assets>/certrotate/<run>/. Exit codes: 0 done, 1 error, 2 usage, 130 \
+                  interrupted (Ctrl-C, SIGTERM or SIGHUP; run the same command again to go on).")]
+pub struct RenewArgs {
+    /// Which phase to run; a single phase needs its predecessors done.
+    #[arg(
+        long,
+        value_parser = PhaseParser::<crate::renew::Phase>::new("Every built phase not yet done, in order"),
+        default_value = "all"
+    )]
+    pub phase: PhaseChoice<crate::renew::Phase>,
+
+    /// Start a new renewal after the last one finished (never while one is in progress).
+    #[arg(long)]
+    pub new_run: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct CompletionArgs {
     /// The shell to generate the completion script for.
@@ -308,11 +346,35 @@ mod tests {
             "kubectl-certrotate --config-dir c aggregation --expired --new-run",
             "kubectl-certrotate webhook --phase restart -y",
             "kubectl-certrotate webhook --restore-webhook",
+            "kubectl-certrotate renew --phase taint -y -o json",
+            "kubectl-certrotate renew --dry-run --new-run",
         ] {
             if let Err(err) = Cli::try_parse_from(line.split_whitespace()) {
                 panic!("{line:?} should parse: {err}");
             }
         }
+    }
+
+    /// `renew` is hidden until it is complete, and its own help says what is not built.
+    #[test]
+    fn renew_is_hidden_and_says_what_is_not_built() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("renew"), "{help}");
+        let mut cli = Cli::command();
+        let renew = cli.find_subcommand_mut("renew").expect("the renew subcommand");
+        let help = renew.render_long_help().to_string();
+        for needed in [
+            "only the first phases exist yet",
+            "does not use the new certificates until the later phases",
+            "etcd,\ncontrol-plane, tokens, restart, verify",
+            "--upgrade-kubelets",
+            "backup, taint, certificates",
+        ] {
+            let flat = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(flat(&help).contains(&flat(needed)), "{needed:?} not in:\n{help}");
+        }
+        let err = Cli::try_parse_from(["kubectl-certrotate", "renew", "--phase", "etcd"]);
+        assert_eq!(err.unwrap_err().exit_code(), 2, "etcd is not a phase yet");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod extension_servers;
 pub mod k8s;
 pub mod output;
 pub mod pki;
+pub mod renew;
 pub mod rotation;
 pub mod secret_text;
 pub mod status;
@@ -55,6 +56,7 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Aggregation(args) => runtime()?.block_on(aggregation::run(&cli.global, args)),
         Command::Webhook(args) => runtime()?.block_on(webhook::run(&cli.global, args)),
+        Command::Renew(args) => runtime()?.block_on(renew::run(&cli.global, args)),
         Command::Completion(args) => {
             let shell = match args.shell {
                 CompletionShell::Bash => clap_complete::Shell::Bash,

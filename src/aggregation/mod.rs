@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{AggregationArgs, GlobalOpts};
 use crate::error::{Error, Result};
-use crate::pki;
 use crate::rotation::context::Ctx;
 use crate::rotation::engine::{self, PhaseUnit, Procedure, Request};
 
@@ -82,12 +81,7 @@ impl Procedure for Aggregation {
     }
 
     fn has_expired(assets: &AssetDir) -> Result<bool> {
-        let path = assets.asset(phases::CA_CERT);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Error::Unreadable { path: path.clone(), source: e })?;
-        let cert =
-            pki::parse_one_cert(&bytes).map_err(|p| Error::BadInputFile { path, reason: p.0 })?;
-        Ok(cert.not_after <= jiff::Timestamp::now().as_second())
+        assets.cert_has_expired(phases::CA_CERT)
     }
 
     fn check_assets(assets: &AssetDir) -> Result<()> {

@@ -151,6 +151,16 @@ impl Ctx {
         self.plan_terraform().apply_command(&targets)
     }
 
+    /// `terraform apply` of everything, one resource at a time, as run.
+    pub fn apply_one_at_a_time_command(&self) -> Command {
+        self.plan_terraform().apply_one_at_a_time_command()
+    }
+
+    /// `terraform state pull`, as run.
+    pub fn state_pull_command(&self) -> Command {
+        self.plan_terraform().pull_command()
+    }
+
     /// helm as the plan shows it: the one found (its kubeconfig named, not written), else
     /// (a dry run) by its name.
     pub fn plan_helm(&self) -> std::borrow::Cow<'_, Helm> {

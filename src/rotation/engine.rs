@@ -83,6 +83,11 @@ pub trait Procedure {
     /// Reads from the cluster what the plan names (the extension servers a restart covers),
     /// which also proves the cluster answers before anything changes.
     fn resolve(ctx: &mut Ctx) -> impl Future<Output = Result<()>>;
+    /// What the report's `next` says once every phase is done: nothing, unless the
+    /// procedure leaves steps to the operator (`renew`, whose later phases are not built).
+    fn when_done() -> &'static str {
+        "nothing: the rotation is complete"
+    }
 }
 
 /// What the operator asked for.
@@ -730,7 +735,7 @@ fn next_step<P: Procedure>(ctx: &Ctx) -> String {
         (None, Some(finale)) if !ctx.expired && !run.phase_done(P::phase_name(finale)) => {
             format!("optionally: kubectl certrotate {} --phase {}", P::NAME, P::phase_name(finale))
         }
-        _ => "nothing: the rotation is complete".into(),
+        _ => P::when_done().into(),
     }
 }
 

@@ -216,10 +216,13 @@ impl RunDir {
         self.dir.join(BACKUP_DIR).join(name)
     }
 
-    /// Keeps `bytes` as backup `name` (0600).
+    /// Keeps `bytes` as backup `name` (0600); a name with folders (`cluster-assets/tls/x`)
+    /// gets them, each 0700.
     pub fn write_backup(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         let path = self.backup_path(name);
-        write_atomic(&path, bytes, 0o600)
+        let parent = path.parent().unwrap_or(&self.dir);
+        private_dir(parent)
+            .and_then(|()| write_atomic(&path, bytes, 0o600))
             .map_err(|e| Error::JournalIo { path: path.clone(), source: e })?;
         Ok(path)
     }

@@ -171,6 +171,7 @@ mod tests {
         }
         check::<crate::aggregation::Phase>(|p| p.name());
         check::<crate::webhook::Phase>(|p| p.name());
+        check::<crate::renew::Phase>(|p| p.name());
     }
 
     #[test]

@@ -190,6 +190,24 @@ pub mod testing {
         }
     }
 
+    /// Runs each command step of `steps` (a step, and the command its action builds: `None`
+    /// for a step that runs none) through `recorder` as [`assert_runs_as_planned`] does;
+    /// returns how many commands ran.
+    pub async fn check_commands_planned(
+        steps: impl IntoIterator<Item = (Step, Option<Command>)>,
+        recorder: &Recorder,
+    ) -> usize {
+        let mut commands = 0;
+        for (step, cmd) in steps {
+            assert_eq!(cmd.is_some(), step.kind == StepKind::Command, "{step:?}");
+            if let Some(cmd) = cmd {
+                assert_runs_as_planned(&step, &cmd, recorder).await;
+                commands += 1;
+            }
+        }
+        commands
+    }
+
     /// Asserts that command step `step` is `cmd` as a recording runner receives it: the
     /// plan's line starts with the line run, and its argv and folder are the ones run.
     pub async fn assert_runs_as_planned(step: &Step, cmd: &Command, recorder: &Recorder) {

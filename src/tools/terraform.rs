@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::process::Unredacted;
 use super::{Command, Outcome, Program, Runner};
 use crate::error::{Error, Result};
 
@@ -38,7 +39,20 @@ pub struct Instance {
     pub attributes: serde_json::Value,
 }
 
+impl Instance {
+    /// Its `id`: a new one whenever terraform re-creates it (a certificate's serial number,
+    /// a key's hash of its public half).
+    pub fn id(&self) -> Option<&str> {
+        self.attributes.get("id")?.as_str()
+    }
+}
+
 impl State {
+    /// Reads the text of a state (`terraform state pull`, or a kept copy of it).
+    pub fn parse(json: &str) -> std::result::Result<State, String> {
+        parse_state(json)
+    }
+
     /// The instance at `address` (a full address, `module.….tls_private_key.x[0]`).
     pub fn instance(&self, address: &str) -> Option<&Instance> {
         self.instances.iter().find(|i| i.address == address)
@@ -167,6 +181,12 @@ impl Terraform {
         self.command(&["taint", address, "-no-color"])
     }
 
+    /// `terraform apply` of everything, one resource at a time (`-parallelism=1`, as
+    /// lokoctl's certificate rotation does it: only one etcd member can break at a time).
+    pub fn apply_one_at_a_time_command(&self) -> Command {
+        self.command(&["apply", "-auto-approve", "-input=false", "-parallelism=1", "-no-color"])
+    }
+
     pub fn apply_command(&self, targets: &[String]) -> Command {
         let mut cmd = self.command(&["apply", "-auto-approve", "-input=false", "-no-color"]);
         for target in targets {
@@ -197,13 +217,20 @@ impl Terraform {
     /// one file per state serial, before something changes the state. As terraform wrote it,
     /// not redacted: it is what `terraform state push` puts back.
     pub async fn keep_state(&self) -> Result<PathBuf> {
-        let pulled = self.pull().await?;
-        let serial = parse_state(&pulled.stdout).map(|s| s.serial).unwrap_or_default();
+        let (serial, state) = self.pull_to_keep().await?;
         self.runner.keep_private(
             STATE_BACKUPS,
             &format!("before-serial-{serial}.tfstate"),
-            pulled.unredacted_stdout.bytes(),
+            state.bytes(),
         )
+    }
+
+    /// The state to keep in a private file: its serial, and `terraform state pull` as
+    /// terraform wrote it (not redacted: what `terraform state push` puts back).
+    pub async fn pull_to_keep(&self) -> Result<(u64, Unredacted)> {
+        let pulled = self.pull().await?;
+        let serial = parse_state(&pulled.stdout).map(|s| s.serial).unwrap_or_default();
+        Ok((serial, pulled.unredacted_stdout))
     }
 
     fn state_kept(&self, error: Error, kept: PathBuf) -> Error {
@@ -227,10 +254,15 @@ impl Terraform {
             .map_err(|reason| Error::TerraformState { dir: self.dir.clone(), reason })
     }
 
+    /// `terraform state pull` as it runs: never streamed, its stdout also kept as written.
+    pub fn pull_command(&self) -> Command {
+        self.command(&["state", "pull"]).echo(false).unredacted_stdout()
+    }
+
     /// `terraform state pull`, never streamed (the state holds every private key); its
     /// stdout is what is parsed, redacted, and, unredacted, what a backup keeps.
     async fn pull(&self) -> Result<Outcome> {
-        let cmd = self.command(&["state", "pull"]).echo(false).unredacted_stdout();
+        let cmd = self.pull_command();
         let outcome = cmd.run().await?;
         if !outcome.success() {
             return Err(cmd.failed(&outcome));

@@ -27,6 +27,11 @@ use super::process::EventLog;
 /// How long a Secret change waits for the pod rollout that usually follows it (the chart's
 /// `checksum/secret` annotation), so that one change costs one restart, not two.
 const SECRET_SETTLE: Duration = Duration::from_secs(3);
+/// How long a kubelet takes from a new kube-apiserver pod to the old process stopped (its sync
+/// loop, then the container's graceful stop): at least a second. Restarting at once (~40 ms
+/// after the ReplicaSet) cut off the client that caused the rollout: `helm upgrade` failed writing
+/// its release record ("connection refused", env_smoke's helm 4 test, 5 December).
+const POD_START_DELAY: Duration = Duration::from_secs(1);
 /// How long a starting pod waits for the API object it reads (the API may be restarting).
 const READ_RETRY_FOR: Duration = Duration::from_secs(90);
 
@@ -162,6 +167,7 @@ impl PodRuntime for ApiServerPods {
                 last.replace(revision.clone()).is_some_and(|prev| prev != revision)
             };
             let reason = format!("pod kube-system/{} started", pod.name_any());
+            tokio::time::sleep(POD_START_DELAY).await;
             self.apiserver
                 .restart_if(&reason, |now| (replaced || *now != wanted).then(|| wanted.clone()))
                 .await

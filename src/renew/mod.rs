@@ -1,0 +1,113 @@
+//! `kubectl certrotate renew`: every other certificate of the cluster re-issued the way
+//! lokoctl's `cluster certificate rotate` does it (CA keys kept, so old and new certificates
+//! verify under each other), phase by phase, backed up, planned and resumable.
+//!
+//! Built so far: `backup`, `taint` and `certificates`, which work from the asset dir and the
+//! Terraform state alone (the cluster is not asked anything: the next step is the cluster
+//! whose certificates have all expired). The control plane does not use the new
+//! certificates until the later phases (etcd, control-plane, tokens, restart, verify) exist;
+//! until then the report's `next` says what is left to do by hand (docs/renew.md). Each
+//! phase is a module of [`phases`]; running them (journal, lock, plan, resume) is the shared
+//! [`crate::rotation::engine`].
+
+pub mod phases;
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::assets::AssetDir;
+use crate::cli::{GlobalOpts, RenewArgs};
+use crate::error::Result;
+use crate::rotation::context::Ctx;
+use crate::rotation::engine::{self, PhaseUnit, Procedure, Request};
+
+/// A phase of `renew`; its doc comments are the `--phase` help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Keep tls/, auth/, the chart values holding certificates or keys, and the Terraform
+    /// state in the run's folder.
+    Backup,
+    /// terraform taint lokoctl's list: every leaf certificate and non-CA key, the three CA
+    /// certificates (never a CA key, never the service-account key).
+    Taint,
+    /// terraform apply -parallelism=1, then prove the new certificates (CA keys kept).
+    Certificates,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Taint => "taint",
+            Self::Certificates => "certificates",
+        }
+    }
+}
+
+/// The kube CA certificate, whose expiry names the run's path (both paths are the same
+/// phases for now).
+const KUBE_CA: &str = "tls/ca.crt";
+
+/// What is left once the built phases are done, for the report's `next`.
+const LEFT_TO_DO: &str = "the control plane does not use the new certificates yet (the etcd, \
+     control-plane, tokens, restart and verify phases of renew are not built): (1) make every \
+     etcd member serve the new etcd certificates (Lokomotive v0.8+ copies them to the \
+     controllers in the certificates phase's terraform apply and restarts etcd; v0.5-v0.7: copy \
+     cluster-assets/tls/etcd-client*, tls/etcd/ to /etc/ssl/etcd on each controller and \
+     restart etcd); (2) lokoctl cluster apply --confirm --skip-pre-update-health-check \
+     --upgrade-kubelets in the config dir; (3) wait until every ServiceAccount token Secret's \
+     ca.crt is the new tls/ca.crt; (4) restart, as kubectl rollout restart, calico-node, \
+     pod-checkpointer, kube-proxy, kubelet, kube-apiserver, coredns, kube-controller-manager, \
+     kube-scheduler, calico-kube-controllers, admission-webhook-server and the extension API \
+     servers (docs/renew.md)";
+
+pub struct Renew;
+
+impl Procedure for Renew {
+    type Phase = Phase;
+
+    const NAME: &'static str = "renew";
+    const REPORT_KIND: &'static str = "Renewal";
+    const PLAN_KIND: &'static str = "RenewalPlan";
+
+    fn path(_expired: bool) -> &'static [Phase] {
+        &[Phase::Backup, Phase::Taint, Phase::Certificates]
+    }
+
+    fn finale() -> Option<Phase> {
+        None
+    }
+
+    fn phase_name(phase: Phase) -> &'static str {
+        phase.name()
+    }
+
+    fn has_expired(assets: &AssetDir) -> Result<bool> {
+        assets.cert_has_expired(KUBE_CA)
+    }
+
+    fn check_assets(assets: &AssetDir) -> Result<()> {
+        Self::has_expired(assets).map(drop)
+    }
+
+    fn unit(phase: Phase) -> &'static dyn PhaseUnit {
+        phases::unit(phase)
+    }
+
+    /// Nothing to read from the cluster: the built phases work from the asset dir and the
+    /// state alone (the cluster is still proven to be the asset dir's by its kubeconfig).
+    async fn resolve(_ctx: &mut Ctx) -> Result<()> {
+        Ok(())
+    }
+
+    fn when_done() -> &'static str {
+        LEFT_TO_DO
+    }
+}
+
+pub async fn run(global: &GlobalOpts, args: &RenewArgs) -> Result<u8> {
+    let request =
+        Request { phase: args.phase.phase(), finale: false, expired: false, new_run: args.new_run };
+    engine::run::<Renew>(global, request).await
+}

@@ -1,0 +1,78 @@
+//! The phases of `renew`, one module each: a phase's steps (one list for the dry run and the
+//! real run), its "already done?" check from the real state, its actions and what it
+//! verifies. What they share, the run's kept state, is here.
+//!
+//! A new phase: its module here, its variant in [`Phase`] and its line in [`unit`] (and its
+//! place in [`super::Renew`]'s `path`).
+
+pub mod backup;
+pub mod certificates;
+pub mod taint;
+
+use super::Phase;
+use crate::error::{Error, Result};
+use crate::rotation::context::Ctx;
+use crate::rotation::engine::PhaseUnit;
+use crate::tools::terraform::State;
+
+/// The module of each phase: the one place the procedure dispatches from.
+pub fn unit(phase: Phase) -> &'static dyn PhaseUnit {
+    match phase {
+        Phase::Backup => &backup::Backup,
+        Phase::Taint => &taint::Taint,
+        Phase::Certificates => &certificates::Certificates,
+    }
+}
+
+/// The state as the run's backup kept it, before anything was tainted; `None` before the
+/// run has one (a phase asked for with no run in progress).
+fn kept_state(ctx: &Ctx) -> Result<Option<State>> {
+    let Some(run) = &ctx.run else { return Ok(None) };
+    let path = run.backup_path(backup::STATE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::JournalIo { path: path.clone(), source: e })?;
+    State::parse(&text).map(Some).map_err(|reason| Error::Journal { path, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rotation::step::testing;
+    use crate::tools::Recorder;
+
+    /// Every step of every phase, with aggregation on and off: a command step's plan line,
+    /// argv and folder are those of the command the real run builds (for a recording
+    /// runner), so `--dry-run` shows what runs.
+    #[tokio::test]
+    async fn every_command_step_is_planned_as_it_runs() {
+        for aggregation in [true, false] {
+            let tmp = tempfile::tempdir().unwrap();
+            let recorder = Recorder::default();
+            let ctx = testing::ctx(tmp.path(), false, Duration::from_secs(600), &recorder);
+            if aggregation {
+                let tls = ctx.asset("tls");
+                std::fs::create_dir_all(&tls).unwrap();
+                std::fs::write(tls.join("aggregation-ca.crt"), "").unwrap();
+            }
+            let phases = [Phase::Backup, Phase::Taint, Phase::Certificates];
+            let planned = phases.iter().flat_map(|&p| unit(p).steps(&ctx)).map(|p| {
+                let cmd = p.action.command(&ctx).unwrap();
+                (p.step, cmd)
+            });
+            let commands = testing::check_commands_planned(planned, &recorder).await;
+            let taints = if aggregation { 19 } else { 16 };
+            assert_eq!(commands, 1 + taints + 1, "aggregation {aggregation}");
+            let ran: Vec<String> = recorder.calls().into_iter().map(|c| c.line).collect();
+            let apply = ran.iter().find(|l| l.contains(" apply ")).unwrap();
+            assert!(apply.contains("-auto-approve -input=false -parallelism=1"), "{apply}");
+            assert!(!apply.contains("-target"), "{apply}");
+            assert_eq!(ran.iter().filter(|l| l.contains(" taint ")).count(), taints);
+            assert!(ran.iter().any(|l| l.contains(" state pull")), "{ran:?}");
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! `kubectl certrotate renew` end to end, its first phases (backup, taint, certificates): the
+//! built plugin renews every certificate of a real Terraform-made asset dir next to the real
+//! control plane that runs on it, with real terraform; the proof is made with the real files,
+//! the real state and `openssl verify` both ways.
+//!
+//! One `#[test]` = one environment (docs/test-harness.md). The steps, on one cluster: a dry
+//! run (its plan lists the commands; nothing changes), `--phase backup`, `--phase taint`,
+//! their re-runs (already done, from the journal and, the journal's record removed, from the
+//! real state), `--phase certificates` (at `-v`: terraform's output streamed, no key shown),
+//! the verification facts, and a second run of everything (already done, nothing changed).
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::leaks::Needles;
+use serde_json::Value;
+use support::{Cmd, Output, TestEnv, Tools, mode};
+
+/// The certificates renewed, as `cluster-assets/tls/` names them, with their CA's file
+/// (`None` for a CA). The webhook's certificate is inside `lokomotive.yaml`.
+const CERTIFICATES: [(&str, Option<&str>); 11] = [
+    ("ca.crt", None),
+    ("apiserver.crt", Some("ca.crt")),
+    ("admin.crt", Some("ca.crt")),
+    ("kubelet.crt", Some("ca.crt")),
+    ("etcd-ca.crt", None),
+    ("etcd-client.crt", Some("etcd-ca.crt")),
+    ("etcd/server.crt", Some("etcd-ca.crt")),
+    ("etcd/peer.crt", Some("etcd-ca.crt")),
+    ("aggregation-ca.crt", None),
+    ("aggregation-client.crt", Some("aggregation-ca.crt")),
+    ("webhook", Some("ca.crt")),
+];
+
+/// Keys never re-created: the CA keys and the service-account key pair.
+const KEPT_KEYS: [&str; 5] =
+    ["ca.key", "etcd-ca.key", "aggregation-ca.key", "service-account.key", "service-account.pub"];
+
+/// lokoctl's taint list (lokomotive-pki.md §1.10).
+const TAINTED: [&str; 19] = certrotate::renew::phases::taint::LOKOCTL_TAINTS;
+
+fn renew(env: &TestEnv) -> Cmd {
+    env.certrotate().arg("renew").timeout(Duration::from_secs(300))
+}
+
+/// Runs `cmd`, which must succeed; its output must show no private key.
+fn ok(env: &TestEnv, needles: &Needles, what: &str, cmd: Cmd) -> Output {
+    env.step(what);
+    let out = cmd.run();
+    assert!(out.success(), "{what}: {out}");
+    let leaked = needles.found_in(&format!("{}\n{}", out.stdout, out.stderr));
+    assert!(leaked.is_empty(), "{what}: private key material in the output: {leaked:?}");
+    out
+}
+
+/// `renew ARGS -y -o json` (`note` tells this run from others in the log), which must
+/// succeed and show no key: its report, and the output.
+fn run_json(env: &TestEnv, needles: &Needles, args: &[&str], note: &str) -> (Value, Output) {
+    let what = format!("renew {} -y -o json{note}", args.join(" "));
+    let out = ok(env, needles, &what, renew(env).args(args).args(["-y", "-o", "json"]));
+    (json(&out), out)
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn results(report: &Value) -> Vec<(String, String)> {
+    report["phases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no phases: {report:#}"))
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().into(), p["result"].as_str().unwrap().into()))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+/// The one run folder of `renew`.
+fn run_dir(env: &TestEnv) -> PathBuf {
+    let root = env.assets.dir.join("certrotate");
+    let runs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("renew-"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs.into_iter().next().unwrap()
+}
+
+/// `terraform state pull`, as JSON.
+fn state(env: &TestEnv) -> Value {
+    let out = env.terraform().args(["state", "pull"]).ok();
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// Every managed instance of the state by address: (id, tainted, attributes).
+fn instances(state: &Value) -> BTreeMap<String, (String, bool, Value)> {
+    let mut found = BTreeMap::new();
+    for r in state["resources"].as_array().unwrap() {
+        if r["mode"] != "managed" {
+            continue;
+        }
+        let base = format!(
+            "{}.{}.{}",
+            r["module"].as_str().unwrap_or(""),
+            r["type"].as_str().unwrap(),
+            r["name"].as_str().unwrap()
+        );
+        for i in r["instances"].as_array().unwrap() {
+            let address = match i["index_key"].as_u64() {
+                Some(n) => format!("{base}[{n}]"),
+                None => base.clone(),
+            };
+            let id = i["attributes"]["id"].as_str().unwrap_or_default().to_string();
+            found.insert(address, (id, i["status"] == "tainted", i["attributes"].clone()));
+        }
+    }
+    found
+}
+
+/// The PEM of certificate `name` (a `CERTIFICATES` name) in the `cluster-assets/` at `base`.
+fn cert_pem(base: &Path, name: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    if name != "webhook" {
+        return std::fs::read(base.join("tls").join(name)).unwrap();
+    }
+    let text =
+        std::fs::read_to_string(base.join("charts/lokomotive-system/lokomotive.yaml")).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with("servingCert:")).unwrap();
+    let value = line.split_once(':').unwrap().1.trim().trim_matches('"');
+    base64::engine::general_purpose::STANDARD.decode(value).unwrap()
+}
+
+/// `openssl verify -CAfile ca leaf`: whether the leaf verifies under the CA.
+fn openssl_verifies(dir: &Path, ca: &[u8], leaf: &[u8]) -> Result<(), String> {
+    let (ca_file, leaf_file) = (dir.join("ca.pem"), dir.join("leaf.pem"));
+    std::fs::write(&ca_file, ca).unwrap();
+    std::fs::write(&leaf_file, leaf).unwrap();
+    let out = Cmd::new("openssl").arg("verify").arg("-CAfile").arg(&ca_file).arg(&leaf_file).run();
+    if out.success() && out.stdout.contains(": OK") { Ok(()) } else { Err(out.to_string()) }
+}
+
+fn public_key(pem: &[u8]) -> Vec<u8> {
+    openssl::x509::X509::from_pem(pem).unwrap().public_key().unwrap().public_key_to_der().unwrap()
+}
+
+/// Every private key of the asset dir (as it is now), as needles for the output checks.
+fn add_keys(needles: &mut Needles, env: &TestEnv) {
+    let tls = env.assets.cluster_assets().join("tls");
+    for entry in common::snapshot_tree(&tls) {
+        let (path, bytes) = entry;
+        if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY") {
+            needles.add_key(&path.display().to_string(), &bytes);
+        }
+    }
+}
+
+#[test]
+fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept() {
+    let env = TestEnv::start("renew");
+    let module = env.assets.bootkube_module();
+    let assets = env.assets.cluster_assets();
+    let original = common::snapshot_tree(&assets);
+    let state_before = state(&env);
+    let serial = |s: &Value| s["serial"].as_u64().unwrap();
+    let mut needles = Needles::new();
+    add_keys(&mut needles, &env);
+    let tools = Tools::get();
+
+    // 1. The dry run: every phase's plan, its commands with the module resolved; nothing
+    //    changes, not even a run folder or the lock.
+    let out = ok(
+        &env,
+        &needles,
+        "renew --dry-run -o json",
+        renew(&env).args(["--dry-run", "-o", "json"]),
+    );
+    let plan = json(&out);
+    assert_eq!(plan["kind"], "RenewalPlan", "{plan:#}");
+    let names: Vec<&str> =
+        plan["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["backup", "taint", "certificates"]);
+    let argv_of = |phase: usize| -> Vec<Vec<String>> {
+        plan["phases"][phase]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "command")
+            .map(|s| serde_json::from_value(s["argv"].clone()).unwrap())
+            .collect()
+    };
+    let terraform = tools.terraform.display().to_string();
+    assert_eq!(argv_of(0), [vec![terraform.clone(), "state".into(), "pull".into()]]);
+    let mut taints: Vec<String> = argv_of(1)
+        .into_iter()
+        .map(|argv| {
+            assert_eq!(argv[..2], [terraform.clone(), "taint".into()], "{argv:?}");
+            argv[2].clone()
+        })
+        .collect();
+    taints.sort();
+    let mut want: Vec<String> = TAINTED.iter().map(|r| format!("{module}.{r}")).collect();
+    want.sort();
+    assert_eq!(taints, want, "the plan taints lokoctl's list");
+    assert_eq!(
+        argv_of(2),
+        [vec![
+            terraform.clone(),
+            "apply".into(),
+            "-auto-approve".into(),
+            "-input=false".into(),
+            "-parallelism=1".into(),
+            "-no-color".into()
+        ]]
+    );
+    let text = ok(&env, &needles, "renew --dry-run", renew(&env).arg("--dry-run"));
+    assert!(
+        text.stdout.contains(&format!("taint {module}.tls_self_signed_cert.kube-ca")),
+        "{text}"
+    );
+    assert_eq!(common::snapshot_tree(&assets), original, "the dry run changed the asset dir");
+    assert!(!env.assets.dir.join("certrotate").exists(), "the dry run made a run folder");
+    assert_eq!(serial(&state(&env)), serial(&state_before));
+
+    // 2. backup, then again: already done (the journal).
+    let (report, _) = run_json(&env, &needles, &["--phase", "backup"], "");
+    assert_eq!(results(&report), pairs(&[("backup", "done")]), "{report:#}");
+    let run = run_dir(&env);
+    assert_eq!(mode(&run), 0o700);
+    let backup = run.join("backup");
+    let kept = backup.join("cluster-assets");
+    let mut files = 0;
+    for (path, bytes) in &original {
+        let relative = path.strip_prefix(&assets).unwrap();
+        let top = relative.components().next().unwrap().as_os_str().to_string_lossy().to_string();
+        let values = relative.starts_with("charts")
+            && relative.extension().is_some_and(|e| e == "yaml")
+            && relative.components().count() == 3;
+        if !(top == "tls" || top == "auth" || values) || path.is_dir() {
+            continue;
+        }
+        let copy = kept.join(relative);
+        assert_eq!(std::fs::read(&copy).ok().as_ref(), Some(bytes), "{}", copy.display());
+        assert_eq!(mode(&copy), 0o600, "{}", copy.display());
+        assert_eq!(mode(copy.parent().unwrap()), 0o700, "{}", copy.display());
+        files += 1;
+    }
+    assert!(files >= 30, "only {files} files kept");
+    for values in [
+        "kube-system/kube-apiserver.yaml",
+        "kube-system/kubernetes.yaml",
+        "kube-system/kubelet.yaml",
+        "lokomotive-system/lokomotive.yaml",
+    ] {
+        assert!(kept.join("charts").join(values).is_file(), "{values} not kept");
+    }
+    assert!(!kept.join("charts/kube-system/kube-apiserver").exists(), "a chart's own files kept");
+    let kept_state: Value =
+        serde_json::from_slice(&std::fs::read(backup.join("terraform.tfstate")).unwrap()).unwrap();
+    assert_eq!(mode(&backup.join("terraform.tfstate")), 0o600);
+    assert_eq!(kept_state, state_before, "the state kept is the state");
+    let (report, _) = run_json(&env, &needles, &["--phase", "backup"], " (again)");
+    assert_eq!(results(&report), pairs(&[("backup", "already-done")]), "{report:#}");
+
+    // 3. taint: lokoctl's list, nothing else; again: already done.
+    let (report, _) = run_json(&env, &needles, &["--phase", "taint"], "");
+    assert_eq!(results(&report), pairs(&[("taint", "done")]), "{report:#}");
+    let tainted_state = state(&env);
+    let now = instances(&tainted_state);
+    let tainted: Vec<String> =
+        now.iter().filter(|(_, (_, t, _))| *t).map(|(a, _)| a.clone()).collect();
+    assert_eq!(tainted, want, "exactly lokoctl's list is tainted");
+    let (report, _) = run_json(&env, &needles, &["--phase", "taint"], " (again)");
+    assert_eq!(results(&report), pairs(&[("taint", "already-done")]), "{report:#}");
+    // A run cut off after the taints and before the journal's record: the state decides.
+    let journal_path = run.join("journal.json");
+    let mut journal: Value =
+        serde_json::from_slice(&std::fs::read(&journal_path).unwrap()).unwrap();
+    journal["phases"].as_array_mut().unwrap().retain(|p| p["name"] != "taint");
+    std::fs::write(&journal_path, serde_json::to_vec_pretty(&journal).unwrap()).unwrap();
+    let (report, _) = run_json(&env, &needles, &["--phase", "taint"], " (journal record removed)");
+    assert_eq!(results(&report), pairs(&[("taint", "already-done")]), "{report:#}");
+    assert!(report["phases"][0]["message"].as_str().unwrap().contains("19 tainted"), "{report:#}");
+    assert_eq!(serial(&state(&env)), serial(&tainted_state), "tainted again");
+
+    // 4. certificates, at -v (terraform's output streamed and redacted).
+    let (report, out) = run_json(&env, &needles, &["--phase", "certificates", "-v"], "");
+    assert_eq!(results(&report), pairs(&[("certificates", "done")]), "{report:#}");
+    assert!(out.stderr.contains("apply"), "terraform's output is streamed at -v: {out}");
+    for ca in ["KubeCa", "EtcdCa", "AggregationCa"] {
+        let (old, new) = (
+            &report["fingerprints"][format!("old{ca}")],
+            &report["fingerprints"][format!("new{ca}")],
+        );
+        assert!(old.is_string() && new.is_string() && old != new, "{ca}: {report:#}");
+    }
+    assert!(report["next"].as_str().unwrap().contains("--upgrade-kubelets"), "{report:#}");
+    add_keys(&mut needles, &env);
+
+    // The facts, from the real files and state.
+    let renewed = instances(&state(&env));
+    let before = instances(&state_before);
+    for address in &want {
+        let (id, tainted, _) = &renewed[address];
+        assert!(!tainted, "{address} still tainted");
+        assert_ne!(id, &before[address].0, "{address} not re-issued");
+    }
+    for (address, (id, _, _)) in &before {
+        if address.contains("tls_private_key.") && !want.contains(address) {
+            assert_eq!(
+                &renewed[address].0, id,
+                "{address}: a key lokoctl never taints was re-created"
+            );
+        }
+    }
+    let state_cert = |resource: &str| -> Vec<u8> {
+        renewed[&format!("{module}.{resource}")].2["cert_pem"].as_str().unwrap().as_bytes().to_vec()
+    };
+    let resource_of = |name: &str| match name {
+        "ca.crt" => "tls_self_signed_cert.kube-ca",
+        "etcd-ca.crt" => "tls_self_signed_cert.etcd-ca",
+        "aggregation-ca.crt" => "tls_self_signed_cert.aggregation-ca[0]",
+        "apiserver.crt" => "tls_locally_signed_cert.apiserver",
+        "admin.crt" => "tls_locally_signed_cert.admin",
+        "kubelet.crt" => "tls_locally_signed_cert.kubelet",
+        "etcd-client.crt" => "tls_locally_signed_cert.client",
+        "etcd/server.crt" => "tls_locally_signed_cert.server",
+        "etcd/peer.crt" => "tls_locally_signed_cert.peer",
+        "aggregation-client.crt" => "tls_locally_signed_cert.aggregation-client[0]",
+        "webhook" => "tls_locally_signed_cert.admission-webhook-server",
+        other => panic!("{other}"),
+    };
+    let scratch = env.dir().join("openssl");
+    std::fs::create_dir_all(&scratch).unwrap();
+    for (name, ca) in CERTIFICATES {
+        let (new, old) = (cert_pem(&assets, name), cert_pem(&kept, name));
+        assert_eq!(new, state_cert(resource_of(name)), "{name}: the file is not the state's");
+        assert_ne!(new, old, "{name}: not new");
+        match ca {
+            None => {
+                assert_eq!(public_key(&new), public_key(&old), "{name}: the CA's key changed");
+                openssl_verifies(&scratch, &new, &new).unwrap();
+            }
+            Some(ca) => {
+                let (new_ca, old_ca) = (cert_pem(&assets, ca), cert_pem(&kept, ca));
+                for (what, ca, leaf) in [
+                    ("new under new", &new_ca, &new),
+                    ("old under new", &new_ca, &old),
+                    ("new under old", &old_ca, &new),
+                ] {
+                    openssl_verifies(&scratch, ca, leaf)
+                        .unwrap_or_else(|e| panic!("{name}: {what}: {e}"));
+                }
+            }
+        }
+    }
+    for name in ["etcd-client-ca.crt", "etcd/server-ca.crt", "etcd/peer-ca.crt"] {
+        assert_eq!(cert_pem(&assets, name), cert_pem(&assets, "etcd-ca.crt"), "{name}");
+    }
+    for (cert, key) in [
+        ("apiserver.crt", "apiserver.key"),
+        ("admin.crt", "admin.key"),
+        ("kubelet.crt", "kubelet.key"),
+        ("etcd-client.crt", "etcd-client.key"),
+        ("etcd/server.crt", "etcd/server.key"),
+        ("etcd/peer.crt", "etcd/peer.key"),
+        ("aggregation-client.crt", "aggregation-client.key"),
+        ("ca.crt", "ca.key"),
+    ] {
+        let key = std::fs::read(assets.join("tls").join(key)).unwrap();
+        let key = openssl::pkey::PKey::private_key_from_pem(&key).unwrap();
+        assert_eq!(
+            public_key(&cert_pem(&assets, cert)),
+            key.public_key_to_der().unwrap(),
+            "{cert} does not match its key"
+        );
+    }
+    for key in KEPT_KEYS {
+        assert_eq!(
+            std::fs::read(assets.join("tls").join(key)).unwrap(),
+            std::fs::read(kept.join("tls").join(key)).unwrap(),
+            "{key} changed"
+        );
+    }
+    env.step("the new admin kubeconfig reaches the API (its CA key and the API's are the same)");
+    env.kubectl().args(["get", "nodes"]).ok();
+
+    // 5. Everything again: already done, nothing changed.
+    let renewed_tree = common::snapshot_tree(&assets);
+    let renewed_serial = serial(&state(&env));
+    let (report, _) = run_json(&env, &needles, &[], " (everything, again)");
+    assert_eq!(
+        results(&report),
+        pairs(&[
+            ("backup", "already-done"),
+            ("taint", "already-done"),
+            ("certificates", "already-done")
+        ]),
+        "{report:#}"
+    );
+    assert!(report["next"].as_str().unwrap().contains("lokoctl cluster apply"), "{report:#}");
+    let out = ok(&env, &needles, "renew -y (everything, again; table)", renew(&env).arg("-y"));
+    assert!(out.stdout.contains("nothing to do"), "{out}");
+    assert_eq!(common::snapshot_tree(&assets), renewed_tree, "a second run changed files");
+    assert_eq!(serial(&state(&env)), renewed_serial, "a second run changed the state");
+}
