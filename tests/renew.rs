@@ -325,7 +325,13 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
         assert!(old.is_string() && new.is_string() && old != new, "{ca}: {report:#}");
     }
     assert!(report["next"].as_str().unwrap().contains("--upgrade-kubelets"), "{report:#}");
+    // The new keys too: the apply made them, and printed nothing of them either.
     add_keys(&mut needles, &env);
+    let leaked = needles.found_in(&format!("{}\n{}", out.stdout, out.stderr));
+    assert!(leaked.is_empty(), "the apply's output shows new key material: {leaked:?}");
+    let journal = std::fs::read_to_string(run.join("journal.json")).unwrap();
+    let leaked = needles.found_in(&journal);
+    assert!(leaked.is_empty(), "the journal holds key material: {leaked:?}");
 
     // The facts, from the real files and state.
     let renewed = instances(&state(&env));
