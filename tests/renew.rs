@@ -3,8 +3,8 @@
 //! control plane that runs on it, with real terraform; the proof is made with the real files,
 //! the real state and `openssl verify` both ways.
 //!
-//! One `#[test]` = one environment (docs/test-harness.md). The steps, on one cluster: a dry
-//! run (its plan lists the commands; nothing changes), `--phase backup`, `--phase taint`,
+//! One `#[test]` = one environment (docs/test-harness.md). The steps, on one cluster: another
+//! cluster's kubeconfig refused, a dry run (its plan lists the commands; nothing changes), `--phase backup`, `--phase taint`,
 //! their re-runs (already done, from the journal and, the journal's record removed, from the
 //! real state), `--phase certificates` (at `-v`: terraform's output streamed, no key shown),
 //! the verification facts, and a second run of everything (already done, nothing changed).
@@ -82,15 +82,20 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
-/// The one run folder of `renew`.
-fn run_dir(env: &TestEnv) -> PathBuf {
+/// The run folders of `renew`.
+fn run_dirs(env: &TestEnv) -> Vec<PathBuf> {
     let root = env.assets.dir.join("certrotate");
-    let runs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+    let Ok(entries) = std::fs::read_dir(&root) else { return Vec::new() };
+    entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("renew-"))
-        .collect();
+        .collect()
+}
+
+/// The one run folder of `renew`.
+fn run_dir(env: &TestEnv) -> PathBuf {
+    let runs = run_dirs(env);
     assert_eq!(runs.len(), 1, "{runs:?}");
     runs.into_iter().next().unwrap()
 }
@@ -175,6 +180,23 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
     add_keys(&mut needles, &env);
     let tools = Tools::get();
 
+    // 0. A kubeconfig of another cluster (it trusts another CA): refused, nothing changed.
+    let other_ca = support::pki::self_signed_serving(env.dir(), "other-cluster-ca");
+    let other = env.dir().join("other-cluster-kubeconfig");
+    let admin = std::fs::read_to_string(env.kubeconfig()).unwrap();
+    let ca_data = admin.lines().find_map(|l| l.trim().strip_prefix("certificate-authority-data:"));
+    let other_data = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&other_ca.cert).unwrap())
+    };
+    std::fs::write(&other, admin.replace(ca_data.unwrap().trim(), &other_data)).unwrap();
+    env.step("renew -y with another cluster's kubeconfig: refused");
+    let out = renew(&env).args(["-y", "--kubeconfig"]).arg(&other).run();
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("does not trust"), "{out}");
+    assert_eq!(common::snapshot_tree(&assets), original, "the refused run changed the asset dir");
+    assert_eq!(run_dirs(&env), Vec::<PathBuf>::new(), "the refused run made a run folder");
+
     // 1. The dry run: every phase's plan, its commands with the module resolved; nothing
     //    changes, not even a run folder or the lock.
     let out = ok(
@@ -227,7 +249,7 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
         "{text}"
     );
     assert_eq!(common::snapshot_tree(&assets), original, "the dry run changed the asset dir");
-    assert!(!env.assets.dir.join("certrotate").exists(), "the dry run made a run folder");
+    assert_eq!(run_dirs(&env), Vec::<PathBuf>::new(), "the dry run made a run folder");
     assert_eq!(serial(&state(&env)), serial(&state_before));
 
     // 2. backup, then again: already done (the journal).
@@ -303,7 +325,13 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
         assert!(old.is_string() && new.is_string() && old != new, "{ca}: {report:#}");
     }
     assert!(report["next"].as_str().unwrap().contains("--upgrade-kubelets"), "{report:#}");
+    // The new keys too: the apply made them, and printed nothing of them either.
     add_keys(&mut needles, &env);
+    let leaked = needles.found_in(&format!("{}\n{}", out.stdout, out.stderr));
+    assert!(leaked.is_empty(), "the apply's output shows new key material: {leaked:?}");
+    let journal = std::fs::read_to_string(run.join("journal.json")).unwrap();
+    let leaked = needles.found_in(&journal);
+    assert!(leaked.is_empty(), "the journal holds key material: {leaked:?}");
 
     // The facts, from the real files and state.
     let renewed = instances(&state(&env));
