@@ -3,8 +3,8 @@
 //!
 //! Each test starts a real control plane and first runs the rotation once, uninterrupted,
 //! timing its phases: the reference, which says how long a whole run takes and when each
-//! phase starts. Its run folder is then archived (moved out of the asset dir, as an operator
-//! may do with a finished rotation) and the same rotation runs again under fire: K moments
+//! phase starts, on a control plane of its own; then, on a fresh one, the same rotation runs
+//! under fire: K moments
 //! drawn from a seed, one in each K-th of the reference's duration, each a signal to the tool
 //! (mostly SIGKILL, some SIGINT or SIGTERM) sent as far into the phase it falls in as it is
 //! into that phase in the reference, and after each the same command again, at once. The run after the last
@@ -174,15 +174,6 @@ struct Rotation<'e> {
 }
 
 impl Rotation<'_> {
-    /// Moves the finished reference run out of the asset dir, so that the campaign's run is
-    /// this rotation's only run folder and its invocations are all the same command (no
-    /// `--new-run`).
-    fn archive_reference(&self) {
-        let run = (self.runs)(self.env).pop().expect("the reference's run folder");
-        let to = self.env.dir().join(format!("reference-{}", run.file_name().unwrap().display()));
-        std::fs::rename(&run, &to).unwrap();
-    }
-
     fn journal(&self) -> Option<Value> {
         let run = (self.runs)(self.env).pop()?;
         let text = std::fs::read_to_string(run.join("journal.json")).ok()?;
@@ -538,62 +529,90 @@ fn judge(env: &TestEnv, outcome: &Outcome, seed: u64, checks: impl FnOnce()) {
 // ---------------------------------------------------------------------------------------
 // The campaigns
 
-/// `aggregation --cleanup -y`, not expired.
-#[test]
-fn aggregation_cleanup_survives_random_kills() {
-    let seed = seed();
-    eprintln!("aggregation campaign: seed {seed}");
-    let env = aggregation::cluster("campaign-aggregation");
-    env.step(&format!("campaign seed {seed}"));
-    let module = env.assets.bootkube_module();
-    let rot = Rotation {
-        env: &env,
+/// The reference and the campaign each on a control plane of their own: a second rotation on
+/// the same one meets kube-controller-manager's backed-off watches (it took 205 s instead of
+/// 77 s), which made the campaign slow and its moments fall elsewhere than in the reference.
+fn reference_on_its_own_cluster(
+    start: impl Fn(&str) -> TestEnv,
+    name: &str,
+    rotation: for<'e> fn(&'e TestEnv) -> Rotation<'e>,
+    facts: fn(&TestEnv) -> Vec<(&'static str, String)>,
+) -> (Reference, BTreeMap<String, String>) {
+    let env = start(&format!("{name}-reference"));
+    let rot = rotation(&env);
+    let reference = Reference::measure(&rot);
+    let want = end_state(&rot, facts(&env));
+    (reference, want)
+}
+
+fn aggregation_rotation(env: &TestEnv) -> Rotation<'_> {
+    Rotation {
+        env,
         name: "aggregation --cleanup -y",
-        command: Box::new(|| {
-            aggregation::agg(&env)
+        command: Box::new(move || {
+            aggregation::agg(env)
                 .args(["--cleanup", "-y", "-o", "json", "--timeout", WAIT])
                 .timeout(INVOCATION)
         }),
         runs: aggregation::run_dirs,
         kills: AGGREGATION_KILLS,
-    };
-    let facts = || {
-        let ca = aggregation::fp(&aggregation::read(&env.assets.tls("aggregation-ca.crt")));
-        let client = aggregation::fp(&aggregation::read(&env.assets.tls("aggregation-client.crt")));
-        vec![
-            (
-                "ConfigMap requestheader CAs",
-                relative(&aggregation::configmap_cas(&env), "tls/aggregation-ca.crt", &ca),
-            ),
-            (
-                "Secret aggregation-ca.crt",
-                relative(
-                    &aggregation::secret_cas(&env, "aggregation-ca.crt"),
-                    "tls/aggregation-ca.crt",
-                    &ca,
-                ),
-            ),
-            (
-                "Secret aggregation-client.crt",
-                relative(
-                    &aggregation::secret_cas(&env, "aggregation-client.crt"),
-                    "tls/aggregation-client.crt",
-                    &client,
-                ),
-            ),
-        ]
-    };
+    }
+}
 
-    let reference = Reference::measure(&rot);
-    let want = end_state(&rot, facts());
-    rot.archive_reference();
+fn aggregation_facts(env: &TestEnv) -> Vec<(&'static str, String)> {
+    let ca = aggregation::fp(&aggregation::read(&env.assets.tls("aggregation-ca.crt")));
+    let client = aggregation::fp(&aggregation::read(&env.assets.tls("aggregation-client.crt")));
+    vec![
+        (
+            "ConfigMap requestheader CAs",
+            relative(&aggregation::configmap_cas(env), "tls/aggregation-ca.crt", &ca),
+        ),
+        (
+            "Secret aggregation-ca.crt",
+            relative(
+                &aggregation::secret_cas(env, "aggregation-ca.crt"),
+                "tls/aggregation-ca.crt",
+                &ca,
+            ),
+        ),
+        (
+            "Secret aggregation-client.crt",
+            relative(
+                &aggregation::secret_cas(env, "aggregation-client.crt"),
+                "tls/aggregation-client.crt",
+                &client,
+            ),
+        ),
+    ]
+}
+
+/// `aggregation --cleanup -y`, not expired.
+#[test]
+fn aggregation_cleanup_survives_random_kills() {
+    let seed = seed();
+    eprintln!("aggregation campaign: seed {seed}");
+    let name = "campaign-aggregation";
+    let (reference, want) = reference_on_its_own_cluster(
+        aggregation::cluster,
+        name,
+        aggregation_rotation,
+        aggregation_facts,
+    );
+    let env = aggregation::cluster(name);
+    env.step(&format!("campaign seed {seed}"));
+    let module = env.assets.bootkube_module();
+    let rot = aggregation_rotation(&env);
     let orig = aggregation::Original::of(&env);
     let watch = aggregation::CaWatch::start(env.assets.tls("aggregation-ca.crt"));
     let outcome = campaign(&rot, &reference, seed);
     judge(&env, &outcome, seed, || {
         let new = aggregation::check_rotated(&env, &orig, &module, true);
         assert_eq!(watch.generations(), vec![orig.ca_fp.clone(), new], "exactly one new CA");
-        assert_eq!(end_state(&rot, facts()), want, "the uninterrupted run's end state");
+        assert_eq!(
+            end_state(&rot, aggregation_facts(&env)),
+            want,
+            "the uninterrupted run's end state"
+        );
     });
 }
 
@@ -610,51 +629,57 @@ fn webhook_expired_path_survives_random_kills() {
     webhook_campaign("campaign-webhook-expired", true);
 }
 
-fn webhook_campaign(name: &str, expired: bool) {
-    let seed = seed();
-    eprintln!("{name}: seed {seed}");
-    let env = webhook::cluster(name);
-    env.step(&format!("campaign seed {seed}"));
-    let module = env.assets.bootkube_module();
-    let flags: &[&str] = if expired { &["-y", "--expired"] } else { &["-y"] };
-    let rot = Rotation {
-        env: &env,
+fn webhook_rotation(env: &TestEnv, expired: bool) -> Rotation<'_> {
+    let flags: &'static [&'static str] = if expired { &["-y", "--expired"] } else { &["-y"] };
+    Rotation {
+        env,
         name: if expired { "webhook -y --expired" } else { "webhook -y" },
-        command: Box::new(|| {
-            webhook::webhook(&env)
-                .env(aggregation::TAG_VAR, aggregation::tag(&env))
+        command: Box::new(move || {
+            webhook::webhook(env)
+                .env(aggregation::TAG_VAR, aggregation::tag(env))
                 .args(flags)
                 .args(["-o", "json", "--timeout", WAIT])
                 .timeout(INVOCATION)
         }),
         runs: webhook::runs,
         kills: WEBHOOK_KILLS,
-    };
-    let facts = || {
-        let (cert, _) = webhook::values_pair(&env);
-        let file = webhook::fp(&cert);
-        let state = aggregation::state_attr(
-            &aggregation::state(&env),
-            &module,
-            webhook::CERT_RESOURCE,
-            "cert_pem",
-        );
-        let (served, _) = webhook::secret_pair(&env);
-        let bundle =
-            webhook::ca_bundle(&env).map(|b| support::fingerprints(&b)).unwrap_or_default();
-        vec![
-            (
-                "Terraform state certificate",
-                relative(&[webhook::fp(state.as_bytes())], webhook::VALUES, &file),
-            ),
-            ("Secret cert.pem", relative(&[webhook::fp(&served)], webhook::VALUES, &file)),
-            ("caBundle", relative(&bundle, webhook::VALUES, &file)),
-        ]
-    };
+    }
+}
 
-    let reference = Reference::measure(&rot);
-    let want = end_state(&rot, facts());
-    rot.archive_reference();
+fn webhook_facts(env: &TestEnv) -> Vec<(&'static str, String)> {
+    let (cert, _) = webhook::values_pair(env);
+    let file = webhook::fp(&cert);
+    let state = aggregation::state_attr(
+        &aggregation::state(env),
+        &env.assets.bootkube_module(),
+        webhook::CERT_RESOURCE,
+        "cert_pem",
+    );
+    let (served, _) = webhook::secret_pair(env);
+    let bundle = webhook::ca_bundle(env).map(|b| support::fingerprints(&b)).unwrap_or_default();
+    vec![
+        (
+            "Terraform state certificate",
+            relative(&[webhook::fp(state.as_bytes())], webhook::VALUES, &file),
+        ),
+        ("Secret cert.pem", relative(&[webhook::fp(&served)], webhook::VALUES, &file)),
+        ("caBundle", relative(&bundle, webhook::VALUES, &file)),
+    ]
+}
+
+fn webhook_campaign(name: &str, expired: bool) {
+    let seed = seed();
+    eprintln!("{name}: seed {seed}");
+    let rotation: for<'e> fn(&'e TestEnv) -> Rotation<'e> = if expired {
+        |env| webhook_rotation(env, true)
+    } else {
+        |env| webhook_rotation(env, false)
+    };
+    let (reference, want) =
+        reference_on_its_own_cluster(webhook::cluster, name, rotation, webhook_facts);
+    let env = webhook::cluster(name);
+    env.step(&format!("campaign seed {seed}"));
+    let rot = rotation(&env);
     let before = webhook::Before::take(&env);
     let values = env.assets.dir.join(webhook::VALUES);
     let watch = aggregation::CaWatch::start_with(values, webhook::serving_cert_fp);
@@ -663,6 +688,6 @@ fn webhook_campaign(name: &str, expired: bool) {
         let path = if expired { "expired" } else { "not-expired" };
         let new = webhook::check_rotated(&env, &before, path, "after-campaign");
         assert_eq!(watch.generations(), vec![before.fp.clone(), new], "one new certificate");
-        assert_eq!(end_state(&rot, facts()), want, "the uninterrupted run's end state");
+        assert_eq!(end_state(&rot, webhook_facts(&env)), want, "the uninterrupted run's end state");
     });
 }
