@@ -68,6 +68,10 @@ async fn found_done(ctx: &Ctx) -> Result<Option<String>> {
         return Ok(None);
     }
     let (state, tainted) = state_cert(ctx).await?;
+    // Missing when an apply that was replacing it was killed: lokoctl's apply writes it again.
+    if !ctx.asset(LOKOMOTIVE_VALUES).exists() {
+        return Ok(None);
+    }
     let (file, _) = values_pair(ctx)?;
     let new = !tainted && state.sha256 != old_cert(ctx)?.sha256 && file.sha256 == state.sha256;
     // lokoctl writes the files before its helm upgrade puts them in the cluster: a run killed
