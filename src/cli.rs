@@ -363,11 +363,10 @@ mod tests {
         let renew = cli.find_subcommand_mut("renew").expect("the renew subcommand");
         let help = renew.render_long_help().to_string();
         for needed in [
-            "only the first phases exist yet",
-            "does not use the new certificates until the later phases",
-            "etcd,\ncontrol-plane, tokens, restart, verify",
+            "the etcd phase is not built yet",
+            "Not built yet: etcd",
             "--upgrade-kubelets",
-            "backup, taint, certificates",
+            "backup, taint, certificates, control-plane, tokens, restart, verify",
         ] {
             let flat = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
             assert!(flat(&help).contains(&flat(needed)), "{needed:?} not in:\n{help}");
