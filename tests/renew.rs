@@ -61,7 +61,8 @@ fn ok(env: &TestEnv, needles: &Needles, what: &str, cmd: Cmd) -> Output {
 /// succeed and show no key: its report, and the output.
 fn run_json(env: &TestEnv, needles: &Needles, args: &[&str], note: &str) -> (Value, Output) {
     let what = format!("renew {} -y -o json{note}", args.join(" "));
-    let out = ok(env, needles, &what, renew(env).args(args).args(["-y", "-o", "json"]));
+    let out =
+        ok(env, needles, &what, renew_reaching_etcd(env).args(args).args(["-y", "-o", "json"]));
     (json(&out), out)
 }
 
@@ -211,7 +212,7 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
         plan["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["backup", "taint", "certificates", "control-plane", "tokens", "restart", "verify"]
+        ["backup", "taint", "certificates", "etcd", "control-plane", "tokens", "restart", "verify"]
     );
     let argv_of = |phase: usize| -> Vec<Vec<String>> {
         plan["phases"][phase]["steps"]
@@ -463,6 +464,29 @@ fn restarted_at(env: &TestEnv, namespace: &str, kind: &str, name: &str) -> Optio
         .map(str::to_string)
 }
 
+/// The peer port etcd listens on, read from its command line (the harness names only the
+/// client port).
+fn etcd_peer_port(env: &TestEnv) -> u16 {
+    let pid = env.component_pid("etcd").expect("etcd runs");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args = String::from_utf8_lossy(&cmdline).into_owned();
+    let url = args
+        .split('\0')
+        .find_map(|a| a.strip_prefix("--listen-peer-urls="))
+        .unwrap_or_else(|| panic!("no --listen-peer-urls in {args:?}"));
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// `renew` with the etcd member as this machine reaches it (the harness's etcd is on
+/// 127.0.0.1 and random ports, not under the values' etcdServers names).
+fn renew_reaching_etcd(env: &TestEnv) -> Cmd {
+    renew(env)
+        .arg("--etcd-endpoint")
+        .arg(format!("https://127.0.0.1:{}", env.etcd_port))
+        .arg("--etcd-peer-endpoint")
+        .arg(format!("https://127.0.0.1:{}", etcd_peer_port(env)))
+}
+
 /// A lokoctl that fails as a broken one does: a message, exit code 1, nothing applied.
 fn failing_lokoctl(env: &TestEnv) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
@@ -495,7 +519,10 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
 
     // 1. lokoctl failing: the run stops in control-plane, saying which command failed.
     env.step("renew -y with a lokoctl that fails: stops in control-plane");
-    let out = renew(&env).env("LOKOCTL", failing_lokoctl(&env)).args(["-y", "-o", "json"]).run();
+    let out = renew_reaching_etcd(&env)
+        .env("LOKOCTL", failing_lokoctl(&env))
+        .args(["-y", "-o", "json"])
+        .run();
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(out.stderr.contains("cluster apply --confirm"), "the failed command is named: {out}");
     assert!(out.stderr.contains("cannot reach the cluster"), "its message is shown: {out}");
@@ -506,6 +533,7 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
             ("backup", "done"),
             ("taint", "done"),
             ("certificates", "done"),
+            ("etcd", "done"),
             ("control-plane", "failed")
         ]),
         "{report:#}"
@@ -517,14 +545,15 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
     // kube-controller-manager may have republished every token before the phase looks: then
     // the real state shows it done.
     let mut got = results(&report);
-    assert!(["done", "already-done"].contains(&got[4].1.as_str()), "{report:#}");
-    got[4].1 = "done".into();
+    assert!(["done", "already-done"].contains(&got[5].1.as_str()), "{report:#}");
+    got[5].1 = "done".into();
     assert_eq!(
         got,
         pairs(&[
             ("backup", "already-done"),
             ("taint", "already-done"),
             ("certificates", "already-done"),
+            ("etcd", "already-done"),
             ("control-plane", "done"),
             ("tokens", "done"),
             ("restart", "done"),
@@ -617,7 +646,7 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
     env.kubectl().args(["get", "nodes"]).ok();
 
     // 3. Again: the run is finished, nothing to do.
-    let out = ok(&env, &needles, "renew -y (again; table)", renew(&env).arg("-y"));
+    let out = ok(&env, &needles, "renew -y (again; table)", renew_reaching_etcd(&env).arg("-y"));
     assert!(out.stdout.contains("nothing to do: this rotation finished"), "{out}");
 
     // 4. A run cut off after the work of control-plane, tokens and restart and before the
@@ -645,6 +674,7 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
             ("backup", "already-done"),
             ("taint", "already-done"),
             ("certificates", "already-done"),
+            ("etcd", "already-done"),
             ("control-plane", "already-done"),
             ("tokens", "already-done"),
             ("restart", "already-done"),
@@ -660,4 +690,60 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
     let journal = std::fs::read_to_string(&journal_path).unwrap();
     let leaked = needles.found_in(&journal);
     assert!(leaked.is_empty(), "the journal holds key material: {leaked:?}");
+}
+
+/// Lokomotive v0.5-v0.7 (`copy-controller-secrets` triggered by `controller_id` only): the
+/// cluster would not push the new etcd certificates to its controllers, so `renew` refuses
+/// before any change, with the steps to take by hand; the dry run names the refusal.
+#[test]
+fn a_lokomotive_v0_7_cluster_is_refused_before_any_change() {
+    use support::assets::Lokomotive;
+    use support::{AssetOptions, EnvOptions};
+    let env = TestEnv::start_with(
+        "renew-v07",
+        EnvOptions {
+            assets: AssetOptions { lokomotive: Lokomotive::V0_7, ..Default::default() },
+            ..Default::default()
+        },
+    );
+    let assets = env.assets.cluster_assets();
+    let original = common::snapshot_tree(&assets);
+    let serial = state(&env)["serial"].as_u64().unwrap();
+    let mut needles = Needles::new();
+    add_keys(&mut needles, &env);
+
+    env.step("renew -y on a v0.7 asset dir: refused, nothing changed");
+    let out = renew_reaching_etcd(&env).arg("-y").run();
+    assert_eq!(out.code(), Some(1), "{out}");
+    for needed in [
+        "phase etcd cannot run",
+        "Lokomotive v0.5-v0.7",
+        "copy-controller-secrets is triggered by controller_id",
+        "Nothing was changed",
+        "/etc/ssl/etcd/etcd/",
+        "systemctl restart etcd",
+        "--nodes-updated-by-hand",
+    ] {
+        assert!(out.stderr.contains(needed), "{needed:?} not said: {out}");
+    }
+    assert!(needles.found_in(&format!("{}\n{}", out.stdout, out.stderr)).is_empty());
+    assert_eq!(common::snapshot_tree(&assets), original, "the refused run changed the asset dir");
+    assert_eq!(run_dirs(&env), Vec::<PathBuf>::new(), "the refused run made a run folder");
+    assert_eq!(
+        state(&env)["serial"].as_u64().unwrap(),
+        serial,
+        "the refused run changed the state"
+    );
+
+    env.step("renew --dry-run on it: the plan, and the refusal among what is unresolved");
+    let out = ok(
+        &env,
+        &needles,
+        "renew --dry-run -o json",
+        renew(&env).args(["--dry-run", "-o", "json"]),
+    );
+    let plan = json(&out);
+    let unresolved = plan["unresolved"].to_string();
+    assert!(unresolved.contains("--nodes-updated-by-hand"), "{plan:#}");
+    assert_eq!(common::snapshot_tree(&assets), original, "the dry run changed the asset dir");
 }

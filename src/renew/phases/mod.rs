@@ -8,6 +8,7 @@
 pub mod backup;
 pub mod certificates;
 pub mod control_plane;
+pub mod etcd;
 pub mod restart;
 pub mod taint;
 pub mod tokens;
@@ -25,6 +26,7 @@ pub fn unit(phase: Phase) -> &'static dyn PhaseUnit {
         Phase::Backup => &backup::Backup,
         Phase::Taint => &taint::Taint,
         Phase::Certificates => &certificates::Certificates,
+        Phase::Etcd => &etcd::Etcd,
         Phase::ControlPlane => &control_plane::ControlPlane,
         Phase::Tokens => &tokens::Tokens,
         Phase::Restart => &restart::Restart,
@@ -41,6 +43,9 @@ fn renewed(ctx: &Ctx) -> Result<bool> {
     let Some(old) = run.journal.fingerprints.get(&old) else { return Ok(false) };
     Ok(&ctx.file_cert(KUBE_CA)?.sha256 != old)
 }
+
+/// The rendered kube-apiserver values (the controller count, the etcd members).
+const KUBE_APISERVER_VALUES: &str = "charts/kube-system/kube-apiserver.yaml";
 
 /// The kube CA certificate of the asset dir.
 const KUBE_CA: &str = "tls/ca.crt";

@@ -21,8 +21,6 @@ use crate::rotation::engine::PhaseUnit;
 use crate::rotation::plan::StepKind;
 use crate::rotation::step::{Action, Planned, Running};
 
-/// The rendered kube-apiserver values, whose `apiserver.replicas` is the controller count.
-const APISERVER_VALUES: &str = "charts/kube-system/kube-apiserver.yaml";
 /// The aggregation CA the extension API servers load at start.
 const AGGREGATION_CA: &str = "tls/aggregation-ca.crt";
 /// How often the APIServices are looked at again.
@@ -83,7 +81,8 @@ pub fn resolve(
 /// The controller count, from the rendered kube-apiserver values (`apiserver.replicas`); one
 /// when they do not say.
 fn controllers(ctx: &Ctx) -> u64 {
-    let text = ctx.read_asset(APISERVER_VALUES).ok().and_then(|b| String::from_utf8(b).ok());
+    let text =
+        ctx.read_asset(super::KUBE_APISERVER_VALUES).ok().and_then(|b| String::from_utf8(b).ok());
     let values: Option<serde_json::Value> = text.and_then(|t| serde_saphyr::from_str(&t).ok());
     values.and_then(|v| v["apiserver"]["replicas"].as_u64()).unwrap_or(1)
 }
