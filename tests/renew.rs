@@ -746,4 +746,26 @@ fn a_lokomotive_v0_7_cluster_is_refused_before_any_change() {
     let unresolved = plan["unresolved"].to_string();
     assert!(unresolved.contains("--nodes-updated-by-hand"), "{plan:#}");
     assert_eq!(common::snapshot_tree(&assets), original, "the dry run changed the asset dir");
+
+    // With the flag the run goes on; a Terraform state lock held by another process stops
+    // the taint phase before any taint, saying so; once it is free the same command goes on.
+    let lock = support::rotation::StateLock::hold(&env);
+    env.step("renew --nodes-updated-by-hand --phase taint, the state locked: refused");
+    let by_hand = || renew_reaching_etcd(&env).args(["--nodes-updated-by-hand", "-y"]);
+    let out = by_hand().args(["--phase", "taint"]).run();
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("locked by another process"), "{out}");
+    let locked = instances(&state(&env));
+    assert!(locked.values().all(|(_, tainted, _)| !tainted), "tainted under a lock");
+    assert_eq!(state(&env)["serial"].as_u64().unwrap(), serial, "the state changed under a lock");
+    drop(lock);
+    let (report, _) = run_json(
+        &env,
+        &needles,
+        &["--nodes-updated-by-hand", "--phase", "taint"],
+        " (the lock free)",
+    );
+    assert_eq!(results(&report), pairs(&[("taint", "done")]), "{report:#}");
+    let tainted = instances(&state(&env)).values().filter(|(_, t, _)| *t).count();
+    assert_eq!(tainted, TAINTED.len());
 }

@@ -129,4 +129,59 @@ mod tests {
         assert!(host_port("https://a:port").is_err());
         assert!(host_port("https://:1").is_err());
     }
+
+    /// Against a real TLS server (`openssl s_server -www`, which asks for a client
+    /// certificate): the certificate it presents, and the answer to a GET.
+    #[tokio::test]
+    async fn a_handshake_shows_the_served_certificate_and_a_get_its_answer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key =
+            openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "probe-test").unwrap();
+        let name = name.build();
+        let mut b = openssl::x509::X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap()).unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap()).unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::sha256()).unwrap();
+        let cert = b.build().to_pem().unwrap();
+        let key = key.private_key_to_pem_pkcs8().unwrap();
+        let (cert_file, key_file) = (tmp.path().join("c.pem"), tmp.path().join("k.pem"));
+        std::fs::write(&cert_file, &cert).unwrap();
+        std::fs::write(&key_file, &key).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-verify", "1", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert_file)
+            .arg("-key")
+            .arg(&key_file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("https://127.0.0.1:{port}");
+        let mut served = Err("not tried".to_string());
+        for _ in 0..50 {
+            let client = ClientCert { cert: cert.clone(), key: key.clone() };
+            served = probe(&url, Some(client), Some("/")).await;
+            if served.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        let served = served.unwrap();
+        assert_eq!(served.cert.sha256, pki::parse_one_cert(&cert).unwrap().sha256);
+        let answer = served.response.unwrap();
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        let refused = probe("https://127.0.0.1:1", None, None).await.unwrap_err();
+        assert!(refused.contains("cannot connect"), "{refused}");
+    }
 }
