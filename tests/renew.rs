@@ -329,7 +329,7 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
         assert!(old.is_string() && new.is_string() && old != new, "{ca}: {report:#}");
     }
     assert_eq!(
-        report["next"], "kubectl certrotate renew --phase control-plane (or --phase all)",
+        report["next"], "kubectl certrotate renew --phase etcd (or --phase all)",
         "{report:#}"
     );
     // The new keys too: the apply made them, and printed nothing of them either.
