@@ -172,18 +172,17 @@ pub enum Command {
     /// their own commands), the way `lokoctl cluster certificate rotate` does it: the CA keys are
     /// kept, so certificates of the old and the new CA certificates verify under each other.
     ///
-    /// NOT COMPLETE: only the first phases exist yet. `backup` keeps tls/, auth/, the chart values
-    /// holding certificates or keys and the Terraform state in the run's folder; `taint` taints
-    /// lokoctl's list (every leaf certificate and non-CA key, the three CA certificates; never a
-    /// CA key, never the service-account key); `certificates` runs `terraform apply
-    /// -parallelism=1` and proves the new certificates from the files and the state. They need
-    /// the asset dir and the state only.
-    ///
-    /// The control plane does not use the new certificates until the later phases (etcd,
-    /// control-plane, tokens, restart, verify) exist: `--phase all` runs the built phases and the
-    /// report's `next` says what is left for you to do (the etcd members, `lokoctl cluster apply
-    /// --confirm --skip-pre-update-health-check --upgrade-kubelets`, the ServiceAccount tokens,
-    /// the restarts). See docs/renew.md.
+    /// NOT COMPLETE: the etcd phase is not built yet. `backup` keeps tls/, auth/, the chart
+    /// values holding certificates or keys and the Terraform state in the run's folder; `taint`
+    /// taints lokoctl's list (every leaf certificate and non-CA key, the three CA certificates;
+    /// never a CA key, never the service-account key); `certificates` runs `terraform apply
+    /// -parallelism=1` and proves the new certificates from the files and the state (these three
+    /// need the asset dir and the state only); `control-plane` rolls back releases left pending
+    /// and runs `lokoctl cluster apply --confirm --skip-pre-update-health-check
+    /// --upgrade-kubelets`, then checks every control-plane release and Secret; `tokens` waits
+    /// for every ServiceAccount token to carry the new kube CA; `restart` restarts lokoctl's list
+    /// and the extension API servers as `kubectl rollout restart`; `verify` proves the cluster
+    /// serves and accepts the new certificates. See docs/renew.md.
     #[command(hide = true)]
     Renew(RenewArgs),
     /// Print a shell completion script (bash, zsh or fish).
@@ -284,8 +283,8 @@ pub struct WebhookArgs {
 
 // `renew`'s help is the doc comment of `Command::Renew`.
 #[derive(Debug, Args)]
-#[command(after_help = "Phases built: backup, taint, certificates. Not built yet: etcd, \
-                  control-plane, tokens, restart, verify. The journal and backups are in \
+#[command(after_help = "Phases built: backup, taint, certificates, control-plane, tokens, \
+                  restart, verify. Not built yet: etcd. The journal and backups are in \
                   <assets>/certrotate/<run>/. Exit codes: 0 done, 1 error, 2 usage, 130 \
                   interrupted (Ctrl-C, SIGTERM or SIGHUP; run the same command again to go on).")]
 pub struct RenewArgs {
@@ -364,11 +363,10 @@ mod tests {
         let renew = cli.find_subcommand_mut("renew").expect("the renew subcommand");
         let help = renew.render_long_help().to_string();
         for needed in [
-            "only the first phases exist yet",
-            "does not use the new certificates until the later phases",
-            "etcd,\ncontrol-plane, tokens, restart, verify",
+            "the etcd phase is not built yet",
+            "Not built yet: etcd",
             "--upgrade-kubelets",
-            "backup, taint, certificates",
+            "backup, taint, certificates, control-plane, tokens, restart, verify",
         ] {
             let flat = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
             assert!(flat(&help).contains(&flat(needed)), "{needed:?} not in:\n{help}");

@@ -209,7 +209,10 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
     assert_eq!(plan["kind"], "RenewalPlan", "{plan:#}");
     let names: Vec<&str> =
         plan["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["backup", "taint", "certificates"]);
+    assert_eq!(
+        names,
+        ["backup", "taint", "certificates", "control-plane", "tokens", "restart", "verify"]
+    );
     let argv_of = |phase: usize| -> Vec<Vec<String>> {
         plan["phases"][phase]["steps"]
             .as_array()
@@ -324,7 +327,10 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
         );
         assert!(old.is_string() && new.is_string() && old != new, "{ca}: {report:#}");
     }
-    assert!(report["next"].as_str().unwrap().contains("--upgrade-kubelets"), "{report:#}");
+    assert_eq!(
+        report["next"], "kubectl certrotate renew --phase control-plane (or --phase all)",
+        "{report:#}"
+    );
     // The new keys too: the apply made them, and printed nothing of them either.
     add_keys(&mut needles, &env);
     let leaked = needles.found_in(&format!("{}\n{}", out.stdout, out.stderr));
@@ -421,22 +427,237 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
     env.step("the new admin kubeconfig reaches the API (its CA key and the API's are the same)");
     env.kubectl().args(["get", "nodes"]).ok();
 
-    // 5. Everything again: already done, nothing changed.
+    // 5. The three phases again: already done, nothing changed.
     let renewed_tree = common::snapshot_tree(&assets);
     let renewed_serial = serial(&state(&env));
-    let (report, _) = run_json(&env, &needles, &[], " (everything, again)");
+    for phase in ["backup", "taint", "certificates"] {
+        let (report, _) = run_json(&env, &needles, &["--phase", phase], " (again)");
+        assert_eq!(results(&report), pairs(&[(phase, "already-done")]), "{report:#}");
+    }
+    let out = ok(
+        &env,
+        &needles,
+        "renew --phase certificates -y (again; table)",
+        renew(&env).args(["--phase", "certificates", "-y"]),
+    );
+    assert!(out.stdout.contains("nothing to do"), "{out}");
+    assert_eq!(common::snapshot_tree(&assets), renewed_tree, "a second run changed files");
+    assert_eq!(serial(&state(&env)), renewed_serial, "a second run changed the state");
+}
+
+/// The bytes under `key` of Secret `namespace/name`, read with kubectl.
+fn secret_key(env: &TestEnv, namespace: &str, name: &str, key: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let out = env.kubectl().args(["-n", namespace, "get", "secret", name, "-o", "json"]).ok();
+    let secret: Value = serde_json::from_str(&out.stdout).unwrap();
+    let value = secret["data"][key].as_str().unwrap_or_else(|| panic!("{name} has no {key}"));
+    base64::engine::general_purpose::STANDARD.decode(value).unwrap()
+}
+
+/// The `kubectl.kubernetes.io/restartedAt` of `kind/name` in `namespace`, if any.
+fn restarted_at(env: &TestEnv, namespace: &str, kind: &str, name: &str) -> Option<String> {
+    let out = env.kubectl().args(["-n", namespace, "get", kind, name, "-o", "json"]).ok();
+    let object: Value = serde_json::from_str(&out.stdout).unwrap();
+    object["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// A lokoctl that fails as a broken one does: a message, exit code 1, nothing applied.
+fn failing_lokoctl(env: &TestEnv) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = env.dir().join("failing-lokoctl");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\necho 'lokoctl: error: cannot reach the cluster' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
+    use support::{ExtApiServer, Helm};
+    let env = TestEnv::start("renew-all");
+    env.step("the control-plane charts (kube-apiserver, kubernetes, kubelet, lokomotive) and metrics-server");
+    env.install_kube_apiserver_chart(Helm::V3);
+    env.install_kubernetes_chart(Helm::V3);
+    env.install_kubelet_chart(Helm::V3);
+    env.install_lokomotive_chart();
+    let metrics = ExtApiServer::metrics_server();
+    env.deploy_ext_apiserver(&metrics);
+    env.wait_apiservice(&metrics.apiservice(), true, Duration::from_secs(120));
+    let assets = env.assets.cluster_assets();
+    let old_ca = std::fs::read(assets.join("tls/ca.crt")).unwrap();
+    let mut needles = Needles::new();
+    add_keys(&mut needles, &env);
+
+    // 1. lokoctl failing: the run stops in control-plane, saying which command failed.
+    env.step("renew -y with a lokoctl that fails: stops in control-plane");
+    let out = renew(&env).env("LOKOCTL", failing_lokoctl(&env)).args(["-y", "-o", "json"]).run();
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("cluster apply --confirm"), "the failed command is named: {out}");
+    assert!(out.stderr.contains("cannot reach the cluster"), "its message is shown: {out}");
+    let report = json(&out);
+    assert_eq!(
+        results(&report),
+        pairs(&[
+            ("backup", "done"),
+            ("taint", "done"),
+            ("certificates", "done"),
+            ("control-plane", "failed")
+        ]),
+        "{report:#}"
+    );
+    add_keys(&mut needles, &env);
+
+    // 2. The same command again, with lokoctl working: it goes on from control-plane.
+    let (report, _) = run_json(&env, &needles, &[], " (lokoctl working)");
+    // kube-controller-manager may have republished every token before the phase looks: then
+    // the real state shows it done.
+    let mut got = results(&report);
+    assert!(["done", "already-done"].contains(&got[4].1.as_str()), "{report:#}");
+    got[4].1 = "done".into();
+    assert_eq!(
+        got,
+        pairs(&[
+            ("backup", "already-done"),
+            ("taint", "already-done"),
+            ("certificates", "already-done"),
+            ("control-plane", "done"),
+            ("tokens", "done"),
+            ("restart", "done"),
+            ("verify", "done")
+        ]),
+        "{report:#}"
+    );
+    let journal = std::fs::read_to_string(run_dir(&env).join("journal.json")).unwrap();
+    assert!(
+        journal.contains("not in this cluster, skipped: kube-system/coredns"),
+        "the restart says what it skipped: {journal}"
+    );
+
+    env.step("every release and Secret holds the new certificates");
+    let new_ca = std::fs::read(assets.join("tls/ca.crt")).unwrap();
+    assert_ne!(new_ca, old_ca);
+    for (namespace, secret, key, file) in [
+        ("kube-system", "kube-apiserver", "apiserver.crt", "tls/apiserver.crt"),
+        ("kube-system", "kube-apiserver", "ca.crt", "tls/ca.crt"),
+        ("kube-system", "kube-apiserver", "etcd-client.crt", "tls/etcd-client.crt"),
+        ("kube-system", "kube-apiserver", "aggregation-client.crt", "tls/aggregation-client.crt"),
+        ("kube-system", "kube-controller-manager", "ca.crt", "tls/ca.crt"),
+    ] {
+        assert_eq!(
+            secret_key(&env, namespace, secret, key),
+            std::fs::read(assets.join(file)).unwrap(),
+            "secret {namespace}/{secret} {key} is not the new {file}"
+        );
+    }
+    assert_eq!(
+        secret_key(&env, "lokomotive-system", "admission-webhook-server", "cert.pem"),
+        cert_pem(&assets, "webhook")
+    );
+    let kubelet = env
+        .helm(Helm::V3)
+        .args(["get", "values", "kubelet", "-n", "kube-system"])
+        .args(["-o", "json"])
+        .ok();
+    let kubelet: Value = serde_json::from_str(&kubelet.stdout).unwrap();
+    {
+        use base64::Engine as _;
+        let value = kubelet["kubernetesCACert"].as_str().unwrap();
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(value).unwrap(), new_ca);
+    }
+
+    env.step("every ServiceAccount token holds the new kube CA");
+    let tokens = env
+        .kubectl()
+        .args([
+            "get",
+            "secrets",
+            "-A",
+            "--field-selector",
+            "type=kubernetes.io/service-account-token",
+        ])
+        .args(["-o", "json"])
+        .ok();
+    let tokens: Value = serde_json::from_str(&tokens.stdout).unwrap();
+    let items = tokens["items"].as_array().unwrap();
+    assert!(items.len() >= 5, "{} token secrets", items.len());
+    for item in items {
+        use base64::Engine as _;
+        let ca = item["data"]["ca.crt"].as_str().unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.decode(ca).unwrap(),
+            new_ca,
+            "{}/{}",
+            item["metadata"]["namespace"],
+            item["metadata"]["name"]
+        );
+    }
+
+    env.step(
+        "every workload of lokoctl's list the cluster runs, and metrics-server, was restarted",
+    );
+    for (namespace, kind, name) in [
+        ("kube-system", "deployment", "kube-apiserver"),
+        ("kube-system", "deployment", "kube-controller-manager"),
+        ("kube-system", "daemonset", "kubelet"),
+        ("lokomotive-system", "deployment", "admission-webhook-server"),
+        ("kube-system", "deployment", "metrics-server"),
+    ] {
+        assert!(restarted_at(&env, namespace, kind, name).is_some(), "{kind}/{name} not restarted");
+        env.kubectl()
+            .args(["-n", namespace, "rollout", "status", &format!("{kind}/{name}"), "--timeout=1s"])
+            .ok();
+    }
+    env.wait_apiservice(&metrics.apiservice(), true, Duration::from_secs(5));
+    env.step("the new admin kubeconfig reaches the API");
+    env.kubectl().args(["get", "nodes"]).ok();
+
+    // 3. Again: the run is finished, nothing to do.
+    let out = ok(&env, &needles, "renew -y (again; table)", renew(&env).arg("-y"));
+    assert!(out.stdout.contains("nothing to do: this rotation finished"), "{out}");
+
+    // 4. A run cut off after the work of control-plane, tokens and restart and before the
+    //    journal's records: the real state shows each done; verify runs again.
+    let run = run_dir(&env);
+    let journal_path = run.join("journal.json");
+    let mut journal: Value =
+        serde_json::from_slice(&std::fs::read(&journal_path).unwrap()).unwrap();
+    journal["state"] = "in-progress".into();
+    journal.as_object_mut().unwrap().remove("finishedAt");
+    let phases = journal["phases"].as_array_mut().unwrap();
+    phases.retain(|p| p["name"] != "verify");
+    for phase in phases.iter_mut() {
+        if ["control-plane", "tokens", "restart"].contains(&phase["name"].as_str().unwrap()) {
+            phase["outcome"] = "interrupted".into();
+        }
+    }
+    std::fs::write(&journal_path, serde_json::to_vec_pretty(&journal).unwrap()).unwrap();
+    let restarts_before =
+        restarted_at(&env, "kube-system", "deployment", "kube-controller-manager");
+    let (report, _) = run_json(&env, &needles, &[], " (journal records removed)");
     assert_eq!(
         results(&report),
         pairs(&[
             ("backup", "already-done"),
             ("taint", "already-done"),
-            ("certificates", "already-done")
+            ("certificates", "already-done"),
+            ("control-plane", "already-done"),
+            ("tokens", "already-done"),
+            ("restart", "already-done"),
+            ("verify", "done")
         ]),
         "{report:#}"
     );
-    assert!(report["next"].as_str().unwrap().contains("lokoctl cluster apply"), "{report:#}");
-    let out = ok(&env, &needles, "renew -y (everything, again; table)", renew(&env).arg("-y"));
-    assert!(out.stdout.contains("nothing to do"), "{out}");
-    assert_eq!(common::snapshot_tree(&assets), renewed_tree, "a second run changed files");
-    assert_eq!(serial(&state(&env)), renewed_serial, "a second run changed the state");
+    assert_eq!(
+        restarted_at(&env, "kube-system", "deployment", "kube-controller-manager"),
+        restarts_before,
+        "restarted again"
+    );
+    let journal = std::fs::read_to_string(&journal_path).unwrap();
+    let leaked = needles.found_in(&journal);
+    assert!(leaked.is_empty(), "the journal holds key material: {leaked:?}");
 }

@@ -2,15 +2,15 @@
 //! lokoctl's `cluster certificate rotate` does it (CA keys kept, so old and new certificates
 //! verify under each other), phase by phase, backed up, planned and resumable.
 //!
-//! Built so far: `backup`, `taint` and `certificates`, which work from the asset dir and the
-//! Terraform state alone (the cluster is not asked anything: the next step is the cluster
-//! whose certificates have all expired). The control plane does not use the new
-//! certificates until the later phases (etcd, control-plane, tokens, restart, verify) exist;
-//! until then the report's `next` says what is left to do by hand (docs/renew.md). Each
-//! phase is a module of [`phases`]; running them (journal, lock, plan, resume) is the shared
-//! [`crate::rotation::engine`].
+//! `backup`, `taint` and `certificates` work from the asset dir and the Terraform state alone
+//! (the cluster is not asked anything: the next step is the cluster whose certificates have
+//! all expired); `control-plane` (lokoctl), `tokens`, `restart` and `verify` put the new
+//! certificates in use and prove it. The `etcd` phase is not built yet: the report's `next`
+//! says what is left to check by hand (docs/renew.md). Each phase is a module of [`phases`];
+//! running them (journal, lock, plan, resume) is the shared [`crate::rotation::engine`].
 
 pub mod phases;
+pub mod probe;
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,20 @@ pub enum Phase {
     Taint,
     /// terraform apply -parallelism=1, then prove the new certificates (CA keys kept).
     Certificates,
+    /// Roll back releases left pending, then lokoctl cluster apply --confirm
+    /// --skip-pre-update-health-check --upgrade-kubelets; the releases and Secrets hold the new
+    /// certificates.
+    #[value(name = "control-plane")]
+    #[serde(rename = "control-plane")]
+    ControlPlane,
+    /// Wait until every ServiceAccount token Secret's ca.crt is the new kube CA.
+    Tokens,
+    /// Restart lokoctl's list and the extension API servers as kubectl rollout restart, wait as
+    /// kubectl rollout status; every APIService Available.
+    Restart,
+    /// The API server serves the new certificate, the new admin kubeconfig works, the webhook
+    /// mutates, every node is Ready.
+    Verify,
 }
 
 impl Phase {
@@ -41,6 +55,10 @@ impl Phase {
             Self::Backup => "backup",
             Self::Taint => "taint",
             Self::Certificates => "certificates",
+            Self::ControlPlane => "control-plane",
+            Self::Tokens => "tokens",
+            Self::Restart => "restart",
+            Self::Verify => "verify",
         }
     }
 }
@@ -50,17 +68,11 @@ impl Phase {
 const KUBE_CA: &str = "tls/ca.crt";
 
 /// What is left once the built phases are done, for the report's `next`.
-const LEFT_TO_DO: &str = "the control plane does not use the new certificates yet (the etcd, \
-     control-plane, tokens, restart and verify phases of renew are not built): (1) make every \
-     etcd member serve the new etcd certificates (Lokomotive v0.8+ copies them to the \
-     controllers in the certificates phase's terraform apply and restarts etcd; v0.5-v0.7: copy \
-     cluster-assets/tls/etcd-client*, tls/etcd/ to /etc/ssl/etcd on each controller and \
-     restart etcd); (2) lokoctl cluster apply --confirm --skip-pre-update-health-check \
-     --upgrade-kubelets in the config dir; (3) wait until every ServiceAccount token Secret's \
-     ca.crt is the new tls/ca.crt; (4) restart, as kubectl rollout restart, calico-node, \
-     pod-checkpointer, kube-proxy, kubelet, kube-apiserver, coredns, kube-controller-manager, \
-     kube-scheduler, calico-kube-controllers, admission-webhook-server and the extension API \
-     servers (docs/renew.md)";
+const LEFT_TO_DO: &str = "the etcd phase of renew is not built yet: make sure every etcd member \
+     serves the new etcd certificates (Lokomotive v0.8+ copies them to the controllers in the \
+     certificates phase's terraform apply and restarts etcd; v0.5-v0.7: copy \
+     cluster-assets/tls/etcd-client*, tls/etcd/ to /etc/ssl/etcd on each controller and restart \
+     etcd, one member at a time) (docs/renew.md)";
 
 pub struct Renew;
 
@@ -72,7 +84,15 @@ impl Procedure for Renew {
     const PLAN_KIND: &'static str = "RenewalPlan";
 
     fn path(_expired: bool) -> &'static [Phase] {
-        &[Phase::Backup, Phase::Taint, Phase::Certificates]
+        &[
+            Phase::Backup,
+            Phase::Taint,
+            Phase::Certificates,
+            Phase::ControlPlane,
+            Phase::Tokens,
+            Phase::Restart,
+            Phase::Verify,
+        ]
     }
 
     fn finale() -> Option<Phase> {
@@ -95,9 +115,15 @@ impl Procedure for Renew {
         phases::unit(phase)
     }
 
-    /// Nothing to read from the cluster: the built phases work from the asset dir and the
-    /// state alone (the cluster is still proven to be the asset dir's by its kubeconfig).
-    async fn resolve(_ctx: &mut Ctx) -> Result<()> {
+    /// The extension API servers the restart phase covers, for the plan, when the cluster
+    /// answers: `backup`, `taint` and `certificates` need the asset dir and the state alone,
+    /// so a cluster that cannot be read does not stop them (the plan says "not resolved").
+    async fn resolve(ctx: &mut Ctx) -> Result<()> {
+        if let Some(conn) = &ctx.conn
+            && let Ok(found) = crate::k8s::discovery::discover(&conn.client).await
+        {
+            ctx.extension_servers = Some(found.workloads().iter().map(|w| w.to_string()).collect());
+        }
         Ok(())
     }
 

@@ -173,6 +173,10 @@ struct Execution<P: Procedure> {
     _lock: RotationLock,
 }
 
+fn in_progress(latest: &Option<RunDir>) -> Option<&RunDir> {
+    latest.as_ref().filter(|r| r.journal.state == RunState::InProgress)
+}
+
 /// The first half of a run: the asset dir, the lock, a killed run's leftovers, the run and
 /// the phases to work on, the verified connection, the programs, the module; a dry run goes
 /// on past what it cannot resolve and names it, a real run stops there, before any change.
@@ -182,19 +186,23 @@ async fn prepare<P: Procedure>(
 ) -> Result<Prepared<P>> {
     let dir = &crate::assets::single_asset_dir(&global.assets_dirs, P::NAME)?;
     let assets = AssetDir::open(dir)?;
-    P::check_assets(&assets)?;
     let root = runs_root(&assets);
+    // Before the lock, so that an asset dir this rotation cannot work on is left as it was. A
+    // run in progress passed this check when it began; a killed child of it may have left the
+    // files mid-change (terraform replaces a `local_file` by deleting it first), and its phases,
+    // not this check, bring them back.
+    if in_progress(&RunDir::latest(&root, P::NAME)?).is_none() {
+        P::check_assets(&assets)?;
+    }
     // A dry run changes nothing, not even the lock file.
     let lock = if global.dry_run { None } else { Some(RotationLock::acquire(&root)?) };
     let latest = RunDir::latest(&root, P::NAME)?;
-    if let Some(run) = latest.as_ref().filter(|r| r.journal.state == RunState::InProgress)
+    if let Some(run) = in_progress(&latest)
         && !global.dry_run
     {
         // Nothing of a killed run may still write while this one decides what is done.
         process::stop_leftovers(&child_marker(&assets, &run.journal.run)).await;
         run.remove_scratch();
-        // Read again: a leftover lokoctl may have been writing the files checked above.
-        P::check_assets(&assets)?;
     }
     let (run, expired) = choose_run::<P>(&assets, latest, request)?;
     let wanted = wanted_phases::<P>(run.as_ref(), expired, request)?;

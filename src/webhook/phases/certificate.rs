@@ -15,6 +15,7 @@ use crate::rotation::engine::{Needs, PhaseUnit};
 use crate::rotation::plan::StepKind;
 use crate::rotation::step::{Action, Planned, RecoverReleases, Running};
 use crate::tools::Command;
+use crate::tools::lokoctl::ApplyFlags;
 use crate::webhook::Phase;
 
 /// The names the API server may use for the webhook's Service.
@@ -41,7 +42,11 @@ impl PhaseUnit for Certificate {
                 Step::Taint,
             ),
             RecoverReleases::planned(ctx),
-            Planned::command(&ctx.plan_lokoctl(ctx.expired), "", Step::Lokoctl),
+            Planned::command(
+                &ctx.plan_lokoctl(ApplyFlags::skipping_health_check(ctx.expired)),
+                "",
+                Step::Lokoctl,
+            ),
             Planned::new(
                 StepKind::Check,
                 format!(
@@ -63,6 +68,10 @@ async fn found_done(ctx: &Ctx) -> Result<Option<String>> {
         return Ok(None);
     }
     let (state, tainted) = state_cert(ctx).await?;
+    // Missing when an apply that was replacing it was killed: lokoctl's apply writes it again.
+    if !ctx.asset(LOKOMOTIVE_VALUES).exists() {
+        return Ok(None);
+    }
     let (file, _) = values_pair(ctx)?;
     let new = !tainted && state.sha256 != old_cert(ctx)?.sha256 && file.sha256 == state.sha256;
     // lokoctl writes the files before its helm upgrade puts them in the cluster: a run killed
@@ -85,7 +94,9 @@ impl Action for Step {
     fn command(&self, ctx: &Ctx) -> Result<Option<Command>> {
         Ok(match self {
             Self::Taint => Some(ctx.terraform()?.taint_command(&ctx.addr(cert_resource()))),
-            Self::Lokoctl => Some(ctx.lokoctl()?.apply_command(ctx.expired)?),
+            Self::Lokoctl => {
+                Some(ctx.lokoctl()?.apply_command(ApplyFlags::skipping_health_check(ctx.expired))?)
+            }
             Self::CheckNew => None,
         })
     }
@@ -122,7 +133,7 @@ async fn taint(ctx: &mut Ctx) -> Result<String> {
 async fn lokoctl(ctx: &mut Ctx) -> Result<String> {
     let applied = async {
         ctx.terraform()?.keep_state().await?;
-        ctx.lokoctl()?.apply(ctx.expired).await
+        ctx.lokoctl()?.apply(ApplyFlags::skipping_health_check(ctx.expired)).await
     };
     match applied.await {
         Ok(()) => Ok("applied".into()),
