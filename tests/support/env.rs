@@ -436,7 +436,8 @@ impl TestEnv {
     }
 
     /// `helm install kubelet` (kube-system) from the asset dir, with `--wait`: the kubelet
-    /// DaemonSet with `kubernetesCACert` (its `ca-syncer` is not modelled yet).
+    /// DaemonSet with `kubernetesCACert`, whose pods restart the node's kubelet after its
+    /// `ca-syncer` (`node.rs`, `KubeletChartPods`).
     pub fn install_kubelet_chart(&self, helm: Helm) {
         self.install_asset_chart(helm, "kube-system", "kubelet");
     }
