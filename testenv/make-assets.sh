@@ -120,6 +120,13 @@ for chart in kube-system/kube-apiserver:kube-apiserver kube-system/kubernetes:ku
 	rm -rf "$dst"
 	cp -r "$HERE/charts/${chart##*:}" "$dst"
 done
+if [ "$LOKOMOTIVE" = v0.7 ]; then
+	# v0.5-v0.7's kubelet chart: no ca-syncer init container, no kubernetesCACert
+	# (the values template leaves it out for v0.7 too).
+	kubelet=$ASSETS/cluster-assets/charts/kube-system/kubelet
+	sed -i '/^      initContainers:$/,/^      containers:$/{/^      containers:$/!d}' "$kubelet/templates/kubelet.yaml"
+	sed -i '/kubernetesCACert\|ca-syncer\|From v0.8/d' "$kubelet/values.yaml"
+fi
 
 cd "$ASSETS/terraform"
 export TF_CLI_CONFIG_FILE=$CERTROTATE_TF_CLI_CONFIG TF_IN_AUTOMATION=1 TF_INPUT=0 CHECKPOINT_DISABLE=1

@@ -883,4 +883,18 @@ fn lokomotive_v0_7_does_not_push_new_etcd_certificates() {
     assert_eq!(file_fingerprints(&env.node.path("etc/ssl/etcd/etcd/server.crt"))[0], old_server);
     assert_eq!(env.etcd_serving_fingerprint().unwrap(), old_server);
     assert!(!env.node.path("etc/ssl/etcd.old").exists());
+
+    env.step("v0.7's kubelet chart: no ca-syncer, no kubernetesCACert; its pod restarts the kubelet on the node's files as they are");
+    let values =
+        std::fs::read_to_string(env.assets.chart_values("kube-system", "kubelet")).unwrap();
+    assert!(!values.contains("kubernetesCACert"), "{values}");
+    let ca_copy = env.node.ca_copy();
+    env.install_kubelet_chart(Helm::V3);
+    let init = kubectl_jsonpath(
+        &env,
+        &["-n", "kube-system", "get", "daemonset", "kubelet"],
+        "{.spec.template.spec.initContainers}",
+    );
+    assert!(init.is_empty(), "the v0.7 kubelet DaemonSet has init containers: {init}");
+    assert_eq!(env.node.ca_copy(), ca_copy);
 }
