@@ -268,9 +268,12 @@ TARGET=$CACHE/testenv-target
 BIN=$CACHE/testenv-bin
 MIRROR=$CACHE/tf-mirror
 TFRC=$CACHE/terraformrc
-TLS_BIN=$MIRROR/registry.terraform.io/hashicorp/tls/$TLS_PROVIDER_VERSION/linux_amd64/terraform-provider-tls_v$TLS_PROVIDER_VERSION
-LOCAL_BIN=$MIRROR/registry.terraform.io/hashicorp/local/$LOCAL_PROVIDER_VERSION/linux_amd64/terraform-provider-local_v$LOCAL_PROVIDER_VERSION
-NULL_BIN=$MIRROR/registry.terraform.io/hashicorp/null/$NULL_PROVIDER_VERSION/linux_amd64/terraform-provider-null_v$NULL_PROVIDER_VERSION
+# Terraform's filesystem-mirror layout names the providers' origin folder first
+# (HOST/NAMESPACE/TYPE/VERSION/PLATFORM); that host is never contacted.
+HASHICORP=$MIRROR/registry.terraform.io/hashicorp
+TLS_BIN=$HASHICORP/tls/$TLS_PROVIDER_VERSION/linux_amd64/terraform-provider-tls_v$TLS_PROVIDER_VERSION
+LOCAL_BIN=$HASHICORP/local/$LOCAL_PROVIDER_VERSION/linux_amd64/terraform-provider-local_v$LOCAL_PROVIDER_VERSION
+NULL_BIN=$HASHICORP/null/$NULL_PROVIDER_VERSION/linux_amd64/terraform-provider-null_v$NULL_PROVIDER_VERSION
 
 step testenv
 [ -f "$TESTENV/Cargo.toml" ] || die "$TESTENV/Cargo.toml not found"
@@ -301,10 +304,10 @@ cat >"$TFRC.tmp.$$" <<EOF
 provider_installation {
   filesystem_mirror {
     path    = "$MIRROR"
-    include = ["registry.terraform.io/hashicorp/tls", "registry.terraform.io/hashicorp/local", "registry.terraform.io/hashicorp/null"]
+    include = ["hashicorp/tls", "hashicorp/local", "hashicorp/null"]
   }
   direct {
-    exclude = ["registry.terraform.io/hashicorp/tls", "registry.terraform.io/hashicorp/local", "registry.terraform.io/hashicorp/null"]
+    exclude = ["hashicorp/tls", "hashicorp/local", "hashicorp/null"]
   }
 }
 EOF
