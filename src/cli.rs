@@ -172,18 +172,22 @@ pub enum Command {
     /// their own commands), the way `lokoctl cluster certificate rotate` does it: the CA keys are
     /// kept, so certificates of the old and the new CA certificates verify under each other.
     ///
-    /// NOT COMPLETE: only the first phases exist yet. `backup` keeps tls/, auth/, the chart values
-    /// holding certificates or keys and the Terraform state in the run's folder; `taint` taints
-    /// lokoctl's list (every leaf certificate and non-CA key, the three CA certificates; never a
-    /// CA key, never the service-account key); `certificates` runs `terraform apply
-    /// -parallelism=1` and proves the new certificates from the files and the state. They need
-    /// the asset dir and the state only.
+    /// Phases: `backup` keeps tls/, auth/, the chart values holding certificates or keys and the
+    /// Terraform state in the run's folder; `taint` taints lokoctl's list (every leaf
+    /// certificate and non-CA key, the three CA certificates; never a CA key, never the
+    /// service-account key); `certificates` runs `terraform apply -parallelism=1` and proves the
+    /// new certificates from the files and the state (these three need the asset dir and the
+    /// state only); `etcd` waits until every etcd member serves and accepts the new etcd
+    /// certificates; `control-plane` rolls back releases left pending and runs `lokoctl cluster
+    /// apply --confirm --skip-pre-update-health-check --upgrade-kubelets`, then checks every
+    /// control-plane release and Secret; `tokens` waits for every ServiceAccount token to carry
+    /// the new kube CA; `restart` restarts lokoctl's list and the extension API servers as
+    /// `kubectl rollout restart`; `verify` proves the cluster serves and accepts the new
+    /// certificates.
     ///
-    /// The control plane does not use the new certificates until the later phases (etcd,
-    /// control-plane, tokens, restart, verify) exist: `--phase all` runs the built phases and the
-    /// report's `next` says what is left for you to do (the etcd members, `lokoctl cluster apply
-    /// --confirm --skip-pre-update-health-check --upgrade-kubelets`, the ServiceAccount tokens,
-    /// the restarts). See docs/renew.md.
+    /// Lokomotive v0.5-v0.7, whose Terraform pushes no new etcd certificates to the controllers
+    /// and re-syncs no node's CA copy, is refused before any change with the steps to take by
+    /// hand, unless --nodes-updated-by-hand. See docs/renew.md.
     #[command(hide = true)]
     Renew(RenewArgs),
     /// Print a shell completion script (bash, zsh or fish).
@@ -284,8 +288,8 @@ pub struct WebhookArgs {
 
 // `renew`'s help is the doc comment of `Command::Renew`.
 #[derive(Debug, Args)]
-#[command(after_help = "Phases built: backup, taint, certificates. Not built yet: etcd, \
-                  control-plane, tokens, restart, verify. The journal and backups are in \
+#[command(after_help = "Phases: backup, taint, certificates, etcd, control-plane, tokens, \
+                  restart, verify. The journal and backups are in \
                   <assets>/certrotate/<run>/. Exit codes: 0 done, 1 error, 2 usage, 130 \
                   interrupted (Ctrl-C, SIGTERM or SIGHUP; run the same command again to go on).")]
 pub struct RenewArgs {
@@ -300,6 +304,23 @@ pub struct RenewArgs {
     /// Start a new renewal after the last one finished (never while one is in progress).
     #[arg(long)]
     pub new_run: bool,
+
+    /// The client URL of each etcd member as this machine reaches it (repeat, in the order of
+    /// the kube-apiserver values' etcdServers), when not under the names the cluster uses.
+    #[arg(long = "etcd-endpoint", value_name = "URL")]
+    pub etcd_endpoints: Vec<String>,
+
+    /// The peer URL of each etcd member as this machine reaches it (repeat, same order);
+    /// required with --etcd-endpoint. Without either: each member's host on port 2380.
+    #[arg(long = "etcd-peer-endpoint", value_name = "URL")]
+    pub etcd_peer_endpoints: Vec<String>,
+
+    /// Lokomotive v0.5-v0.7 (whose Terraform neither pushes new etcd certificates to the
+    /// controllers nor re-syncs the nodes' CA copies): you take those steps by hand, which the
+    /// refusal without this flag lists; the etcd phase then waits for every member to serve
+    /// the new certificates.
+    #[arg(long)]
+    pub nodes_updated_by_hand: bool,
 }
 
 #[derive(Debug, Args)]
@@ -355,26 +376,28 @@ mod tests {
         }
     }
 
-    /// `renew` is hidden until it is complete, and its own help says what is not built.
+    /// `renew` is hidden until it is proven, and its own help names every phase and the
+    /// refusal of Lokomotive v0.5-v0.7.
     #[test]
-    fn renew_is_hidden_and_says_what_is_not_built() {
+    fn renew_is_hidden_and_its_help_names_every_phase() {
         let help = Cli::command().render_long_help().to_string();
         assert!(!help.contains("renew"), "{help}");
         let mut cli = Cli::command();
         let renew = cli.find_subcommand_mut("renew").expect("the renew subcommand");
         let help = renew.render_long_help().to_string();
         for needed in [
-            "only the first phases exist yet",
-            "does not use the new certificates until the later phases",
-            "etcd,\ncontrol-plane, tokens, restart, verify",
+            "backup, taint, certificates, etcd, control-plane, tokens, restart, verify",
             "--upgrade-kubelets",
-            "backup, taint, certificates",
+            "--nodes-updated-by-hand",
+            "--etcd-endpoint",
+            "--etcd-peer-endpoint",
+            "v0.5-v0.7",
         ] {
             let flat = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
             assert!(flat(&help).contains(&flat(needed)), "{needed:?} not in:\n{help}");
         }
-        let err = Cli::try_parse_from(["kubectl-certrotate", "renew", "--phase", "etcd"]);
-        assert_eq!(err.unwrap_err().exit_code(), 2, "etcd is not a phase yet");
+        let parsed = Cli::try_parse_from(["kubectl-certrotate", "renew", "--phase", "etcd"]);
+        assert!(parsed.is_ok(), "etcd is a phase");
     }
 
     #[test]

@@ -128,3 +128,167 @@ fn without_renewal_the_cluster_breaks_at_the_cliff() {
         });
     env.step(&format!("node {node}: Ready={status}"));
 }
+
+/// lokoctl's taint list (lokomotive-pki.md §1.10): every leaf certificate and non-CA key, and
+/// the three CA certificates; never a CA key nor the service-account key.
+const LOKOCTL_TAINTS: [&str; 19] = [
+    "tls_locally_signed_cert.admin",
+    "tls_locally_signed_cert.admission-webhook-server",
+    "tls_locally_signed_cert.aggregation-client[0]",
+    "tls_locally_signed_cert.apiserver",
+    "tls_locally_signed_cert.client",
+    "tls_locally_signed_cert.kubelet",
+    "tls_locally_signed_cert.peer",
+    "tls_locally_signed_cert.server",
+    "tls_self_signed_cert.aggregation-ca[0]",
+    "tls_self_signed_cert.etcd-ca",
+    "tls_self_signed_cert.kube-ca",
+    "tls_private_key.admin",
+    "tls_private_key.admission-webhook-server",
+    "tls_private_key.aggregation-client[0]",
+    "tls_private_key.apiserver",
+    "tls_private_key.client",
+    "tls_private_key.kubelet",
+    "tls_private_key.peer",
+    "tls_private_key.server",
+];
+
+/// Validity of the renewed test's original certificates: the renewal typed by hand (19
+/// taints, an apply with the SSH copy, lokoctl with its helm upgrades, the restarts) must end
+/// before the cliff.
+const RENEWED_VALIDITY: Duration = Duration::from_secs(300);
+
+/// The ServiceAccount token Secrets whose `ca.crt` is not `ca` yet (`namespace/name`).
+fn tokens_without(observer: &Path, ca: &[u8]) -> Result<Vec<String>, String> {
+    use base64::Engine as _;
+    let out = kubectl_with(observer)
+        .args(["get", "secrets", "-A", "--field-selector=type=kubernetes.io/service-account-token"])
+        .arg("-o=json")
+        .run();
+    if !out.success() {
+        return Err(out.to_string());
+    }
+    let list: Value = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
+    let want = base64::engine::general_purpose::STANDARD.encode(ca);
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["data"]["ca.crt"].as_str() != Some(want.as_str()))
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s["metadata"]["namespace"].as_str().unwrap_or(""),
+                s["metadata"]["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect())
+}
+
+/// A copy (0600, in the test's dir) of a file as it is now.
+fn keep_copy(env: &TestEnv, from: &Path, name: &str) -> PathBuf {
+    let to = env.dir().join(name);
+    support::pki::write_private(&to, &std::fs::read(from).unwrap()).unwrap();
+    to
+}
+
+#[test]
+fn renewed_by_hand_the_cluster_crosses_the_cliff() {
+    let env = TestEnv::start_with(
+        "cliff-renewed",
+        EnvOptions {
+            assets: AssetOptions::default().expiring_in(RENEWED_VALIDITY),
+            ..Default::default()
+        },
+    );
+    env.step("the control-plane charts: kube-apiserver, kubernetes, kubelet");
+    env.install_kube_apiserver_chart(Helm::V3);
+    env.install_kubernetes_chart(Helm::V3);
+    env.install_kubelet_chart(Helm::V3);
+    let observer = env.observer_kubeconfig();
+    let node = env.kubelet.nodes()[0].clone();
+    let old_admin = keep_copy(&env, &env.kubeconfig(), "old-admin-kubeconfig");
+    let old_ca = keep_copy(&env, &env.assets.tls("ca.crt"), "old-ca.crt");
+    let old_etcd = support::file_fingerprints(&env.assets.tls("etcd/server.crt"));
+    assert_eq!(env.node.ca_copy(), support::file_fingerprints(&old_ca));
+
+    env.step(
+        "renewal typed by hand, as lokoctl's rotate: 19 taints, terraform apply -parallelism=1",
+    );
+    let module = env.assets.bootkube_module();
+    for resource in LOKOCTL_TAINTS {
+        env.terraform().args(["taint", &format!("{module}.{resource}")]).ok();
+    }
+    env.terraform()
+        .args(["apply", "-auto-approve", "-input=false", "-no-color", "-parallelism=1"])
+        .ok();
+    assert_eq!(env.etcd.restarts(), 1, "copy-controller-secrets did not restart etcd");
+    let new_etcd = support::file_fingerprints(&env.assets.tls("etcd/server.crt"));
+    assert_ne!(new_etcd, old_etcd);
+    assert_eq!(env.etcd_serving_fingerprint().unwrap(), new_etcd[0]);
+
+    env.step("lokoctl cluster apply --upgrade-kubelets: every control-plane chart with the new certificates");
+    env.lokoctl()
+        .args([
+            "cluster",
+            "apply",
+            "--confirm",
+            "--skip-pre-update-health-check",
+            "--upgrade-kubelets",
+        ])
+        .ok();
+    let new_ca = std::fs::read(env.assets.tls("ca.crt")).unwrap();
+    wait_for("every token Secret's ca.crt to be the new CA", Duration::from_secs(120), || {
+        match tokens_without(&observer, &new_ca)? {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("still the old CA: {left:?}")),
+        }
+    });
+
+    env.step("the restarts: kube-controller-manager, kubelet, kube-apiserver");
+    env.rollout_restart("kube-system", "deployment/kube-controller-manager");
+    env.rollout_restart("kube-system", "daemonset/kubelet");
+    env.rollout_restart("kube-system", "deployment/kube-apiserver");
+    assert_eq!(env.node.ca_copy(), support::fingerprints(&new_ca), "the node's CA copy");
+    assert_eq!(
+        env.apiserver_serving_fingerprint().unwrap(),
+        support::file_fingerprints(&env.assets.tls("apiserver.crt"))[0]
+    );
+    let left = seconds_left(&old_ca);
+    assert!(left > 5, "the renewal ended {} s after the cliff: raise RENEWED_VALIDITY", -left);
+    assert!(seconds_left(&env.assets.tls("ca.crt")) > 86_400 * 300);
+
+    env.step(&format!("waiting {left} s for the original certificates to expire"));
+    std::thread::sleep(Duration::from_secs(u64::try_from(left).unwrap() + 3));
+    assert!(seconds_left(&old_ca) < 0);
+
+    env.step(
+        "after the cliff: the new admin kubeconfig works, the old admin certificate is refused",
+    );
+    env.kubectl().args(["get", "nodes"]).ok();
+    let old = kubectl_with(&old_admin).args(["get", "nodes"]).run();
+    assert!(!old.success() && old.stderr.contains("expired"), "the old admin kubeconfig: {old}");
+
+    env.step("after the cliff: kube-apiserver restarted reaches etcd (new client certificate, new etcd serving certificate)");
+    env.block_on(env.apiserver.restart("after the cliff")).unwrap();
+    env.kubectl().args(["create", "namespace", "after-the-cliff"]).ok();
+    assert_eq!(env.etcd_serving_fingerprint().unwrap(), new_etcd[0]);
+
+    env.step("after the cliff: kube-controller-manager restarted issues tokens");
+    env.rollout_restart("kube-system", "deployment/kube-controller-manager");
+    wait_for("a token in the namespace made after the cliff", Duration::from_secs(60), || {
+        let out = env
+            .kubectl()
+            .args(["-n", "after-the-cliff", "get", "serviceaccount", "default"])
+            .arg("-o=jsonpath={.secrets[0].name}")
+            .run();
+        if out.success() && !out.stdout.trim().is_empty() { Ok(()) } else { Err(out.to_string()) }
+    });
+
+    env.step("after the cliff: the node stays Ready past the node lifecycle's 40 s grace");
+    let until = std::time::Instant::now() + Duration::from_secs(50);
+    while std::time::Instant::now() < until {
+        assert_eq!(node_ready(&observer, &node).unwrap(), "True", "node {node} after the cliff");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use support::process::DEATH_LOG_LINES;
 use support::{
-    AssetOptions, Assets, EnvOptions, ExtApiServer, Helm, KubeletConfig, TestEnv,
+    AssetOptions, Assets, EnvOptions, ExtApiServer, Helm, KubeletConfig, Lokomotive, TestEnv,
     file_fingerprints, free_port, helm_history_rows, wait_for,
 };
 
@@ -709,4 +709,192 @@ fn kube_controller_manager_runs_as_the_kubernetes_charts_pod_with_its_token() {
     env.lokoctl().args(["cluster", "apply", "--confirm", "--upgrade-kubelets"]).ok();
     assert_eq!(revisions("kubernetes"), Some((3, "deployed".to_string())));
     assert_eq!(revisions("kubelet"), Some((2, "deployed".to_string())));
+}
+
+/// `terraform taint` of each of `resources` (bootkube addresses), then one full
+/// `terraform apply -parallelism=1`, as lokoctl's rotation does.
+fn taint_all_and_apply(assets: &Assets, resources: &[&str]) {
+    let module = assets.bootkube_module();
+    for resource in resources {
+        assets.terraform().args(["taint", &format!("{module}.{resource}")]).ok();
+    }
+    assets
+        .terraform()
+        .args(["apply", "-auto-approve", "-input=false", "-no-color", "-parallelism=1"])
+        .ok();
+}
+
+#[test]
+fn helm_upgrade_with_new_certificates_restarts_kube_apiserver_on_every_file_of_its_secret() {
+    let env = TestEnv::start("apiserver-files");
+    env.install_kube_apiserver_chart(Helm::V3);
+    let old_serving = file_fingerprints(&env.assets.tls("apiserver.crt"))[0].clone();
+    assert_eq!(env.apiserver_serving_fingerprint().unwrap(), old_serving);
+    let restarts = env.apiserver.restarts();
+
+    env.step(
+        "new apiserver and etcd client certificates and keys (lokoctl's taints), terraform apply",
+    );
+    taint_all_and_apply(
+        &env.assets,
+        &[
+            "tls_private_key.apiserver",
+            "tls_locally_signed_cert.apiserver",
+            "tls_private_key.client",
+            "tls_locally_signed_cert.client",
+        ],
+    );
+    let new_serving = file_fingerprints(&env.assets.tls("apiserver.crt"))[0].clone();
+    assert_ne!(new_serving, old_serving);
+    assert_eq!(
+        env.apiserver_serving_fingerprint().unwrap(),
+        old_serving,
+        "served before the upgrade"
+    );
+
+    env.step("helm upgrade kube-apiserver with the rendered values: the pod rolls, the process restarts on the new files");
+    env.helm(Helm::V3)
+        .args(["upgrade", "kube-apiserver"])
+        .arg(env.assets.chart("kube-system", "kube-apiserver"))
+        .args(["--namespace", "kube-system", "--wait", "--timeout", "3m", "-f"])
+        .arg(env.assets.chart_values("kube-system", "kube-apiserver"))
+        .ok();
+    wait_for("kube-apiserver to serve the new certificate", ROLLOUT, || {
+        match env.apiserver_serving_fingerprint() {
+            Ok(seen) if seen == new_serving => Ok(()),
+            other => Err(format!("serves {other:?}")),
+        }
+    });
+    assert!(env.apiserver.restarts() > restarts);
+    // Every key of Secret `kube-system/kube-apiserver` a flag names, as the asset dir's file.
+    for key in support::control_plane::SECRET_FILES {
+        let file = env.assets.tls(key);
+        assert_eq!(
+            env.apiserver_mounted_file(key),
+            read(&file),
+            "kube-apiserver runs with another {key} than the asset dir's"
+        );
+    }
+
+    env.step("kube-apiserver reaches etcd with the new client certificate: a write is stored");
+    env.kubectl().args(["create", "namespace", "after-new-certificates"]).ok();
+    env.kubectl().args(["get", "namespace", "after-new-certificates"]).ok();
+}
+
+/// lokoctl's taints of the etcd PKI: the CA certificate (its key kept) and every etcd leaf
+/// certificate and key.
+const ETCD_TAINTS: [&str; 7] = [
+    "tls_self_signed_cert.etcd-ca",
+    "tls_private_key.server",
+    "tls_locally_signed_cert.server",
+    "tls_private_key.peer",
+    "tls_locally_signed_cert.peer",
+    "tls_private_key.client",
+    "tls_locally_signed_cert.client",
+];
+
+/// The trigger names of `null_resource.copy-controller-secrets[0]` in the state.
+fn copy_triggers(env: &TestEnv) -> Vec<String> {
+    let out = env.terraform().args(["show", "-json"]).ok();
+    let state: Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut found = Vec::new();
+    let mut modules = vec![&state["values"]["root_module"]];
+    while let Some(module) = modules.pop() {
+        for resource in module["resources"].as_array().into_iter().flatten() {
+            if resource["address"]
+                .as_str()
+                .is_some_and(|a| a.ends_with("null_resource.copy-controller-secrets[0]"))
+            {
+                found.extend(resource["values"]["triggers"].as_object().unwrap().keys().cloned());
+            }
+        }
+        modules.extend(module["child_modules"].as_array().into_iter().flatten());
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn new_etcd_certificates_reach_the_node_over_ssh_and_etcd_restarts_on_them() {
+    let env = TestEnv::start("etcd-copy");
+    let old_server = file_fingerprints(&env.assets.tls("etcd/server.crt"))[0].clone();
+    env.step("at install copy-controller-secrets put the asset dir's etcd files on the node, and etcd serves them");
+    assert_eq!(
+        read(&env.node.path("etc/ssl/etcd/etcd/server.crt")),
+        read(&env.assets.tls("etcd/server.crt"))
+    );
+    assert_eq!(
+        read(&env.node.path("etc/ssl/etcd/etcd-client.crt")),
+        read(&env.assets.tls("etcd-client.crt"))
+    );
+    assert_eq!(env.etcd_serving_fingerprint().unwrap(), old_server);
+    assert_eq!(
+        copy_triggers(&env),
+        ["controller_id", "etcd_ca_cert", "etcd_peer_cert", "etcd_server_cert"]
+    );
+
+    env.step(
+        "lokoctl's etcd taints and terraform apply -parallelism=1: the copy runs again over SSH",
+    );
+    taint_all_and_apply(&env.assets, &ETCD_TAINTS);
+    let new_server = file_fingerprints(&env.assets.tls("etcd/server.crt"))[0].clone();
+    assert_ne!(new_server, old_server);
+    assert_eq!(env.etcd.restarts(), 1, "etcd was not restarted once by the node's systemctl");
+    assert_eq!(
+        env.etcd_serving_fingerprint().unwrap(),
+        new_server,
+        "etcd does not serve the new certificate"
+    );
+    assert_eq!(
+        read(&env.node.path("etc/ssl/etcd/etcd/server.crt")),
+        read(&env.assets.tls("etcd/server.crt"))
+    );
+    assert_eq!(
+        file_fingerprints(&env.node.path("etc/ssl/etcd.old/etcd/server.crt"))[0],
+        old_server,
+        "the old files are not kept in /etc/ssl/etcd.old"
+    );
+
+    env.step("kube-apiserver reaches the restarted etcd (the CA key was kept): a write is stored");
+    wait_for("a namespace stored after the etcd restart", ROLLOUT, || {
+        let out = env.kubectl().args(["create", "namespace", "after-etcd-restart"]).run();
+        if out.success() { Ok(()) } else { Err(out.to_string()) }
+    });
+    assert!(env.dead_components().is_empty(), "{:?}", env.dead_components());
+}
+
+#[test]
+fn lokomotive_v0_7_does_not_push_new_etcd_certificates() {
+    let env = TestEnv::start_with(
+        "etcd-copy-v07",
+        EnvOptions {
+            assets: AssetOptions { lokomotive: Lokomotive::V0_7, ..AssetOptions::default() },
+            ..Default::default()
+        },
+    );
+    let old_server = file_fingerprints(&env.assets.tls("etcd/server.crt"))[0].clone();
+    assert_eq!(env.etcd_serving_fingerprint().unwrap(), old_server);
+    assert_eq!(copy_triggers(&env), ["controller_id"]);
+
+    env.step("the same taints and apply: nothing reaches the node, etcd keeps serving the old certificate");
+    taint_all_and_apply(&env.assets, &ETCD_TAINTS);
+    assert_ne!(file_fingerprints(&env.assets.tls("etcd/server.crt"))[0], old_server);
+    assert_eq!(env.etcd.restarts(), 0);
+    assert_eq!(file_fingerprints(&env.node.path("etc/ssl/etcd/etcd/server.crt"))[0], old_server);
+    assert_eq!(env.etcd_serving_fingerprint().unwrap(), old_server);
+    assert!(!env.node.path("etc/ssl/etcd.old").exists());
+
+    env.step("v0.7's kubelet chart: no ca-syncer, no kubernetesCACert; its pod restarts the kubelet on the node's files as they are");
+    let values =
+        std::fs::read_to_string(env.assets.chart_values("kube-system", "kubelet")).unwrap();
+    assert!(!values.contains("kubernetesCACert"), "{values}");
+    let ca_copy = env.node.ca_copy();
+    env.install_kubelet_chart(Helm::V3);
+    let init = kubectl_jsonpath(
+        &env,
+        &["-n", "kube-system", "get", "daemonset", "kubelet"],
+        "{.spec.template.spec.initContainers}",
+    );
+    assert!(init.is_empty(), "the v0.7 kubelet DaemonSet has init containers: {init}");
+    assert_eq!(env.node.ca_copy(), ca_copy);
 }

@@ -61,7 +61,8 @@ fn ok(env: &TestEnv, needles: &Needles, what: &str, cmd: Cmd) -> Output {
 /// succeed and show no key: its report, and the output.
 fn run_json(env: &TestEnv, needles: &Needles, args: &[&str], note: &str) -> (Value, Output) {
     let what = format!("renew {} -y -o json{note}", args.join(" "));
-    let out = ok(env, needles, &what, renew(env).args(args).args(["-y", "-o", "json"]));
+    let out =
+        ok(env, needles, &what, renew_reaching_etcd(env).args(args).args(["-y", "-o", "json"]));
     (json(&out), out)
 }
 
@@ -209,7 +210,10 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
     assert_eq!(plan["kind"], "RenewalPlan", "{plan:#}");
     let names: Vec<&str> =
         plan["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["backup", "taint", "certificates"]);
+    assert_eq!(
+        names,
+        ["backup", "taint", "certificates", "etcd", "control-plane", "tokens", "restart", "verify"]
+    );
     let argv_of = |phase: usize| -> Vec<Vec<String>> {
         plan["phases"][phase]["steps"]
             .as_array()
@@ -324,7 +328,10 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
         );
         assert!(old.is_string() && new.is_string() && old != new, "{ca}: {report:#}");
     }
-    assert!(report["next"].as_str().unwrap().contains("--upgrade-kubelets"), "{report:#}");
+    assert_eq!(
+        report["next"], "kubectl certrotate renew --phase etcd (or --phase all)",
+        "{report:#}"
+    );
     // The new keys too: the apply made them, and printed nothing of them either.
     add_keys(&mut needles, &env);
     let leaked = needles.found_in(&format!("{}\n{}", out.stdout, out.stderr));
@@ -421,22 +428,455 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
     env.step("the new admin kubeconfig reaches the API (its CA key and the API's are the same)");
     env.kubectl().args(["get", "nodes"]).ok();
 
-    // 5. Everything again: already done, nothing changed.
+    // 5. The three phases again: already done, nothing changed.
     let renewed_tree = common::snapshot_tree(&assets);
     let renewed_serial = serial(&state(&env));
-    let (report, _) = run_json(&env, &needles, &[], " (everything, again)");
+    for phase in ["backup", "taint", "certificates"] {
+        let (report, _) = run_json(&env, &needles, &["--phase", phase], " (again)");
+        assert_eq!(results(&report), pairs(&[(phase, "already-done")]), "{report:#}");
+    }
+    let out = ok(
+        &env,
+        &needles,
+        "renew --phase certificates -y (again; table)",
+        renew(&env).args(["--phase", "certificates", "-y"]),
+    );
+    assert!(out.stdout.contains("nothing to do"), "{out}");
+    assert_eq!(common::snapshot_tree(&assets), renewed_tree, "a second run changed files");
+    assert_eq!(serial(&state(&env)), renewed_serial, "a second run changed the state");
+}
+
+/// The bytes under `key` of Secret `namespace/name`, read with kubectl.
+fn secret_key(env: &TestEnv, namespace: &str, name: &str, key: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let out = env.kubectl().args(["-n", namespace, "get", "secret", name, "-o", "json"]).ok();
+    let secret: Value = serde_json::from_str(&out.stdout).unwrap();
+    let value = secret["data"][key].as_str().unwrap_or_else(|| panic!("{name} has no {key}"));
+    base64::engine::general_purpose::STANDARD.decode(value).unwrap()
+}
+
+/// The `kubectl.kubernetes.io/restartedAt` of `kind/name` in `namespace`, if any.
+fn restarted_at(env: &TestEnv, namespace: &str, kind: &str, name: &str) -> Option<String> {
+    let out = env.kubectl().args(["-n", namespace, "get", kind, name, "-o", "json"]).ok();
+    let object: Value = serde_json::from_str(&out.stdout).unwrap();
+    object["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The peer port etcd listens on, read from its command line (the harness names only the
+/// client port).
+fn etcd_peer_port(env: &TestEnv) -> u16 {
+    let pid = env.component_pid("etcd").expect("etcd runs");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args = String::from_utf8_lossy(&cmdline).into_owned();
+    let url = args
+        .split('\0')
+        .find_map(|a| a.strip_prefix("--listen-peer-urls="))
+        .unwrap_or_else(|| panic!("no --listen-peer-urls in {args:?}"));
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// `renew` with the etcd member as this machine reaches it (the harness's etcd is on
+/// 127.0.0.1 and random ports, not under the values' etcdServers names).
+fn renew_reaching_etcd(env: &TestEnv) -> Cmd {
+    renew(env)
+        .arg("--etcd-endpoint")
+        .arg(format!("https://127.0.0.1:{}", env.etcd_port))
+        .arg("--etcd-peer-endpoint")
+        .arg(format!("https://127.0.0.1:{}", etcd_peer_port(env)))
+}
+
+/// A lokoctl that fails as a broken one does: a message, exit code 1, nothing applied.
+fn failing_lokoctl(env: &TestEnv) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = env.dir().join("failing-lokoctl");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\necho 'lokoctl: error: cannot reach the cluster' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
+    use support::{ExtApiServer, Helm};
+    let env = TestEnv::start("renew-all");
+    env.step("the control-plane charts (kube-apiserver, kubernetes, kubelet, lokomotive) and metrics-server");
+    env.install_kube_apiserver_chart(Helm::V3);
+    env.install_kubernetes_chart(Helm::V3);
+    env.install_kubelet_chart(Helm::V3);
+    env.install_lokomotive_chart();
+    let metrics = ExtApiServer::metrics_server();
+    env.deploy_ext_apiserver(&metrics);
+    env.wait_apiservice(&metrics.apiservice(), true, Duration::from_secs(120));
+    let assets = env.assets.cluster_assets();
+    let old_ca = std::fs::read(assets.join("tls/ca.crt")).unwrap();
+    let mut needles = Needles::new();
+    add_keys(&mut needles, &env);
+
+    // 1. lokoctl failing: the run stops in control-plane, saying which command failed.
+    env.step("renew -y with a lokoctl that fails: stops in control-plane");
+    let out = renew_reaching_etcd(&env)
+        .env("LOKOCTL", failing_lokoctl(&env))
+        .args(["-y", "-o", "json"])
+        .run();
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("cluster apply --confirm"), "the failed command is named: {out}");
+    assert!(out.stderr.contains("cannot reach the cluster"), "its message is shown: {out}");
+    let report = json(&out);
+    assert_eq!(
+        results(&report),
+        pairs(&[
+            ("backup", "done"),
+            ("taint", "done"),
+            ("certificates", "done"),
+            ("etcd", "done"),
+            ("control-plane", "failed")
+        ]),
+        "{report:#}"
+    );
+    add_keys(&mut needles, &env);
+
+    // 2. The same command again, with lokoctl working: it goes on from control-plane.
+    let (report, _) = run_json(&env, &needles, &[], " (lokoctl working)");
+    // kube-controller-manager may have republished every token before the phase looks: then
+    // the real state shows it done.
+    let mut got = results(&report);
+    assert!(["done", "already-done"].contains(&got[5].1.as_str()), "{report:#}");
+    got[5].1 = "done".into();
+    assert_eq!(
+        got,
+        pairs(&[
+            ("backup", "already-done"),
+            ("taint", "already-done"),
+            ("certificates", "already-done"),
+            ("etcd", "already-done"),
+            ("control-plane", "done"),
+            ("tokens", "done"),
+            ("restart", "done"),
+            ("verify", "done")
+        ]),
+        "{report:#}"
+    );
+    let journal = std::fs::read_to_string(run_dir(&env).join("journal.json")).unwrap();
+    assert!(
+        journal.contains("not in this cluster, skipped: kube-system/coredns"),
+        "the restart says what it skipped: {journal}"
+    );
+
+    env.step("every release and Secret holds the new certificates");
+    let new_ca = std::fs::read(assets.join("tls/ca.crt")).unwrap();
+    assert_ne!(new_ca, old_ca);
+    for (namespace, secret, key, file) in [
+        ("kube-system", "kube-apiserver", "apiserver.crt", "tls/apiserver.crt"),
+        ("kube-system", "kube-apiserver", "ca.crt", "tls/ca.crt"),
+        ("kube-system", "kube-apiserver", "etcd-client.crt", "tls/etcd-client.crt"),
+        ("kube-system", "kube-apiserver", "aggregation-client.crt", "tls/aggregation-client.crt"),
+        ("kube-system", "kube-controller-manager", "ca.crt", "tls/ca.crt"),
+    ] {
+        assert_eq!(
+            secret_key(&env, namespace, secret, key),
+            std::fs::read(assets.join(file)).unwrap(),
+            "secret {namespace}/{secret} {key} is not the new {file}"
+        );
+    }
+    assert_eq!(
+        secret_key(&env, "lokomotive-system", "admission-webhook-server", "cert.pem"),
+        cert_pem(&assets, "webhook")
+    );
+    let kubelet = env
+        .helm(Helm::V3)
+        .args(["get", "values", "kubelet", "-n", "kube-system"])
+        .args(["-o", "json"])
+        .ok();
+    let kubelet: Value = serde_json::from_str(&kubelet.stdout).unwrap();
+    {
+        use base64::Engine as _;
+        let value = kubelet["kubernetesCACert"].as_str().unwrap();
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(value).unwrap(), new_ca);
+    }
+
+    env.step("every ServiceAccount token holds the new kube CA");
+    let tokens = env
+        .kubectl()
+        .args([
+            "get",
+            "secrets",
+            "-A",
+            "--field-selector",
+            "type=kubernetes.io/service-account-token",
+        ])
+        .args(["-o", "json"])
+        .ok();
+    let tokens: Value = serde_json::from_str(&tokens.stdout).unwrap();
+    let items = tokens["items"].as_array().unwrap();
+    assert!(items.len() >= 5, "{} token secrets", items.len());
+    for item in items {
+        use base64::Engine as _;
+        let ca = item["data"]["ca.crt"].as_str().unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.decode(ca).unwrap(),
+            new_ca,
+            "{}/{}",
+            item["metadata"]["namespace"],
+            item["metadata"]["name"]
+        );
+    }
+
+    env.step(
+        "every workload of lokoctl's list the cluster runs, and metrics-server, was restarted",
+    );
+    for (namespace, kind, name) in [
+        ("kube-system", "deployment", "kube-apiserver"),
+        ("kube-system", "deployment", "kube-controller-manager"),
+        ("kube-system", "daemonset", "kubelet"),
+        ("lokomotive-system", "deployment", "admission-webhook-server"),
+        ("kube-system", "deployment", "metrics-server"),
+    ] {
+        assert!(restarted_at(&env, namespace, kind, name).is_some(), "{kind}/{name} not restarted");
+        env.kubectl()
+            .args(["-n", namespace, "rollout", "status", &format!("{kind}/{name}"), "--timeout=1s"])
+            .ok();
+    }
+    env.wait_apiservice(&metrics.apiservice(), true, Duration::from_secs(5));
+    env.step("the new admin kubeconfig reaches the API");
+    env.kubectl().args(["get", "nodes"]).ok();
+
+    // 3. Again: the run is finished, nothing to do.
+    let out = ok(&env, &needles, "renew -y (again; table)", renew_reaching_etcd(&env).arg("-y"));
+    assert!(out.stdout.contains("nothing to do: this rotation finished"), "{out}");
+
+    // 4. A run cut off after the work of control-plane, tokens and restart and before the
+    //    journal's records: the real state shows each done; verify runs again.
+    let run = run_dir(&env);
+    let journal_path = run.join("journal.json");
+    let mut journal: Value =
+        serde_json::from_slice(&std::fs::read(&journal_path).unwrap()).unwrap();
+    journal["state"] = "in-progress".into();
+    journal.as_object_mut().unwrap().remove("finishedAt");
+    let phases = journal["phases"].as_array_mut().unwrap();
+    phases.retain(|p| p["name"] != "verify");
+    for phase in phases.iter_mut() {
+        if ["control-plane", "tokens", "restart"].contains(&phase["name"].as_str().unwrap()) {
+            phase["outcome"] = "interrupted".into();
+        }
+    }
+    std::fs::write(&journal_path, serde_json::to_vec_pretty(&journal).unwrap()).unwrap();
+    let restarts_before =
+        restarted_at(&env, "kube-system", "deployment", "kube-controller-manager");
+    let (report, _) = run_json(&env, &needles, &[], " (journal records removed)");
     assert_eq!(
         results(&report),
         pairs(&[
             ("backup", "already-done"),
             ("taint", "already-done"),
-            ("certificates", "already-done")
+            ("certificates", "already-done"),
+            ("etcd", "already-done"),
+            ("control-plane", "already-done"),
+            ("tokens", "already-done"),
+            ("restart", "already-done"),
+            ("verify", "done")
         ]),
         "{report:#}"
     );
-    assert!(report["next"].as_str().unwrap().contains("lokoctl cluster apply"), "{report:#}");
-    let out = ok(&env, &needles, "renew -y (everything, again; table)", renew(&env).arg("-y"));
-    assert!(out.stdout.contains("nothing to do"), "{out}");
-    assert_eq!(common::snapshot_tree(&assets), renewed_tree, "a second run changed files");
-    assert_eq!(serial(&state(&env)), renewed_serial, "a second run changed the state");
+    assert_eq!(
+        restarted_at(&env, "kube-system", "deployment", "kube-controller-manager"),
+        restarts_before,
+        "restarted again"
+    );
+    let journal = std::fs::read_to_string(&journal_path).unwrap();
+    let leaked = needles.found_in(&journal);
+    assert!(leaked.is_empty(), "the journal holds key material: {leaked:?}");
+}
+
+/// Lokomotive v0.5-v0.7 (`copy-controller-secrets` triggered by `controller_id` only): the
+/// cluster would not push the new etcd certificates to its controllers, so `renew` refuses
+/// before any change, with the steps to take by hand; the dry run names the refusal.
+#[test]
+fn a_lokomotive_v0_7_cluster_is_refused_before_any_change() {
+    use support::assets::Lokomotive;
+    use support::{AssetOptions, EnvOptions};
+    let env = TestEnv::start_with(
+        "renew-v07",
+        EnvOptions {
+            assets: AssetOptions { lokomotive: Lokomotive::V0_7, ..Default::default() },
+            ..Default::default()
+        },
+    );
+    let assets = env.assets.cluster_assets();
+    let original = common::snapshot_tree(&assets);
+    let serial = state(&env)["serial"].as_u64().unwrap();
+    let mut needles = Needles::new();
+    add_keys(&mut needles, &env);
+
+    env.step("renew -y on a v0.7 asset dir: refused, nothing changed");
+    let out = renew_reaching_etcd(&env).arg("-y").run();
+    assert_eq!(out.code(), Some(1), "{out}");
+    for needed in [
+        "phase etcd cannot run",
+        "Lokomotive v0.5-v0.7",
+        "copy-controller-secrets is triggered by controller_id",
+        "Nothing was changed",
+        "/etc/ssl/etcd/etcd/",
+        "systemctl restart etcd",
+        "--nodes-updated-by-hand",
+    ] {
+        assert!(out.stderr.contains(needed), "{needed:?} not said: {out}");
+    }
+    assert!(needles.found_in(&format!("{}\n{}", out.stdout, out.stderr)).is_empty());
+    assert_eq!(common::snapshot_tree(&assets), original, "the refused run changed the asset dir");
+    assert_eq!(run_dirs(&env), Vec::<PathBuf>::new(), "the refused run made a run folder");
+    assert_eq!(
+        state(&env)["serial"].as_u64().unwrap(),
+        serial,
+        "the refused run changed the state"
+    );
+
+    env.step("renew --dry-run on it: the plan, and the refusal among what is unresolved");
+    let out = ok(
+        &env,
+        &needles,
+        "renew --dry-run -o json",
+        renew(&env).args(["--dry-run", "-o", "json"]),
+    );
+    let plan = json(&out);
+    let unresolved = plan["unresolved"].to_string();
+    assert!(unresolved.contains("--nodes-updated-by-hand"), "{plan:#}");
+    assert_eq!(common::snapshot_tree(&assets), original, "the dry run changed the asset dir");
+
+    // With the flag the run goes on; a Terraform state lock held by another process stops
+    // the taint phase before any taint, saying so; once it is free the same command goes on.
+    let lock = support::rotation::StateLock::hold(&env);
+    env.step("renew --nodes-updated-by-hand --phase taint, the state locked: refused");
+    let by_hand = || renew_reaching_etcd(&env).args(["--nodes-updated-by-hand", "-y"]);
+    let out = by_hand().args(["--phase", "taint"]).run();
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("locked by another process"), "{out}");
+    let locked = instances(&state(&env));
+    assert!(locked.values().all(|(_, tainted, _)| !tainted), "tainted under a lock");
+    assert_eq!(state(&env)["serial"].as_u64().unwrap(), serial, "the state changed under a lock");
+    drop(lock);
+    let (report, _) = run_json(
+        &env,
+        &needles,
+        &["--nodes-updated-by-hand", "--phase", "taint"],
+        " (the lock free)",
+    );
+    assert_eq!(results(&report), pairs(&[("taint", "done")]), "{report:#}");
+    let tainted = instances(&state(&env)).values().filter(|(_, t, _)| *t).count();
+    assert_eq!(tainted, TAINTED.len());
+}
+
+/// Validity of every original certificate in the cliff test: the charts and the whole of
+/// `renew -y` must end before it (measured: about 60 s), then the test waits for the cliff.
+const CLIFF_VALIDITY: Duration = Duration::from_secs(180);
+
+/// Seconds until the certificate in `path` expires (negative once it has).
+fn seconds_left(path: &Path) -> i64 {
+    let cert = openssl::x509::X509::from_pem(&std::fs::read(path).unwrap()).unwrap();
+    let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
+    let diff = now.diff(cert.not_after()).unwrap();
+    i64::from(diff.days) * 86_400 + i64::from(diff.secs)
+}
+
+/// Real kubectl with `kubeconfig`.
+fn kubectl_with(kubeconfig: &Path) -> Cmd {
+    Cmd::new(&Tools::get().kubectl).env("KUBECONFIG", kubeconfig).timeout(Duration::from_secs(60))
+}
+
+/// The proof of issue 16: a cluster whose every certificate expires minutes after it is up,
+/// renewed by `renew -y` alone, crosses that moment with nothing broken.
+#[test]
+fn renew_crosses_the_one_year_cliff() {
+    use support::{AssetOptions, EnvOptions, Helm};
+    let env = TestEnv::start_with(
+        "renew-cliff",
+        EnvOptions {
+            assets: AssetOptions::default().expiring_in(CLIFF_VALIDITY),
+            ..Default::default()
+        },
+    );
+    env.step("the control-plane charts: kube-apiserver, kubernetes, kubelet, lokomotive");
+    env.install_kube_apiserver_chart(Helm::V3);
+    env.install_kubernetes_chart(Helm::V3);
+    env.install_kubelet_chart(Helm::V3);
+    env.install_lokomotive_chart();
+    let observer = env.observer_kubeconfig();
+    let node = env.kubelet.nodes()[0].clone();
+    let old_admin = env.dir().join("old-admin-kubeconfig");
+    support::pki::write_private(&old_admin, &std::fs::read(env.kubeconfig()).unwrap()).unwrap();
+    let old_ca = env.dir().join("old-ca.crt");
+    std::fs::copy(env.assets.tls("ca.crt"), &old_ca).unwrap();
+    let mut needles = Needles::new();
+    add_keys(&mut needles, &env);
+
+    let (report, _) = run_json(&env, &needles, &[], "");
+    assert!(results(&report).iter().all(|(_, r)| r == "done" || r == "already-done"), "{report:#}");
+    let left = seconds_left(&old_ca);
+    assert!(left > 5, "renew ended {} s after the cliff: raise CLIFF_VALIDITY", -left);
+    assert!(seconds_left(&env.assets.tls("ca.crt")) > 86_400 * 300, "not renewed for a year");
+
+    env.step(&format!("waiting {left} s for the original certificates to expire"));
+    std::thread::sleep(Duration::from_secs(u64::try_from(left).unwrap() + 3));
+    assert!(seconds_left(&old_ca) < 0);
+
+    env.step(
+        "after the cliff: the new admin kubeconfig works, the old admin certificate is refused",
+    );
+    env.kubectl().args(["get", "nodes"]).ok();
+    let old = kubectl_with(&old_admin).args(["get", "nodes"]).run();
+    assert!(!old.success() && old.stderr.contains("expired"), "the old admin kubeconfig: {old}");
+
+    env.step("after the cliff: kube-apiserver restarted reaches etcd; the webhook mutates");
+    env.block_on(env.apiserver.restart("after the cliff")).unwrap();
+    env.kubectl().args(["create", "namespace", "after-the-cliff"]).ok();
+    support::wait_for(
+        "the webhook to mutate the new default ServiceAccount",
+        Duration::from_secs(60),
+        || {
+            let out = env
+                .kubectl()
+                .args(["-n", "after-the-cliff", "get", "serviceaccount", "default"])
+                .arg("-o=jsonpath={.automountServiceAccountToken}")
+                .run();
+            if out.success() && out.stdout.trim() == "false" {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        },
+    );
+
+    env.step("after the cliff: kube-controller-manager restarted issues tokens");
+    env.rollout_restart("kube-system", "deployment/kube-controller-manager");
+    support::wait_for(
+        "a token in the namespace made after the cliff",
+        Duration::from_secs(60),
+        || {
+            let out = env
+                .kubectl()
+                .args(["-n", "after-the-cliff", "get", "serviceaccount", "default"])
+                .arg("-o=jsonpath={.secrets[0].name}")
+                .run();
+            if out.success() && !out.stdout.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        },
+    );
+
+    env.step("after the cliff: the node stays Ready past the node lifecycle's 40 s grace");
+    let until = std::time::Instant::now() + Duration::from_secs(45);
+    while std::time::Instant::now() < until {
+        let out = kubectl_with(&observer)
+            .args(["get", "node", &node])
+            .arg("-o=jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+            .ok();
+        assert_eq!(out.stdout.trim(), "True", "node {node} after the cliff");
+        std::thread::sleep(Duration::from_secs(5));
+    }
 }

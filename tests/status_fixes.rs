@@ -47,10 +47,8 @@ fn every_row_that_is_not_ok_names_its_fix_and_the_table_ends_with_the_next() {
         fix(report, "admission-webhook"),
         format!("kubectl certrotate webhook --assets-dir {assets}")
     );
-    // No rotation command covers the admin certificate yet: say what works today, honestly.
-    let admin = fix(report, "admin");
-    assert!(admin.starts_with("lokoctl cluster certificate rotate"), "{admin}");
-    assert!(admin.contains("`kubectl certrotate renew`") && admin.contains("does not exist yet"));
+    // Every certificate but the aggregation and webhook ones: renew.
+    assert_eq!(fix(report, "admin"), format!("kubectl certrotate renew --assets-dir {assets}"));
     assert!(fix(report, "etcd-peer").contains("check the clocks"));
     let missing = fix(report, "apiserver");
     assert!(
@@ -143,7 +141,7 @@ fn a_fleet_ends_with_the_most_urgent_command_of_all() {
     let doc = run(&["status", "--assets-dir", &glob, "--local", "-o", "json"], tmp.path()).json();
     let expected = format!("kubectl certrotate webhook --assets-dir {c}");
     assert_eq!(doc["next"].as_str(), Some(expected.as_str()));
-    assert!(doc["reports"][1]["next"].as_str().unwrap().starts_with("lokoctl"));
+    assert!(doc["reports"][1]["next"].as_str().unwrap().starts_with("kubectl certrotate renew"));
     let table = run(&["status", "--assets-dir", &glob, "--local"], tmp.path());
     assert_eq!(last_line(&table), format!("next: {expected}"));
 }

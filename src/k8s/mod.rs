@@ -6,7 +6,7 @@ pub mod discovery;
 pub mod objects;
 pub mod rollout;
 mod snapshot;
-mod watch;
+pub mod watch;
 
 pub use bound::DEFAULT_REQUEST_TIMEOUT;
 pub use connection::{Connection, KubeconfigSource};

@@ -380,7 +380,7 @@ async fn follow<K: Workload>(
             Ok(true) => ControlFlow::Break(Ok(())),
             Err(err) => ControlFlow::Break(Err(err)),
         },
-        Change::Deleted => ControlFlow::Break(Err(Error::Rollout {
+        Change::Deleted(_) => ControlFlow::Break(Err(Error::Rollout {
             workload: workload.to_string(),
             reason: "object has been deleted".into(),
         })),
@@ -418,17 +418,30 @@ pub async fn restart_deployment(
         .get(name)
         .await
         .map_err(|e| Error::kube(format!("read deployment {name} in {namespace}"), e))?;
+    restart_unless_ours(&api, current, ours_since, timeout, progress).await
+}
+
+/// [`restart_and_wait`] of `current`, unless a restart made at or after `ours_since` (this
+/// run's own, before it was cut off) is in place: then only its rollout is waited for.
+pub async fn restart_unless_ours<K: Workload>(
+    api: &Api<K>,
+    current: K,
+    ours_since: Option<jiff::Timestamp>,
+    timeout: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
     if restarted_since(&current, ours_since) {
         progress("restarted already by this run: waiting for that rollout");
-        return wait(&api, current, timeout, progress).await;
+        return wait(api, current, timeout, progress).await;
     }
-    restart_and_wait(&api, &current, timeout, progress).await
+    restart_and_wait(api, &current, timeout, progress).await
 }
 
 /// Whether `obj` was restarted at or after `since` (to the second, as the annotation is).
-fn restarted_since<K: Workload>(obj: &K, since: Option<jiff::Timestamp>) -> bool {
+pub fn restarted_since<K: Workload>(obj: &K, since: Option<jiff::Timestamp>) -> bool {
     let restarted = obj.restarted_at().and_then(|at| at.parse::<jiff::Timestamp>().ok());
-    matches!((restarted, since), (Some(at), Some(since)) if at >= since)
+    // The annotation has whole seconds: a restart in the very second the phase began is ours.
+    matches!((restarted, since), (Some(at), Some(since)) if at.as_second() >= since.as_second())
 }
 
 /// Restarts the control plane's kube-apiserver (a Deployment when the chart runs one replica,
@@ -524,6 +537,8 @@ mod tests {
         assert!(!restarted_since(&restarted("2026-12-04T09:59:59Z"), Some(began)));
         assert!(!restarted_since(&restarted("2026-12-04T10:59:59+01:00"), Some(began)));
         assert!(!restarted_since(&restarted("not a time"), Some(began)));
+        let within_the_second: jiff::Timestamp = "2026-12-04T10:00:00.7Z".parse().unwrap();
+        assert!(restarted_since(&restarted("2026-12-04T10:00:00Z"), Some(within_the_second)));
         assert!(!restarted_since(&deploy(1, 1, 1, [1, 1, 1]), Some(began)));
         assert!(!restarted_since(&restarted("2026-12-04T10:00:00Z"), None));
     }

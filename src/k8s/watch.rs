@@ -57,8 +57,8 @@ const HEALTHY_STREAM: Duration = Duration::from_secs(1);
 /// A change the watch saw.
 pub enum Change<K> {
     Applied(K),
-    /// A followed object is gone: a watch event said so, or a list no longer has it.
-    Deleted,
+    /// A followed object is gone ([`key`]): a watch event said so, or a list no longer has it.
+    Deleted(String),
 }
 
 /// How [`follow`] names an object: `namespace/name`, or `name` for a cluster-scoped one.
@@ -166,10 +166,10 @@ where
         self.retry.last_error.set(None);
         let version = list.metadata.resource_version.unwrap_or_default();
         let present: BTreeSet<String> = list.items.iter().map(key).collect();
-        let gone = self.known.difference(&present).count();
+        let gone: Vec<String> = self.known.difference(&present).cloned().collect();
         self.known = present;
         let changes = list.items.into_iter().map(Change::Applied);
-        for change in changes.chain((0..gone).map(|_| Change::Deleted)) {
+        for change in changes.chain(gone.into_iter().map(Change::Deleted)) {
             if let ControlFlow::Break(done) = (self.seen)(change) {
                 return Ok(Step::Done(done));
             }
@@ -228,8 +228,9 @@ where
                 Ok(WatchEvent::Deleted(obj)) => {
                     from_list = false;
                     self.progressed(&mut version, obj.resource_version());
-                    self.known.remove(&key(&obj));
-                    Change::Deleted
+                    let gone = key(&obj);
+                    self.known.remove(&gone);
+                    Change::Deleted(gone)
                 }
                 Ok(WatchEvent::Bookmark(b)) => {
                     from_list = false;
@@ -504,7 +505,7 @@ mod tests {
                     ControlFlow::Break(())
                 }
                 Change::Applied(_) => ControlFlow::Continue(()),
-                Change::Deleted => panic!("ns/web was not deleted"),
+                Change::Deleted(_) => panic!("ns/web was not deleted"),
             });
         outcome.expect("done in time").unwrap();
         assert_eq!(requests, ["watch 5", "list", "watch 100"]);
@@ -519,7 +520,7 @@ mod tests {
         };
         let (outcome, requests, _) =
             follow_web(answer, Duration::from_secs(10), |change| match change {
-                Change::Deleted => ControlFlow::Break(()),
+                Change::Deleted(_) => ControlFlow::Break(()),
                 Change::Applied(d) => panic!("{d:?} is not there"),
             });
         outcome.expect("done in time").unwrap();

@@ -2,22 +2,26 @@
 //! lokoctl's `cluster certificate rotate` does it (CA keys kept, so old and new certificates
 //! verify under each other), phase by phase, backed up, planned and resumable.
 //!
-//! Built so far: `backup`, `taint` and `certificates`, which work from the asset dir and the
-//! Terraform state alone (the cluster is not asked anything: the next step is the cluster
-//! whose certificates have all expired). The control plane does not use the new
-//! certificates until the later phases (etcd, control-plane, tokens, restart, verify) exist;
-//! until then the report's `next` says what is left to do by hand (docs/renew.md). Each
-//! phase is a module of [`phases`]; running them (journal, lock, plan, resume) is the shared
-//! [`crate::rotation::engine`].
+//! `backup`, `taint` and `certificates` work from the asset dir and the Terraform state alone
+//! (the cluster is not asked anything: the next step is the cluster whose certificates have
+//! all expired); `etcd` proves every member uses the new etcd certificates (pushed by
+//! Lokomotive v0.8+'s own Terraform; v0.5-v0.7 are refused before any change unless the
+//! operator takes those steps, [`nodes`]); `control-plane` (lokoctl), `tokens`, `restart` and
+//! `verify` put the new certificates in use and prove it (docs/renew.md). Each phase is a module of [`phases`];
+//! running them (journal, lock, plan, resume) is the shared [`crate::rotation::engine`].
 
+pub mod nodes;
 pub mod phases;
+pub mod probe;
+
+use std::sync::OnceLock;
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::assets::AssetDir;
 use crate::cli::{GlobalOpts, RenewArgs};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rotation::context::Ctx;
 use crate::rotation::engine::{self, PhaseUnit, Procedure, Request};
 
@@ -33,6 +37,23 @@ pub enum Phase {
     Taint,
     /// terraform apply -parallelism=1, then prove the new certificates (CA keys kept).
     Certificates,
+    /// Every etcd member serves the new server and peer certificates and accepts the new client
+    /// certificate (pushed by the certificates phase's apply on Lokomotive v0.8+).
+    Etcd,
+    /// Roll back releases left pending, then lokoctl cluster apply --confirm
+    /// --skip-pre-update-health-check --upgrade-kubelets; the releases and Secrets hold the new
+    /// certificates.
+    #[value(name = "control-plane")]
+    #[serde(rename = "control-plane")]
+    ControlPlane,
+    /// Wait until every ServiceAccount token Secret's ca.crt is the new kube CA.
+    Tokens,
+    /// Restart lokoctl's list and the extension API servers as kubectl rollout restart, wait as
+    /// kubectl rollout status; every APIService Available.
+    Restart,
+    /// The API server serves the new certificate, the new admin kubeconfig works, the webhook
+    /// mutates, every node is Ready.
+    Verify,
 }
 
 impl Phase {
@@ -41,6 +62,11 @@ impl Phase {
             Self::Backup => "backup",
             Self::Taint => "taint",
             Self::Certificates => "certificates",
+            Self::Etcd => "etcd",
+            Self::ControlPlane => "control-plane",
+            Self::Tokens => "tokens",
+            Self::Restart => "restart",
+            Self::Verify => "verify",
         }
     }
 }
@@ -49,18 +75,22 @@ impl Phase {
 /// phases for now).
 const KUBE_CA: &str = "tls/ca.crt";
 
-/// What is left once the built phases are done, for the report's `next`.
-const LEFT_TO_DO: &str = "the control plane does not use the new certificates yet (the etcd, \
-     control-plane, tokens, restart and verify phases of renew are not built): (1) make every \
-     etcd member serve the new etcd certificates (Lokomotive v0.8+ copies them to the \
-     controllers in the certificates phase's terraform apply and restarts etcd; v0.5-v0.7: copy \
-     cluster-assets/tls/etcd-client*, tls/etcd/ to /etc/ssl/etcd on each controller and \
-     restart etcd); (2) lokoctl cluster apply --confirm --skip-pre-update-health-check \
-     --upgrade-kubelets in the config dir; (3) wait until every ServiceAccount token Secret's \
-     ca.crt is the new tls/ca.crt; (4) restart, as kubectl rollout restart, calico-node, \
-     pod-checkpointer, kube-proxy, kubelet, kube-apiserver, coredns, kube-controller-manager, \
-     kube-scheduler, calico-kube-controllers, admission-webhook-server and the extension API \
-     servers (docs/renew.md)";
+/// What `renew` is asked beyond the phase: how this machine reaches the etcd members, and
+/// whether the operator takes the node steps Lokomotive v0.5-v0.7 does not.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_peer_endpoints: Vec<String>,
+    pub nodes_updated_by_hand: bool,
+}
+
+/// Set once by [`run`], before the engine asks the phases anything.
+static OPTIONS: OnceLock<Options> = OnceLock::new();
+
+/// The options of this invocation (the defaults where none were set: a lib test).
+pub fn options() -> &'static Options {
+    OPTIONS.get_or_init(Options::default)
+}
 
 pub struct Renew;
 
@@ -72,7 +102,16 @@ impl Procedure for Renew {
     const PLAN_KIND: &'static str = "RenewalPlan";
 
     fn path(_expired: bool) -> &'static [Phase] {
-        &[Phase::Backup, Phase::Taint, Phase::Certificates]
+        &[
+            Phase::Backup,
+            Phase::Taint,
+            Phase::Certificates,
+            Phase::Etcd,
+            Phase::ControlPlane,
+            Phase::Tokens,
+            Phase::Restart,
+            Phase::Verify,
+        ]
     }
 
     fn finale() -> Option<Phase> {
@@ -95,18 +134,42 @@ impl Procedure for Renew {
         phases::unit(phase)
     }
 
-    /// Nothing to read from the cluster: the built phases work from the asset dir and the
-    /// state alone (the cluster is still proven to be the asset dir's by its kubeconfig).
-    async fn resolve(_ctx: &mut Ctx) -> Result<()> {
+    /// Before anything changes: what the cluster's own mechanisms do for its nodes (refused
+    /// unless `--nodes-updated-by-hand` when they do not push the etcd certificates or
+    /// re-sync the nodes' CA: Lokomotive v0.5-v0.7), and the etcd members named right. Then
+    /// the extension API servers the restart phase covers, for the plan, when the cluster
+    /// answers: `backup`, `taint` and `certificates` need the asset dir and the state alone,
+    /// so a cluster that cannot be read does not stop them (the plan says "not resolved").
+    async fn resolve(ctx: &mut Ctx) -> Result<()> {
+        let certificates_done =
+            ctx.run.as_ref().is_some_and(|r| r.phase_done(Phase::Certificates.name()));
+        if !certificates_done && let Some(terraform) = &ctx.terraform {
+            let state = terraform.state().await?;
+            let kubelet = ctx.read_asset(nodes::KUBELET_VALUES).ok();
+            let kubelet = kubelet.as_deref().map(String::from_utf8_lossy);
+            let evidence = nodes::Evidence::read(&state, kubelet.as_deref());
+            if let Some(refusal) = nodes::refusal(&evidence)
+                && !options().nodes_updated_by_hand
+            {
+                return Err(Error::Precondition { phase: Phase::Etcd.name(), reason: refusal });
+            }
+        }
+        phases::etcd::resolve_members(ctx)?;
+        if let Some(conn) = &ctx.conn
+            && let Ok(found) = crate::k8s::discovery::discover(&conn.client).await
+        {
+            ctx.extension_servers = Some(found.workloads().iter().map(|w| w.to_string()).collect());
+        }
         Ok(())
-    }
-
-    fn when_done() -> &'static str {
-        LEFT_TO_DO
     }
 }
 
 pub async fn run(global: &GlobalOpts, args: &RenewArgs) -> Result<u8> {
+    let _ = OPTIONS.set(Options {
+        etcd_endpoints: args.etcd_endpoints.clone(),
+        etcd_peer_endpoints: args.etcd_peer_endpoints.clone(),
+        nodes_updated_by_hand: args.nodes_updated_by_hand,
+    });
     let request =
         Request { phase: args.phase.phase(), finale: false, expired: false, new_run: args.new_run };
     engine::run::<Renew>(global, request).await

@@ -11,7 +11,7 @@ use crate::k8s::Connection;
 use crate::output::Progress;
 use crate::pki::{self, CertInfo};
 use crate::tools::helm::Helm;
-use crate::tools::lokoctl::Lokoctl;
+use crate::tools::lokoctl::{ApplyFlags, Lokoctl};
 use crate::tools::terraform::Terraform;
 use crate::tools::{Command, Program, Runner};
 
@@ -175,16 +175,16 @@ impl Ctx {
     }
 
     /// `lokoctl cluster apply --confirm …` in the config dir, as the plan shows it.
-    pub fn plan_lokoctl(&self, skip_health_check: bool) -> Command {
+    pub fn plan_lokoctl(&self, flags: ApplyFlags) -> Command {
         match &self.lokoctl {
-            Some(l) => l.plan_apply(skip_health_check),
+            Some(l) => l.plan_apply(flags),
             None => Lokoctl::new(
                 Program::unresolved("lokoctl"),
                 self.runner.clone(),
                 &self.config_dir,
                 None,
             )
-            .plan_apply(skip_health_check),
+            .plan_apply(flags),
         }
     }
 

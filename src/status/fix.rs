@@ -16,10 +16,10 @@ use super::report::{
 use super::rotations::rotation_of;
 use crate::rotation::journal::RunState;
 
-/// What an operator can do today for a certificate no rotation command covers yet.
+/// What an operator can do for a certificate no rotation command covers (none today: kept for
+/// a credential the model gains before its command).
 const RENEW_TODAY: &str = "lokoctl cluster certificate rotate, in the cluster's config dir \
-    (Lokomotive v0.8 and later: re-issues every certificate, CA keys kept; older lokoctl lacks \
-    it); `kubectl certrotate renew`, phased and resumable, does not exist yet";
+    (Lokomotive v0.8 and later: re-issues every certificate, CA keys kept)";
 
 /// Fixes that finish what a rotation started; they come before anything else.
 const RESUME: &str = "resume the rotation in progress: ";
@@ -151,7 +151,9 @@ fn local_repair(row: &LocalRow, target: &Target) -> Option<String> {
         Validity::Missing | Validity::Invalid => {
             let files = targets(credential.terraform.files);
             let signed_by_another = row.chain == Check::Fail && credential.issuer.is_some();
-            match (credential.terraform.cert, rotation_of(row.name)) {
+            // renew re-issues everything: a lone certificate of another CA is re-issued alone.
+            let rotation = rotation_of(row.name).filter(|r| *r != crate::renew::Renew::NAME);
+            match (credential.terraform.cert, rotation) {
                 // Its CA changed under it: the rotation command re-issues it in the order that
                 // keeps the cluster trusting it (a bare re-issue would not).
                 (Some(_), Some(rotation)) if signed_by_another => target.command(rotation, ""),

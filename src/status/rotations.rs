@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::aggregation::Aggregation;
 use crate::assets::AssetDir;
 use crate::error::Error;
+use crate::renew::Renew;
 use crate::rotation::engine::Procedure;
 use crate::rotation::journal::{JOURNAL_FILE, Journal, RunDir, RunState};
 use crate::rotation::runs_root;
@@ -23,6 +24,21 @@ pub struct Rotation {
 pub const ROTATIONS: &[Rotation] = &[
     Rotation { name: Aggregation::NAME, credentials: &["aggregation-ca", "aggregation-client"] },
     Rotation { name: Webhook::NAME, credentials: &["admission-webhook"] },
+    // Every other certificate (renew re-issues the two above too, but their own commands
+    // come first: they are what such a row needs).
+    Rotation {
+        name: Renew::NAME,
+        credentials: &[
+            "kube-ca",
+            "apiserver",
+            "admin",
+            "kubelet",
+            "etcd-ca",
+            "etcd-client",
+            "etcd-server",
+            "etcd-peer",
+        ],
+    },
 ];
 
 /// The rotation command that replaces `credential`, if there is one yet.

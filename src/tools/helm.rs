@@ -159,6 +159,21 @@ impl Helm {
             .await
     }
 
+    /// The values of release `name` in `namespace` ([`Helm::values`]), `None` when the cluster
+    /// has no such release (a chart a cluster does without, as the self-hosted kubelet's).
+    pub async fn values_if_installed(
+        &self,
+        name: &str,
+        namespace: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let release = Release { name, namespace, chart: Path::new("") };
+        match self.values(&release).await {
+            Ok(values) => Ok(Some(values)),
+            Err(Error::CommandFailed { tail, .. }) if tail.contains("not found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Upgrades `release` with `values` until `in_place` holds for its values, recovering as
     /// the manual procedure does: a failed upgrade is tried again; a release left pending by
     /// an earlier upgrade, install or rollback (helm killed during `--wait`, helm 4 losing the

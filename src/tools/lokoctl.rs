@@ -12,6 +12,25 @@ use crate::error::{Error, Result};
 /// they would make it read another lokocfg than the one checked.
 const LOKOCFG_VARS: [&str; 2] = ["LOKOCFG", "LOKOCFG-VARS"];
 
+/// The flags of a `lokoctl cluster apply` beyond `--confirm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyFlags {
+    /// `--skip-pre-update-health-check`: where the rotation in progress (or an expired
+    /// certificate) is exactly what makes the check fail, or a release left pending was
+    /// rolled back by the step before.
+    pub skip_health_check: bool,
+    /// `--upgrade-kubelets`: the kubelet chart too (its `kubernetesCACert`), as lokoctl's own
+    /// `cluster certificate rotate` does.
+    pub upgrade_kubelets: bool,
+}
+
+impl ApplyFlags {
+    /// The health check skipped or not; the kubelets left as they are.
+    pub fn skipping_health_check(skip: bool) -> Self {
+        Self { skip_health_check: skip, upgrade_kubelets: false }
+    }
+}
+
 #[derive(Clone)]
 pub struct Lokoctl {
     program: Program,
@@ -37,29 +56,31 @@ impl Lokoctl {
     /// lokoctl takes the cluster's kubeconfig from the asset dir its lokocfg names; where it
     /// reads `KUBECONFIG` (and helm's variables, through helm's library) it gets the verified
     /// cluster alone.
-    pub fn apply_command(&self, skip_health_check: bool) -> Result<Command> {
+    pub fn apply_command(&self, flags: ApplyFlags) -> Result<Command> {
         let cluster = self.cluster.as_ref().ok_or_else(|| {
             Error::Wiring("lokoctl set up without the verified cluster ran a command".into())
         })?;
         let cmd = LOKOCFG_VARS
             .iter()
             .fold(self.runner.command(&self.program), |cmd, var| cmd.env_remove(var));
-        Ok(Self::apply_args(cluster.confine(cmd)?, &self.config_dir, skip_health_check))
+        Ok(Self::apply_args(cluster.confine(cmd)?, &self.config_dir, flags))
     }
 
     /// [`Lokoctl::apply_command`] as the plan shows it: the same program, folder and
     /// arguments (the environment is not shown), nothing written.
-    pub fn plan_apply(&self, skip_health_check: bool) -> Command {
-        Self::apply_args(self.runner.command(&self.program), &self.config_dir, skip_health_check)
+    pub fn plan_apply(&self, flags: ApplyFlags) -> Command {
+        Self::apply_args(self.runner.command(&self.program), &self.config_dir, flags)
     }
 
-    fn apply_args(cmd: Command, config_dir: &Path, skip_health_check: bool) -> Command {
+    fn apply_args(cmd: Command, config_dir: &Path, flags: ApplyFlags) -> Command {
         let cmd = cmd.dir(config_dir).args(["cluster", "apply", "--confirm"]);
-        if skip_health_check { cmd.arg("--skip-pre-update-health-check") } else { cmd }
+        let cmd =
+            if flags.skip_health_check { cmd.arg("--skip-pre-update-health-check") } else { cmd };
+        if flags.upgrade_kubelets { cmd.arg("--upgrade-kubelets") } else { cmd }
     }
 
-    pub async fn apply(&self, skip_health_check: bool) -> Result<()> {
-        let cmd = self.apply_command(skip_health_check)?;
+    pub async fn apply(&self, flags: ApplyFlags) -> Result<()> {
+        let cmd = self.apply_command(flags)?;
         let outcome = cmd.ok().await?;
         if outcome.output.to_lowercase().contains("cancelled") {
             return Err(Error::CommandFailed {

@@ -58,6 +58,15 @@ impl State {
         self.instances.iter().find(|i| i.address == address)
     }
 
+    /// Every instance of resource `kind.name` (`null_resource.copy-controller-secrets`), in any
+    /// module, with any index.
+    pub fn instances_of<'a>(&'a self, resource: &'a str) -> impl Iterator<Item = &'a Instance> {
+        self.instances.iter().filter(move |i| {
+            let base = i.address.split('[').next().unwrap_or_default();
+            base == resource || base.ends_with(&format!(".{resource}"))
+        })
+    }
+
     /// A string attribute of the instance at `address`.
     pub fn attribute(&self, address: &str, name: &str) -> Option<&str> {
         self.instance(address)?.attributes.get(name)?.as_str()

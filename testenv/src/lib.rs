@@ -2,6 +2,7 @@
 //! `CERTROTATE_FAKE_NOW` test knob), the time formats Terraform and Go print,
 //! small digest helpers, and what the test servers share ([`serve`]).
 
+pub mod provider;
 pub mod serve;
 
 use anyhow::{Context, Result};

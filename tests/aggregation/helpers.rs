@@ -30,6 +30,7 @@ use openssl::x509::X509;
 use serde_json::Value;
 
 pub use crate::support::mode;
+pub use crate::support::rotation::StateLock;
 use crate::support::rotation::proc_stat;
 pub use crate::support::rotation::{
     alive, cert, cert_key_der, expired, fp, journal_of, key_matches, pod_ready, read,
@@ -835,68 +836,6 @@ impl Drop for CaWatch {
 
 // ---------------------------------------------------------------------------------------
 // A Terraform state lock held by another process
-
-/// A real `terraform console` in the asset dir's terraform root: it holds the local state
-/// lock while its stdin is open. Ends (lock released) when dropped.
-pub struct StateLock {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-}
-
-impl StateLock {
-    pub fn hold(env: &TestEnv) -> StateLock {
-        let tools = Tools::get();
-        let dir = env.assets.terraform_dir();
-        let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--"])
-            .arg(&tools.terraform)
-            .arg("console")
-            .current_dir(&dir)
-            .env("TF_CLI_CONFIG_FILE", &tools.tf_cli_config)
-            .env("TF_IN_AUTOMATION", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("starting terraform console");
-        let mut lock = StateLock { child: Some(child), stdin: None };
-        lock.stdin = lock.child.as_mut().unwrap().stdin.take();
-        let info = dir.join(".terraform.tfstate.lock.info");
-        wait_for("terraform console to hold the state lock", Duration::from_secs(30), || {
-            if info.exists() { Ok(()) } else { Err("no .terraform.tfstate.lock.info yet".into()) }
-        });
-        // Prove the lock is real: terraform itself refuses to plan.
-        let plan =
-            env.terraform().args(["plan", "-input=false", "-no-color", "-lock-timeout=0s"]).run();
-        assert!(
-            !plan.success() && plan.stderr.contains("Error acquiring the state lock"),
-            "terraform console should hold the state lock: {}",
-            plan.stderr
-        );
-        lock
-    }
-}
-
-impl Drop for StateLock {
-    fn drop(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.write_all(b"exit\n");
-        }
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            crate::support::process::signal_group(child.id(), "KILL");
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Private keys must never leak

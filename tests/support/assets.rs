@@ -18,6 +18,49 @@ pub struct AssetOptions {
     pub fake_now: Option<String>,
     /// `--controllers N`: the kube-apiserver chart runs a Deployment for 1, else a DaemonSet.
     pub controllers: Option<u32>,
+    /// `--lokomotive`: which Lokomotive's `copy-controller-secrets` the fixture plays (default
+    /// v0.8+: new etcd certificates are pushed to the node).
+    pub lokomotive: Lokomotive,
+    /// `--ssh-*`: the controller node Terraform copies the etcd certificates to. A
+    /// [`super::TestEnv`] sets it to its node; without it the asset dir has no
+    /// `copy-controller-secrets` (no node to reach).
+    pub node: Option<NodeSsh>,
+}
+
+/// The Lokomotive versions whose `null_resource.copy-controller-secrets` differ
+/// (lokomotive-pki.md §2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lokomotive {
+    /// v0.5.0 to v0.7.0: triggered by `controller_id` only, so new etcd certificates are not
+    /// pushed to the node (it keeps what it got at install).
+    V0_7,
+    /// v0.8.0 and later: also triggered by the etcd CA, server and peer certificates; the copy
+    /// stops etcd, keeps the old files in `/etc/ssl/etcd.old` and starts etcd again.
+    #[default]
+    V0_8,
+}
+
+impl Lokomotive {
+    fn flag(self) -> &'static str {
+        match self {
+            Lokomotive::V0_7 => "v0.7",
+            Lokomotive::V0_8 => "v0.8",
+        }
+    }
+}
+
+/// How Terraform reaches the controller node over SSH.
+#[derive(Debug, Clone)]
+pub struct NodeSsh {
+    /// sshd's port on 127.0.0.1.
+    pub port: u16,
+    pub user: String,
+    /// The user's home on the node (where the `file` provisioners upload).
+    pub home: PathBuf,
+    /// The test user's private key.
+    pub key: PathBuf,
+    /// The node's public host key, which the connection verifies.
+    pub host_key: PathBuf,
 }
 
 impl AssetOptions {
@@ -66,6 +109,17 @@ impl Assets {
         }
         if let Some(n) = opts.controllers {
             cmd = cmd.args(["--controllers", &n.to_string()]);
+        }
+        cmd = cmd.args(["--lokomotive", opts.lokomotive.flag()]);
+        if let Some(node) = &opts.node {
+            cmd = cmd
+                .args(["--ssh-port", &node.port.to_string(), "--ssh-user", &node.user])
+                .arg("--ssh-home")
+                .arg(&node.home)
+                .arg("--ssh-key")
+                .arg(&node.key)
+                .arg("--ssh-host-key")
+                .arg(&node.host_key);
         }
         cmd.ok();
         let assets = Assets {

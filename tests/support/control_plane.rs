@@ -15,6 +15,7 @@ use kube::{Api, Client, Config};
 
 use super::assets::{Assets, free_port};
 use super::audit;
+use super::node::ControllerNode;
 use super::pki::write_private;
 use super::process::{EventLog, ProcId, ProcSpec, Supervisor};
 use super::tools::Tools;
@@ -248,6 +249,7 @@ pub struct ControlPlane {
     /// A client with the asset dir's admin kubeconfig.
     pub client: Client,
     pub etcd_port: u16,
+    pub etcd: Arc<Etcd>,
     /// How long [`ControlPlane::start`] took.
     pub startup: Duration,
 }
@@ -257,8 +259,10 @@ impl ControlPlane {
     /// kube-controller-manager; returns once `/readyz` is ok and the controllers have created
     /// the `default` ServiceAccount (so pods can be created). The requests of `audit_users`
     /// are written to the audit log `logs/kube-apiserver-audit.log` (none: no audit log).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         sup: &Arc<Supervisor>,
+        node: &ControllerNode,
         assets: &Assets,
         work: &Path,
         logs: &Path,
@@ -268,8 +272,11 @@ impl ControlPlane {
     ) -> ControlPlane {
         let started = Instant::now();
         let tools = Tools::get();
-        let etcd_port = start_etcd(sup, assets, work, logs);
+        let etcd = Arc::new(Etcd::start_first(sup, node, work, logs));
+        let etcd_port = etcd.port;
         events.line(format!("etcd: serving TLS on 127.0.0.1:{etcd_port}"));
+        let unit = Arc::clone(&etcd);
+        node.on_unit("etcd", Arc::new(move |action: &str| unit.systemctl(action)));
 
         let secrets_dir = work.join("kube-apiserver-secrets");
         let cert_dir = work.join("kube-apiserver-certs");
@@ -326,7 +333,7 @@ impl ControlPlane {
                 .arg(flag("audit-log-path", &logs.join(audit::AUDIT_LOG)))
         };
 
-        let client = admin_client(&assets.kubeconfig()).await;
+        let client = harness_client(assets, work).await;
         let id = sup.spawn(&spec).expect("starting kube-apiserver");
         let apiserver = Arc::new(ApiServer {
             sup: Arc::clone(sup),
@@ -393,7 +400,7 @@ impl ControlPlane {
         .await;
         let startup = started.elapsed();
         events.line(format!("control plane: up after {startup:?}"));
-        ControlPlane { apiserver, controller_manager, client, etcd_port, startup }
+        ControlPlane { apiserver, controller_manager, client, etcd_port, etcd, startup }
     }
 }
 
@@ -404,61 +411,159 @@ fn flag(name: &str, value: &Path) -> OsString {
     flag
 }
 
-/// Starts etcd on free loopback ports, retrying with new ports if another process took one
-/// between choosing and binding.
+/// The supervised etcd: one member playing the cluster's etcd on the controller node, started
+/// and stopped as the node's `systemctl` asks (`copy-controller-secrets`).
 ///
-/// etcd serves TLS with the asset dir's etcd server and peer certificates and requires client
-/// certificates of the etcd CA on both ports, as on a Lokomotive controller. It reads copies
-/// of those files in `work/etcd-node/` (the node's `/etc/ssl/etcd`), made at start: a later
-/// change of the asset dir reaches it only by a copy and a restart, as on a node.
-fn start_etcd(sup: &Arc<Supervisor>, assets: &Assets, work: &Path, logs: &Path) -> u16 {
-    let tools = Tools::get();
-    let node = work.join("etcd-node");
-    std::fs::create_dir_all(&node).unwrap();
-    for name in ["server-ca.crt", "server.crt", "server.key", "peer-ca.crt", "peer.crt", "peer.key"]
-    {
-        let from = assets.tls(&format!("etcd/{name}"));
-        let data = std::fs::read(&from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
-        write_private(&node.join(name), &data)
-            .unwrap_or_else(|e| panic!("{}: {e}", node.join(name).display()));
+/// It serves TLS with the node's etcd server and peer certificates and requires client
+/// certificates of the etcd CA on both ports, as on a Lokomotive controller. It reads the
+/// node's files (`work/node/etc/ssl/etcd/etcd/`, the node's `/etc/ssl/etcd/etcd/`), which
+/// Terraform's `copy-controller-secrets` puts there over SSH: a new certificate in the asset
+/// dir reaches it only by that copy and a restart, as on a node.
+pub struct Etcd {
+    sup: Arc<Supervisor>,
+    spec: ProcSpec,
+    pub port: u16,
+    current: std::sync::Mutex<Option<ProcId>>,
+    restarts: AtomicU32,
+}
+
+impl Etcd {
+    /// Starts etcd on free loopback ports, retrying with new ports if another process took one
+    /// between choosing and binding.
+    fn start_first(sup: &Arc<Supervisor>, node: &ControllerNode, work: &Path, logs: &Path) -> Etcd {
+        let tools = Tools::get();
+        let file = |name: &str| node.path(&format!("etc/ssl/etcd/etcd/{name}"));
+        for name in
+            ["server-ca.crt", "server.crt", "server.key", "peer-ca.crt", "peer.crt", "peer.key"]
+        {
+            assert!(
+                file(name).is_file(),
+                "{} is missing: copy-controller-secrets did not reach the node",
+                file(name).display()
+            );
+        }
+        for attempt in 1..=3 {
+            let (client_port, peer_port) = (free_port(), free_port());
+            let data = work.join(format!("etcd-data-{attempt}"));
+            let spec = ProcSpec::new("etcd", &tools.etcd, &logs.join("etcd.log"))
+                .arg("--name=default")
+                .arg(flag("data-dir", &data))
+                .arg(format!("--listen-client-urls=https://127.0.0.1:{client_port}"))
+                .arg(format!("--advertise-client-urls=https://127.0.0.1:{client_port}"))
+                .arg(format!("--listen-peer-urls=https://127.0.0.1:{peer_port}"))
+                .arg(format!("--initial-advertise-peer-urls=https://127.0.0.1:{peer_port}"))
+                .arg(format!("--initial-cluster=default=https://127.0.0.1:{peer_port}"))
+                .arg(flag("cert-file", &file("server.crt")))
+                .arg(flag("key-file", &file("server.key")))
+                .arg(flag("trusted-ca-file", &file("server-ca.crt")))
+                .arg("--client-cert-auth")
+                .arg(flag("peer-cert-file", &file("peer.crt")))
+                .arg(flag("peer-key-file", &file("peer.key")))
+                .arg(flag("peer-trusted-ca-file", &file("peer-ca.crt")))
+                .arg("--peer-client-cert-auth")
+                .stop_last();
+            let etcd = Etcd {
+                sup: Arc::clone(sup),
+                spec,
+                port: client_port,
+                current: std::sync::Mutex::new(None),
+                restarts: AtomicU32::new(0),
+            };
+            if etcd.spawn_and_wait().is_ok() {
+                return etcd;
+            }
+        }
+        panic!("etcd did not start in 3 attempts; see {}", logs.join("etcd.log").display());
     }
-    let file = |name: &str| node.join(name);
-    for attempt in 1..=3 {
-        let (client_port, peer_port) = (free_port(), free_port());
-        let data = work.join(format!("etcd-data-{attempt}"));
-        let spec = ProcSpec::new("etcd", &tools.etcd, &logs.join("etcd.log"))
-            .arg("--name=default")
-            .arg(flag("data-dir", &data))
-            .arg(format!("--listen-client-urls=https://127.0.0.1:{client_port}"))
-            .arg(format!("--advertise-client-urls=https://127.0.0.1:{client_port}"))
-            .arg(format!("--listen-peer-urls=https://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-advertise-peer-urls=https://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-cluster=default=https://127.0.0.1:{peer_port}"))
-            .arg(flag("cert-file", &file("server.crt")))
-            .arg(flag("key-file", &file("server.key")))
-            .arg(flag("trusted-ca-file", &file("server-ca.crt")))
-            .arg("--client-cert-auth")
-            .arg(flag("peer-cert-file", &file("peer.crt")))
-            .arg(flag("peer-key-file", &file("peer.key")))
-            .arg(flag("peer-trusted-ca-file", &file("peer-ca.crt")))
-            .arg("--peer-client-cert-auth")
-            .stop_last();
-        // Watched only once it serves: an exit before that (a port taken) is retried here.
-        let id = sup.spawn_unwatched(&spec).expect("starting etcd");
+
+    /// Spawns the process and waits until it serves its client port; watched from then on
+    /// (an exit before that, a port taken, is the caller's to retry).
+    fn spawn_and_wait(&self) -> Result<(), String> {
+        let id = self.sup.spawn_unwatched(&self.spec).map_err(|e| format!("starting etcd: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if sup.exit_status(id).is_some() {
-                break;
+            if let Some(status) = self.sup.exit_status(id) {
+                return Err(format!(
+                    "etcd exited ({status}); its log: {}",
+                    self.spec.log.display()
+                ));
             }
-            if TcpStream::connect(("127.0.0.1", client_port)).is_ok() {
-                sup.watch(id);
-                return client_port;
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.sup.watch(id);
+                *self.current.lock().unwrap() = Some(id);
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        sup.stop(id);
+        self.sup.stop(id);
+        Err(format!("etcd does not serve 127.0.0.1:{} after 30 s", self.port))
     }
-    panic!("etcd did not start in 3 attempts; see {}", logs.join("etcd.log").display());
+
+    /// `systemctl ACTION etcd` on the node: stop (asked for: no death), start on the node's
+    /// files as they are now (same ports, same data), restart.
+    pub fn systemctl(&self, action: &str) -> Result<(), String> {
+        match action {
+            "stop" => {
+                self.stop();
+                Ok(())
+            }
+            "start" if self.current.lock().unwrap().is_some() => Ok(()),
+            "start" => self.start(),
+            "restart" => {
+                self.stop();
+                self.start()
+            }
+            other => Err(format!("unknown action {other:?} (stop, start, restart)")),
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(id) = self.current.lock().unwrap().take() {
+            self.sup.stop(id);
+        }
+    }
+
+    fn start(&self) -> Result<(), String> {
+        self.spawn_and_wait()?;
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many times the node's systemctl started etcd again since the control plane started.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+}
+
+/// The harness's own client (the scheduler's, the kubelet's pod side, the sync's, the
+/// readiness probe's): `system:masters` with a client certificate of its own, issued at start by
+/// the asset dir's kube CA key for a day, and no server verification. Not the asset dir's admin
+/// kubeconfig, whose certificate expires with the cluster's (`tests/cliff.rs`): the harness
+/// stands for components that a renewal does not concern, and must keep working across it. A
+/// certificate of the kube CA's key verifies under a re-issued CA certificate (same key, same
+/// name), so it works after `renew` too; a re-keyed kube CA would refuse it.
+async fn harness_client(assets: &Assets, work: &Path) -> Client {
+    use base64::Engine as _;
+    let (cert, key) = super::pki::client_certificate(
+        &assets.tls("ca.crt"),
+        &assets.tls("ca.key"),
+        "certrotate-harness",
+        &["system:masters"],
+    );
+    let b64 = |pem: &[u8]| base64::engine::general_purpose::STANDARD.encode(pem);
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": format!("https://127.0.0.1:{}", assets.api_port),
+            "insecure-skip-tls-verify": true}}],
+        "users": [{"name": "harness", "user": {
+            "client-certificate-data": b64(&cert), "client-key-data": b64(&key)}}],
+        "contexts": [{"name": "harness", "context": {"cluster": "c", "user": "harness"}}],
+        "current-context": "harness",
+    });
+    let path = work.join("harness-kubeconfig");
+    write_private(&path, kubeconfig.to_string().as_bytes()).unwrap();
+    admin_client(&path).await
 }
 
 /// A client with the admin credentials of a kubeconfig (must run inside a tokio runtime).

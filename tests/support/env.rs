@@ -22,10 +22,13 @@ use tokio::task::AbortHandle;
 use super::assets::{AssetOptions, Assets, free_port};
 use super::audit::{self, AuditedRequest};
 use super::cmd::Cmd;
-use super::control_plane::{ApiServer, ControlPlane, ControllerManager};
+use super::control_plane::{ApiServer, ControlPlane, ControllerManager, Etcd};
 use super::kcm::{ControllerManagerPods, token_kubeconfig};
-use super::kubelet::{Kubelet, KubeletConfig, PodRuntime};
-use super::pki::{client_certificate, fingerprints, self_signed_serving, write_private};
+use super::kubelet::{Kubelet, KubeletConfig, NodeClient, PodRuntime};
+use super::node::{ControllerNode, KubeletChartPods};
+use super::pki::{
+    client_certificate, fingerprints, self_signed_serving, served_fingerprint, write_private,
+};
 use super::pods::{
     AdmissionWebhookProgram, EXT_APISERVER_LABEL, ExtApiServerProgram, GROUP_VERSION_ANNOTATION,
     PodsContext, ProcessPods,
@@ -109,7 +112,9 @@ impl ExtApiServer {
 pub struct TestEnv {
     pub name: String,
     pub assets: Assets,
-    /// An admin client of the asset dir's cluster, bound to [`TestEnv::block_on`]'s runtime.
+    /// The harness's client of the cluster (`system:masters`, its own client certificate, the
+    /// server not verified: it works across a renewal and the cliff), bound to
+    /// [`TestEnv::block_on`]'s runtime. `env.kubectl()` uses the asset dir's admin kubeconfig.
     pub client: Client,
     /// The real kube-apiserver (restart count, restart by hand).
     pub apiserver: Arc<ApiServer>,
@@ -120,6 +125,10 @@ pub struct TestEnv {
     pub startup: Duration,
     /// etcd's client port on 127.0.0.1 (TLS, client certificates of the etcd CA required).
     pub etcd_port: u16,
+    /// The supervised etcd (its restarts by the node's `systemctl`).
+    pub etcd: Arc<Etcd>,
+    /// The controller node: sshd, its files (`node.path("etc/ssl/etcd/etcd/server.crt")`).
+    pub node: Arc<ControllerNode>,
     started: Instant,
     root: PathBuf,
     log_dump: LogDump,
@@ -155,11 +164,16 @@ impl TestEnv {
         let log_dump = LogDump { name: name.to_string(), logs: logs.clone(), done: false };
         let started = Instant::now();
         let events = Arc::new(EventLog::create(&logs.join("harness.log")).unwrap());
-        let assets = Assets::make(&root.join("config"), free_port(), &options.assets);
-        events.line(format!("assets: made in {:?}", started.elapsed()));
         let sup = Supervisor::new();
         // The test runs on this thread: its waits and commands fail as soon as one dies.
         sup.fail_fast_here();
+        // The controller node first: the asset dir's apply copies the etcd certificates and
+        // the kubelet kubeconfig to it over SSH.
+        let node = Arc::new(ControllerNode::start(&sup, &work, &logs, &events));
+        events.line(format!("node: up in {:?}", started.elapsed()));
+        let asset_options = AssetOptions { node: Some(node.ssh.clone()), ..options.assets.clone() };
+        let assets = Assets::make(&root.join("config"), free_port(), &asset_options);
+        events.line(format!("assets: made in {:?}", started.elapsed()));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .thread_name("certrotate-test-env")
@@ -172,6 +186,7 @@ impl TestEnv {
         let (control_plane, kubelet, secret_watch) = rt.block_on(async {
             let cp = ControlPlane::start(
                 &sup,
+                &node,
                 &assets,
                 &work,
                 &logs,
@@ -202,13 +217,19 @@ impl TestEnv {
                 &work,
                 Arc::clone(&events),
             );
+            let node_client: NodeClient =
+                Arc::new(std::sync::RwLock::new(node_client(&cp.client, &node).await));
             let runtimes: Vec<Arc<dyn PodRuntime>> = vec![
                 apiserver_pods,
                 kcm_pods,
+                KubeletChartPods::new(
+                    Arc::clone(&node),
+                    Arc::clone(&node_client),
+                    Arc::clone(&events),
+                ),
                 ProcessPods::new(ExtApiServerProgram::new(&ctx, serving.clone()), &ctx),
                 ProcessPods::new(AdmissionWebhookProgram::new(&ctx), &ctx),
             ];
-            let node_client = node_client(&cp.client, &assets, &work).await;
             let kubelet = Kubelet::start(
                 cp.client.clone(),
                 node_client,
@@ -223,6 +244,8 @@ impl TestEnv {
         let env = TestEnv {
             name: name.to_string(),
             etcd_port: control_plane.etcd_port,
+            etcd: control_plane.etcd,
+            node,
             assets,
             client: control_plane.client,
             apiserver: control_plane.apiserver,
@@ -283,6 +306,24 @@ impl TestEnv {
 
     pub fn kubeconfig(&self) -> PathBuf {
         self.assets.kubeconfig()
+    }
+
+    /// SHA-256 fingerprint of the certificate kube-apiserver serves now (a TLS handshake).
+    pub fn apiserver_serving_fingerprint(&self) -> Result<String, String> {
+        served_fingerprint(self.assets.api_port)
+    }
+
+    /// SHA-256 fingerprint of the certificate etcd serves now on its client port (a TLS
+    /// handshake), e.g. to compare with `file_fingerprints(&env.assets.tls("etcd/server.crt"))`.
+    pub fn etcd_serving_fingerprint(&self) -> Result<String, String> {
+        served_fingerprint(self.etcd_port)
+    }
+
+    /// A file of kube-apiserver's "mounted Secret" as the running process was started with it
+    /// (`apiserver.crt`, `etcd-client.crt`, …: the keys of Secret `kube-system/kube-apiserver`).
+    pub fn apiserver_mounted_file(&self, key: &str) -> Vec<u8> {
+        let path = self.root.join("work").join("kube-apiserver-secrets").join(key);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     /// The requests of [`EnvOptions::audit_users`] that kube-apiserver has recorded so far.
@@ -395,7 +436,8 @@ impl TestEnv {
     }
 
     /// `helm install kubelet` (kube-system) from the asset dir, with `--wait`: the kubelet
-    /// DaemonSet with `kubernetesCACert` (its `ca-syncer` is not modelled yet).
+    /// DaemonSet with `kubernetesCACert`, whose pods restart the node's kubelet after its
+    /// `ca-syncer` (`node.rs`, `KubeletChartPods`).
     pub fn install_kubelet_chart(&self, helm: Helm) {
         self.install_asset_chart(helm, "kube-system", "kubelet");
     }
@@ -588,17 +630,12 @@ impl TestEnv {
     }
 }
 
-/// Where the simulated node keeps its kubeconfig (`/etc/kubernetes/kubeconfig` on a node):
-/// `work/node/kubeconfig`.
-pub fn node_kubeconfig(work: &Path) -> PathBuf {
-    work.join("node").join("kubeconfig")
-}
-
-/// The node's client: the asset dir's `auth/kubeconfig-kubelet` (the static kubelet client
-/// certificate, CN `kubelet`, O `system:nodes`, and the kube CA) copied to the node as at
-/// provisioning, so the node trusts the CA copy it was given. Group `system:nodes` gets
-/// ClusterRole `system:node`, as Lokomotive binds it for kubelets.
-async fn node_client(admin: &Client, assets: &Assets, work: &Path) -> Client {
+/// The node's client: its `/etc/kubernetes/kubeconfig`, which `copy-controller-secrets` put
+/// there over SSH (the asset dir's `auth/kubeconfig-kubelet`: the static kubelet client
+/// certificate, CN `kubelet`, O `system:nodes`, and the kube CA, as with
+/// `enable_tls_bootstrap = false`), so the node trusts the CA copy it was given. Group
+/// `system:nodes` gets ClusterRole `system:node`, as Lokomotive binds it for kubelets.
+async fn node_client(admin: &Client, node: &ControllerNode) -> Client {
     let binding: ClusterRoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "kubelet-nodes"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node"},
@@ -613,31 +650,7 @@ async fn node_client(admin: &Client, assets: &Assets, work: &Path) -> Client {
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => panic!("creating ClusterRoleBinding kubelet-nodes: {e}"),
     }
-    let from = assets.cluster_assets().join("auth").join("kubeconfig-kubelet");
-    let copy = node_kubeconfig(work);
-    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
-    let data = std::fs::read(&from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
-    write_private(&copy, &data).unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
-    node_kubeconfig_client(&copy).await
-}
-
-/// A client from the node's kubeconfig, read as the kubelet reads it: Lokomotive's
-/// `kubeconfig-kubelet` has one unnamed context and no `current-context`, which kube-rs
-/// refuses, so the one context is named here (the file stays as it is).
-pub async fn node_kubeconfig_client(path: &Path) -> Client {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut doc: Value = serde_saphyr::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
-    if let Some(Value::Object(context)) = doc["contexts"].get_mut(0) {
-        context.insert("name".into(), json!("node"));
-    }
-    doc["current-context"] = json!("node");
-    let kc: Kubeconfig = serde_json::from_value(doc)
-        .unwrap_or_else(|e| panic!("{} is not a kubeconfig: {e}", path.display()));
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-    Client::try_from(config).expect("building the node's kube client")
+    node.kubelet_client().await.unwrap_or_else(|e| panic!("the node's kubelet: {e}"))
 }
 
 /// The built plugin: cargo names it to tests and benches; an example (the demo) finds it in

@@ -48,6 +48,10 @@ const API_RETRY_FOR: Duration = Duration::from_secs(180);
 
 pub type PodPredicate = Arc<dyn Fn(&Pod) -> bool + Send + Sync>;
 
+/// The node's own credentials (its kubeconfig, read when the kubelet starts): replaced when a
+/// kubelet chart pod starts, as a restarted kubelet reads its kubeconfig again (`node.rs`).
+pub type NodeClient = Arc<RwLock<Client>>;
+
 /// What "runs" the containers of the pods it matches.
 pub trait PodRuntime: Send + Sync {
     fn matches(&self, pod: &Pod) -> bool;
@@ -86,7 +90,7 @@ struct Shared {
     client: Client,
     /// The node's own side (registration, status heartbeats): the kubelet client certificate
     /// of the node's kubeconfig, trusting the node's CA copy.
-    node_client: Client,
+    node_client: NodeClient,
     nodes: Vec<String>,
     ready_delay: Duration,
     runtimes: Vec<Arc<dyn PodRuntime>>,
@@ -111,7 +115,7 @@ impl Kubelet {
     /// the kubelet's tasks on the current runtime.
     pub async fn start(
         client: Client,
-        node_client: Client,
+        node_client: NodeClient,
         config: &KubeletConfig,
         runtimes: Vec<Arc<dyn PodRuntime>>,
         events: Arc<EventLog>,
@@ -138,7 +142,7 @@ impl Kubelet {
         let log_server = LogServer::start(cert, lookup);
         let port = log_server.port();
 
-        let nodes: Api<Node> = Api::all(shared.node_client.clone());
+        let nodes: Api<Node> = Api::all(shared.node_client.read().unwrap().clone());
         for name in &shared.nodes {
             let node = Node {
                 metadata: ObjectMeta {
@@ -250,11 +254,12 @@ fn node_status(port: u16) -> Value {
 /// refuses them (an expired kubelet certificate) or the node no longer trusts the API (its CA
 /// copy), the heartbeats fail and the node lifecycle controller marks the node NotReady.
 async fn heartbeat(shared: Arc<Shared>, port: u16) {
-    let nodes: Api<Node> = Api::all(shared.node_client.clone());
     let params = PatchParams::default();
     let mut failing = false;
     loop {
         tokio::time::sleep(HEARTBEAT).await;
+        // The credentials of the kubelet as it was last started.
+        let nodes: Api<Node> = Api::all(shared.node_client.read().unwrap().clone());
         for name in &shared.nodes {
             let status = Patch::Merge(node_status(port));
             match (nodes.patch_status(name, &params, &status).await, failing) {

@@ -18,6 +18,7 @@ pub mod env;
 pub mod kcm;
 pub mod kubelet;
 pub mod logserver;
+pub mod node;
 pub mod pki;
 pub mod pods;
 pub mod process;
@@ -27,7 +28,7 @@ pub mod sync;
 pub mod tools;
 pub mod wait;
 
-pub use assets::{AssetOptions, Assets, free_port};
+pub use assets::{AssetOptions, Assets, Lokomotive, NodeSsh, free_port};
 pub use audit::AuditedRequest;
 pub use cmd::{Cmd, Output, Spawned};
 pub use env::{EnvOptions, ExtApiServer, Helm, TestEnv, helm_history_rows};

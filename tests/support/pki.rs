@@ -142,3 +142,43 @@ pub fn fingerprints(pem: &[u8]) -> Vec<String> {
 pub fn file_fingerprints(path: &Path) -> Vec<String> {
     fingerprints(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
+
+/// SHA-256 fingerprint (hex) of the leaf certificate a TLS server on `127.0.0.1:port` presents,
+/// read from the handshake itself: what the process really serves, not the file it was given.
+/// The certificate is taken as it arrives (nothing is verified, no client certificate is
+/// offered), so a server that requires client certificates (etcd) shows its certificate too
+/// before it ends the handshake.
+pub fn served_fingerprint(port: u16) -> Result<String, String> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let mut builder =
+        SslConnector::builder(SslMethod::tls_client()).map_err(|e| format!("openssl: {e}"))?;
+    let keep = Arc::clone(&seen);
+    builder.set_verify_callback(SslVerifyMode::PEER, move |_, ctx| {
+        if ctx.error_depth() == 0
+            && let Some(cert) = ctx.current_cert()
+            && let Ok(der) = cert.to_der()
+        {
+            *keep.lock().unwrap() =
+                Some(fingerprints(&X509::from_der(&der).unwrap().to_pem().unwrap())[0].clone());
+        }
+        true
+    });
+    let connector = builder.build();
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| format!("connecting to 127.0.0.1:{port}: {e}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok();
+    let mut config = connector.configure().map_err(|e| format!("openssl: {e}"))?;
+    config.set_verify_hostname(false);
+    // The handshake may fail afterwards (a server that wants a client certificate): the
+    // certificate it sent was seen all the same.
+    let handshake = config.connect("localhost", stream).map(|_| ()).map_err(|e| e.to_string());
+    let fingerprint = seen.lock().unwrap().take();
+    fingerprint.ok_or_else(|| {
+        format!(
+            "127.0.0.1:{port} presented no certificate ({})",
+            handshake.err().unwrap_or_default()
+        )
+    })
+}

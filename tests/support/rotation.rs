@@ -3,9 +3,12 @@
 //! pods, the plugin's output. One copy here, so that the two procedures' tests cannot drift
 //! apart (they did: `key_matches` took its arguments in opposite orders).
 
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use openssl::asn1::Asn1Time;
@@ -13,7 +16,7 @@ use openssl::pkey::PKey;
 use openssl::x509::X509;
 use serde_json::Value;
 
-use super::{Cmd, Output, TestEnv, fingerprints};
+use super::{Cmd, Output, TestEnv, Tools, fingerprints, wait_for};
 
 // ---------------------------------------------------------------------------------------
 // Certificates
@@ -149,4 +152,66 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A real `terraform console` in the asset dir's terraform root: it holds the local state
+/// lock while its stdin is open. Ends (lock released) when dropped.
+pub struct StateLock {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+impl StateLock {
+    pub fn hold(env: &TestEnv) -> StateLock {
+        let tools = Tools::get();
+        let dir = env.assets.terraform_dir();
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(&tools.terraform)
+            .arg("console")
+            .current_dir(&dir)
+            .env("TF_CLI_CONFIG_FILE", &tools.tf_cli_config)
+            .env("TF_IN_AUTOMATION", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("starting terraform console");
+        let mut lock = StateLock { child: Some(child), stdin: None };
+        lock.stdin = lock.child.as_mut().unwrap().stdin.take();
+        let info = dir.join(".terraform.tfstate.lock.info");
+        wait_for("terraform console to hold the state lock", Duration::from_secs(30), || {
+            if info.exists() { Ok(()) } else { Err("no .terraform.tfstate.lock.info yet".into()) }
+        });
+        // Prove the lock is real: terraform itself refuses to plan.
+        let plan =
+            env.terraform().args(["plan", "-input=false", "-no-color", "-lock-timeout=0s"]).run();
+        assert!(
+            !plan.success() && plan.stderr.contains("Error acquiring the state lock"),
+            "terraform console should hold the state lock: {}",
+            plan.stderr
+        );
+        lock
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"exit\n");
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            super::process::signal_group(child.id(), "KILL");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

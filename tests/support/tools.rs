@@ -13,7 +13,8 @@ pub struct Tools {
     pub helm3: PathBuf,
     pub helm4: PathBuf,
     pub terraform: PathBuf,
-    /// The terraform CLI config that serves hashicorp/tls and hashicorp/local offline.
+    /// The terraform CLI config that serves hashicorp/tls, hashicorp/local and hashicorp/null
+    /// offline.
     pub tf_cli_config: PathBuf,
     pub ext_apiserver: PathBuf,
     /// The stand-in for Lokomotive's admission webhook server.
@@ -23,6 +24,9 @@ pub struct Tools {
     /// The `testenv/` folder: `make-assets.sh`, the fixture charts and terraform module.
     pub testenv_dir: PathBuf,
     pub kubectl: PathBuf,
+    /// Debian's `/usr/sbin/sshd`: the controller node each environment runs on loopback.
+    pub sshd: PathBuf,
+    pub ssh_keygen: PathBuf,
 }
 
 impl Tools {
@@ -43,6 +47,8 @@ impl Tools {
             lokoctl_double: var("CERTROTATE_LOKOCTL_DOUBLE"),
             testenv_dir: var("CERTROTATE_TESTENV_DIR"),
             kubectl: var("CERTROTATE_KUBECTL"),
+            sshd: var("CERTROTATE_SSHD"),
+            ssh_keygen: var("CERTROTATE_SSH_KEYGEN"),
         })
     }
 

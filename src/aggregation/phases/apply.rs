@@ -12,6 +12,7 @@ use crate::rotation::engine::{Needs, PhaseUnit};
 use crate::rotation::plan::StepKind;
 use crate::rotation::step::{Action, Planned, RecoverReleases, Running};
 use crate::tools::Command;
+use crate::tools::lokoctl::ApplyFlags;
 
 pub struct Apply;
 
@@ -40,7 +41,11 @@ impl PhaseUnit for Apply {
         };
         vec![
             RecoverReleases::planned(ctx),
-            Planned::command(&ctx.plan_lokoctl(true), "", Step::Lokoctl),
+            Planned::command(
+                &ctx.plan_lokoctl(ApplyFlags::skipping_health_check(true)),
+                "",
+                Step::Lokoctl,
+            ),
             verify,
         ]
     }
@@ -60,7 +65,9 @@ enum Step {
 impl Action for Step {
     fn command(&self, ctx: &Ctx) -> Result<Option<Command>> {
         Ok(match self {
-            Self::Lokoctl => Some(ctx.lokoctl()?.apply_command(true)?),
+            Self::Lokoctl => {
+                Some(ctx.lokoctl()?.apply_command(ApplyFlags::skipping_health_check(true))?)
+            }
             Self::NewCaServed | Self::NothingPending => None,
         })
     }
@@ -70,7 +77,7 @@ impl Action for Step {
             Self::Lokoctl => Box::pin(async move {
                 // lokoctl's terraform apply changes the state too.
                 ctx.terraform()?.keep_state().await?;
-                ctx.lokoctl()?.apply(true).await?;
+                ctx.lokoctl()?.apply(ApplyFlags::skipping_health_check(true)).await?;
                 Ok("applied".into())
             }),
             Self::NewCaServed => Box::pin(new_ca_served(ctx)),

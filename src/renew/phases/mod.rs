@@ -7,7 +7,12 @@
 
 pub mod backup;
 pub mod certificates;
+pub mod control_plane;
+pub mod etcd;
+pub mod restart;
 pub mod taint;
+pub mod tokens;
+pub mod verify;
 
 use super::Phase;
 use crate::error::{Error, Result};
@@ -21,8 +26,29 @@ pub fn unit(phase: Phase) -> &'static dyn PhaseUnit {
         Phase::Backup => &backup::Backup,
         Phase::Taint => &taint::Taint,
         Phase::Certificates => &certificates::Certificates,
+        Phase::Etcd => &etcd::Etcd,
+        Phase::ControlPlane => &control_plane::ControlPlane,
+        Phase::Tokens => &tokens::Tokens,
+        Phase::Restart => &restart::Restart,
+        Phase::Verify => &verify::Verify,
     }
 }
+
+/// Whether this run's `certificates` renewed the kube CA certificate: the file is no longer
+/// the one the backup recorded (`oldKubeCa`). Before that, the cluster holds the files
+/// already, and no later phase can be found done from it.
+fn renewed(ctx: &Ctx) -> Result<bool> {
+    let Some(run) = &ctx.run else { return Ok(false) };
+    let old = certificates::fingerprint_name("old", "kube-ca");
+    let Some(old) = run.journal.fingerprints.get(&old) else { return Ok(false) };
+    Ok(&ctx.file_cert(KUBE_CA)?.sha256 != old)
+}
+
+/// The rendered kube-apiserver values (the controller count, the etcd members).
+const KUBE_APISERVER_VALUES: &str = "charts/kube-system/kube-apiserver.yaml";
+
+/// The kube CA certificate of the asset dir.
+const KUBE_CA: &str = "tls/ca.crt";
 
 /// The state as the run's backup kept it, before anything was tainted; `None` before the
 /// run has one (a phase asked for with no run in progress).
@@ -59,20 +85,32 @@ mod tests {
                 std::fs::create_dir_all(&tls).unwrap();
                 std::fs::write(tls.join("aggregation-ca.crt"), "").unwrap();
             }
-            let phases = [Phase::Backup, Phase::Taint, Phase::Certificates];
+            use crate::rotation::engine::Procedure as _;
+            let phases = super::super::Renew::path(false);
             let planned = phases.iter().flat_map(|&p| unit(p).steps(&ctx)).map(|p| {
                 let cmd = p.action.command(&ctx).unwrap();
                 (p.step, cmd)
             });
             let commands = testing::check_commands_planned(planned, &recorder).await;
             let taints = if aggregation { 19 } else { 16 };
-            assert_eq!(commands, 1 + taints + 1, "aggregation {aggregation}");
+            // state pull, the taints, the apply, helm's list of pending releases, lokoctl.
+            assert_eq!(commands, 1 + taints + 1 + 1 + 1, "aggregation {aggregation}");
             let ran: Vec<String> = recorder.calls().into_iter().map(|c| c.line).collect();
             let apply = ran.iter().find(|l| l.contains(" apply ")).unwrap();
             assert!(apply.contains("-auto-approve -input=false -parallelism=1"), "{apply}");
             assert!(!apply.contains("-target"), "{apply}");
             assert_eq!(ran.iter().filter(|l| l.contains(" taint ")).count(), taints);
             assert!(ran.iter().any(|l| l.contains(" state pull")), "{ran:?}");
+            let lokoctl = ran.iter().find(|l| l.contains("lokoctl")).unwrap();
+            assert!(
+                lokoctl.contains(
+                    "lokoctl cluster apply --confirm --skip-pre-update-health-check --upgrade-kubelets"
+                ),
+                "{lokoctl}"
+            );
+            let helm = ran.iter().position(|l| l.contains("helm")).unwrap();
+            let lokoctl = ran.iter().position(|l| l.contains("lokoctl")).unwrap();
+            assert!(helm < lokoctl, "pending releases are recovered before lokoctl: {ran:?}");
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::rotation::engine::{Needs, PhaseUnit};
 use crate::rotation::plan::StepKind;
 use crate::rotation::step::{Action, Planned, RecoverReleases, Running};
 use crate::tools::Command;
+use crate::tools::lokoctl::ApplyFlags;
 use crate::webhook::Phase;
 
 /// The names the API server may use for the webhook's Service.
@@ -41,7 +42,11 @@ impl PhaseUnit for Certificate {
                 Step::Taint,
             ),
             RecoverReleases::planned(ctx),
-            Planned::command(&ctx.plan_lokoctl(ctx.expired), "", Step::Lokoctl),
+            Planned::command(
+                &ctx.plan_lokoctl(ApplyFlags::skipping_health_check(ctx.expired)),
+                "",
+                Step::Lokoctl,
+            ),
             Planned::new(
                 StepKind::Check,
                 format!(
@@ -89,7 +94,9 @@ impl Action for Step {
     fn command(&self, ctx: &Ctx) -> Result<Option<Command>> {
         Ok(match self {
             Self::Taint => Some(ctx.terraform()?.taint_command(&ctx.addr(cert_resource()))),
-            Self::Lokoctl => Some(ctx.lokoctl()?.apply_command(ctx.expired)?),
+            Self::Lokoctl => {
+                Some(ctx.lokoctl()?.apply_command(ApplyFlags::skipping_health_check(ctx.expired))?)
+            }
             Self::CheckNew => None,
         })
     }
@@ -126,7 +133,7 @@ async fn taint(ctx: &mut Ctx) -> Result<String> {
 async fn lokoctl(ctx: &mut Ctx) -> Result<String> {
     let applied = async {
         ctx.terraform()?.keep_state().await?;
-        ctx.lokoctl()?.apply(ctx.expired).await
+        ctx.lokoctl()?.apply(ApplyFlags::skipping_health_check(ctx.expired)).await
     };
     match applied.await {
         Ok(()) => Ok("applied".into()),

@@ -88,7 +88,7 @@ async fn state_cert(ctx: &Ctx) -> Result<(CertInfo, bool)> {
 
 /// What keeps the cluster from serving the certificate and key of `lokomotive.yaml`: the
 /// Secret the webhook's pods mount, and the caBundle the API server trusts when it calls it.
-async fn served_problem(ctx: &Ctx) -> Result<Option<String>> {
+pub async fn served_problem(ctx: &Ctx) -> Result<Option<String>> {
     let (file, key) = values_pair(ctx)?;
     let client = &ctx.conn()?.client;
     let served = objects::secret_certificates(client, NAMESPACE, SECRET, "cert.pem").await?;

@@ -8,7 +8,6 @@
 //! argument forces a replacement; permissions default to "0777" (the umask
 //! applies, as with Go's `os.WriteFile`).
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -17,14 +16,13 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use testenv::provider::ResourcesOnly;
 use testenv::sha1_hex;
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
 };
 use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{
-    AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider, Resource, map, serve,
-};
+use tf_provider::{AttributePath, Diagnostics, Resource, map, serve};
 
 type Str = Value<String>;
 
@@ -238,39 +236,11 @@ impl Resource for LocalFile {
     }
 }
 
-struct LocalProvider;
-
-#[async_trait]
-impl Provider for LocalProvider {
-    type Config<'a> = ValueEmpty;
-    type MetaState<'a> = ValueEmpty;
-
-    fn schema(&self, _: &mut Diagnostics) -> Option<Schema> {
-        Some(Schema {
-            version: 0,
-            block: Block {
-                description: Description::plain("local (test-only stand-in)"),
-                ..Default::default()
-            },
-        })
-    }
-
-    fn get_resources(
-        &self,
-        _: &mut Diagnostics,
-    ) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
-        Some(map! { "file" => LocalFile })
-    }
-
-    fn get_data_sources(
-        &self,
-        _: &mut Diagnostics,
-    ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
-        Some(HashMap::new())
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    serve("local", LocalProvider).await
+    let provider = ResourcesOnly {
+        description: "local (test-only stand-in)",
+        resources: || map! { "file" => LocalFile },
+    };
+    serve("local", provider).await
 }

@@ -28,14 +28,13 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509, X509Extension, X509Name, X509NameRef, X509Req, X509ReqBuilder};
 use serde::{Deserialize, Serialize};
+use testenv::provider::ResourcesOnly;
 use testenv::{now, parse_rfc3339, rfc3339, sha1_hex};
 use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
 };
 use tf_provider::value::{Value, ValueEmpty, serde_as_vec};
-use tf_provider::{
-    AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider, Resource, map, serve,
-};
+use tf_provider::{AttributePath, Diagnostics, Resource, map, serve};
 
 type Str = Value<String>;
 type Num = Value<i64>;
@@ -1082,38 +1081,18 @@ impl Resource for LocallySignedCert {
 
 // ---------------------------------------------------------------- provider --
 
-struct TlsProvider;
-
-#[async_trait]
-impl Provider for TlsProvider {
-    type Config<'a> = ValueEmpty;
-    type MetaState<'a> = ValueEmpty;
-
-    fn schema(&self, _: &mut Diagnostics) -> Option<Schema> {
-        Some(schema("tls (test-only stand-in)", HashMap::new()))
-    }
-
-    fn get_resources(
-        &self,
-        _: &mut Diagnostics,
-    ) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
-        Some(map! {
-            "private_key" => PrivateKey,
-            "self_signed_cert" => SelfSignedCert,
-            "cert_request" => CertRequest,
-            "locally_signed_cert" => LocallySignedCert,
-        })
-    }
-
-    fn get_data_sources(
-        &self,
-        _: &mut Diagnostics,
-    ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
-        Some(HashMap::new())
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    serve("tls", TlsProvider).await
+    let provider = ResourcesOnly {
+        description: "tls (test-only stand-in)",
+        resources: || {
+            map! {
+                "private_key" => PrivateKey,
+                "self_signed_cert" => SelfSignedCert,
+                "cert_request" => CertRequest,
+                "locally_signed_cert" => LocallySignedCert,
+            }
+        },
+    };
+    serve("tls", provider).await
 }

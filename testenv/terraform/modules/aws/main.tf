@@ -24,6 +24,7 @@ module "bootkube" {
   controller_count      = var.controller_count
 
   certs_validity_period_hours = var.certs_validity_period_hours
+  kubelet_ca_syncer           = var.lokomotive_version != "v0.7"
 
   external_apiserver_host = "127.0.0.1"
   external_apiserver_port = var.api_port

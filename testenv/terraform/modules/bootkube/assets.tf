@@ -52,6 +52,7 @@ locals {
   kubelet_values = templatefile("${path.module}/resources/charts/kubelet.yaml", {
     cluster_dns_service_ip = cidrhost(var.service_cidr, 10)
     kubernetes_ca_cert     = base64encode(tls_self_signed_cert.kube-ca.cert_pem)
+    ca_syncer              = var.kubelet_ca_syncer
   })
 
   lokomotive_values = templatefile("${path.module}/resources/charts/lokomotive.yaml", {

@@ -33,3 +33,41 @@ output "ca_cert" {
 output "server" {
   value = local.kubeconfig_server
 }
+
+# What the platform module's copy-controller-secrets sends to each controller
+# (lokomotive-pki.md §2), as the real bootkube module outputs them.
+output "etcd_ca_cert" {
+  value = tls_self_signed_cert.etcd-ca.cert_pem
+}
+
+output "etcd_client_cert" {
+  value = tls_locally_signed_cert.client.cert_pem
+}
+
+output "etcd_client_key" {
+  value     = tls_private_key.client.private_key_pem
+  sensitive = true
+}
+
+output "etcd_server_cert" {
+  value = tls_locally_signed_cert.server.cert_pem
+}
+
+output "etcd_server_key" {
+  value     = tls_private_key.server.private_key_pem
+  sensitive = true
+}
+
+output "etcd_peer_cert" {
+  value = tls_locally_signed_cert.peer.cert_pem
+}
+
+output "etcd_peer_key" {
+  value     = tls_private_key.peer.private_key_pem
+  sensitive = true
+}
+
+output "kubeconfig-kubelet" {
+  value     = local.kubeconfig_kubelet
+  sensitive = true
+}

@@ -74,6 +74,12 @@ variable "controller_count" {
   default     = 1
 }
 
+variable "kubelet_ca_syncer" {
+  description = "Lokomotive v0.8+: the kubelet values carry kubernetesCACert for the chart's ca-syncer; v0.5-v0.7 have neither."
+  type        = bool
+  default     = true
+}
+
 locals {
   api_servers_external = length(var.api_servers_external) > 0 ? var.api_servers_external : var.api_servers
 }
