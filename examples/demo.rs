@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cmd, ExtApiServer, TestEnv};
+use support::{Cmd, ExtApiServer, Helm, TestEnv};
 
 /// Runs the plugin as an operator of this cluster would, printing what they would see.
 fn show(env: &TestEnv, args: &[&str]) {
@@ -54,5 +54,14 @@ fn main() {
     env.step("the admission webhook certificate rotation: plan, then the real run (it ends with a real admission call)");
     show(&env, &["webhook", "--dry-run"]);
     show(&env, &["webhook", "-y"]);
+
+    env.step("the rest of the control plane as lokoctl installs it: the kubernetes chart (kube-controller-manager) and the kubelet chart (its ca-syncer)");
+    env.install_kubernetes_chart(Helm::V3);
+    env.install_kubelet_chart(Helm::V3);
+    env.step("every other certificate renewed, CA keys kept: plan, then the real run (etcd is reached on this machine's ports)");
+    let etcd = env.renew_etcd_flags();
+    let etcd: Vec<&str> = etcd.iter().map(String::as_str).collect();
+    show(&env, &[&["renew"], &etcd[..], &["--dry-run"]].concat());
+    show(&env, &[&["renew"], &etcd[..], &["-y"]].concat());
     show(&env, &["status"]);
 }

@@ -5,7 +5,9 @@
 #    expire) and `kubectl certrotate status` on it;
 # 2. against a real cluster: a real Terraform-made asset dir, a real etcd + kube-apiserver +
 #    kube-controller-manager on its PKI, the control-plane charts installed by real helm, an
-#    extension API server behind an APIService; then `status` and `extension-servers`.
+#    extension API server behind an APIService; then `status` and `extension-servers`, the
+#    aggregation CA rotation, the webhook certificate rotation, and last `renew` (every other
+#    certificate, CA keys kept), each planned then run end to end.
 # Part 2 needs the test environment: scripts/provision.sh installs it (cached; the first run
 # builds Kubernetes from source, about 10-20 minutes).
 set -euo pipefail

@@ -188,7 +188,6 @@ pub enum Command {
     /// Lokomotive v0.5-v0.7, whose Terraform pushes no new etcd certificates to the controllers
     /// and re-syncs no node's CA copy, is refused before any change with the steps to take by
     /// hand, unless --nodes-updated-by-hand. See docs/renew.md.
-    #[command(hide = true)]
     Renew(RenewArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completion(CompletionArgs),
@@ -376,12 +375,12 @@ mod tests {
         }
     }
 
-    /// `renew` is hidden until it is proven, and its own help names every phase and the
-    /// refusal of Lokomotive v0.5-v0.7.
+    /// `renew` is listed, and its own help names every phase and the refusal of Lokomotive
+    /// v0.5-v0.7.
     #[test]
-    fn renew_is_hidden_and_its_help_names_every_phase() {
+    fn renew_is_listed_and_its_help_names_every_phase() {
         let help = Cli::command().render_long_help().to_string();
-        assert!(!help.contains("renew"), "{help}");
+        assert!(help.contains("renew "), "{help}");
         let mut cli = Cli::command();
         let renew = cli.find_subcommand_mut("renew").expect("the renew subcommand");
         let help = renew.render_long_help().to_string();

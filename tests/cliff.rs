@@ -16,10 +16,14 @@ use openssl::x509::X509;
 use serde_json::{Value, json};
 use support::{AssetOptions, Cmd, EnvOptions, Helm, TestEnv, Tools, wait_for};
 
-/// Validity of every certificate, counted from just before the asset dir is made: the
-/// environment and the charts are up in well under a minute, which leaves a minute or two
-/// of a working cluster before the cliff.
-const VALIDITY: Duration = Duration::from_secs(150);
+/// Validity of the cluster left alone, counted from just before its asset dir is made: the
+/// environment and the charts are up in well under a minute, which leaves a minute or so of a
+/// working cluster before its cliff.
+const VALIDITY: Duration = Duration::from_secs(120);
+
+/// Validity of the renewed cluster's original certificates: its environment, the charts and
+/// the whole of `renew -y` (measured: 60-100 s) must end before it.
+const RENEWED_VALIDITY: Duration = Duration::from_secs(210);
 
 /// Seconds until the certificate in `path` expires (negative once it has).
 fn seconds_left(path: &Path) -> i64 {
@@ -58,41 +62,32 @@ fn node_ready(observer: &Path, node: &str) -> Result<String, String> {
     if out.success() { Ok(out.stdout.trim().to_string()) } else { Err(out.to_string()) }
 }
 
-#[test]
-fn without_renewal_the_cluster_breaks_at_the_cliff() {
-    let env = TestEnv::start_with(
-        "cliff",
-        EnvOptions { assets: AssetOptions::default().expiring_in(VALIDITY), ..Default::default() },
-    );
-    env.step("the control-plane charts: kube-apiserver, kubernetes (kube-controller-manager's pod), kubelet");
-    env.install_kube_apiserver_chart(Helm::V3);
-    env.install_kubernetes_chart(Helm::V3);
-    env.install_kubelet_chart(Helm::V3);
+/// The control-plane charts lokoctl installs, with `helm` (the `lokomotive` chart always with
+/// helm 3: see `install_lokomotive_chart`).
+fn install_charts(env: &TestEnv, helm: Helm, webhook: bool) {
+    env.step(&format!("the control-plane charts with {helm:?}: kube-apiserver, kubernetes (kube-controller-manager's pod), kubelet{}", if webhook { ", lokomotive" } else { "" }));
+    env.install_kube_apiserver_chart(helm);
+    env.install_kubernetes_chart(helm);
+    env.install_kubelet_chart(helm);
+    if webhook {
+        env.install_lokomotive_chart();
+    }
     assert!(
         env.controller_manager.restarts() >= 1,
         "kube-controller-manager was not restarted for the kubernetes chart's pod"
     );
-    let observer = env.observer_kubeconfig();
-    let node = env.kubelet.nodes()[0].clone();
+}
 
-    env.step("before the cliff: the cluster works");
-    let left = seconds_left(&env.assets.tls("ca.crt"));
-    assert!(left > 20, "the certificates expire in {left} s: too soon to see the cluster work");
-    for name in ["apiserver.crt", "admin.crt", "kubelet.crt", "etcd/server.crt", "etcd-client.crt"]
-    {
-        let other = seconds_left(&env.assets.tls(name));
-        assert!((other - left).abs() <= 5, "{name} expires in {other} s, the CA in {left} s");
-    }
-    env.kubectl().args(["get", "nodes"]).ok();
-    assert_eq!(node_ready(&observer, &node).unwrap(), "True");
-    env.kubectl().args(["create", "namespace", "before-the-cliff"]).ok();
+/// The name of a ServiceAccount's first token Secret in `namespace`, once
+/// kube-controller-manager has issued it.
+fn wait_for_token(env: &TestEnv, namespace: &str) {
     wait_for(
-        "kube-controller-manager to issue a token in a new namespace",
+        &format!("kube-controller-manager to issue a token in namespace {namespace}"),
         Duration::from_secs(60),
         || {
             let out = env
                 .kubectl()
-                .args(["-n", "before-the-cliff", "get", "serviceaccount", "default"])
+                .args(["-n", namespace, "get", "serviceaccount", "default"])
                 .arg("-o=jsonpath={.secrets[0].name}")
                 .run();
             if out.success() && !out.stdout.trim().is_empty() {
@@ -102,87 +97,48 @@ fn without_renewal_the_cluster_breaks_at_the_cliff() {
             }
         },
     );
+}
 
+/// Before the cliff: every certificate expires with the CA, and the cluster works (the admin
+/// kubeconfig, the node Ready, kube-controller-manager issuing tokens).
+fn works_before_the_cliff(env: &TestEnv, observer: &Path, node: &str) {
+    env.step("before the cliff: the cluster works");
     let left = seconds_left(&env.assets.tls("ca.crt"));
-    env.step(&format!("waiting {left} s for every certificate to expire"));
-    std::thread::sleep(Duration::from_secs(u64::try_from(left.max(0)).unwrap() + 3));
-    assert!(seconds_left(&env.assets.tls("admin.crt")) < 0);
+    assert!(left > 20, "the certificates expire in {left} s: too soon to see the cluster work");
+    for name in ["apiserver.crt", "admin.crt", "kubelet.crt", "etcd/server.crt", "etcd-client.crt"]
+    {
+        let other = seconds_left(&env.assets.tls(name));
+        assert!((other - left).abs() <= 5, "{name} expires in {other} s, the CA in {left} s");
+    }
+    env.kubectl().args(["get", "nodes"]).ok();
+    assert_eq!(node_ready(observer, node).unwrap(), "True");
+    env.kubectl().args(["create", "namespace", "before-the-cliff"]).ok();
+    wait_for_token(env, "before-the-cliff");
+}
 
-    env.step("after the cliff: the admin kubeconfig is refused");
+/// After the cliff, the cluster left alone is broken: its admin certificate is refused by the
+/// API itself, and its node goes NotReady (its kubelet certificate expired).
+fn broken_after_the_cliff(env: &TestEnv, observer: &Path, node: &str) {
+    assert!(seconds_left(&env.assets.tls("admin.crt")) < 0);
+    env.step("after the cliff, the cluster left alone: the admin kubeconfig is refused");
     let admin = env.kubectl().args(["get", "nodes"]).timeout(Duration::from_secs(60)).run();
     assert!(!admin.success(), "the admin kubeconfig still works after the cliff: {admin}");
     assert!(admin.stderr.contains("expired"), "not refused for an expired certificate: {admin}");
-    let unverified = kubectl_with(&admin_without_server_check(&env)).args(["get", "nodes"]).run();
+    let unverified = kubectl_with(&admin_without_server_check(env)).args(["get", "nodes"]).run();
     assert!(
         !unverified.success() && unverified.stderr.contains("Unauthorized"),
         "the API does not refuse the expired admin certificate: {unverified}"
     );
 
-    env.step("after the cliff: the node goes NotReady (its kubelet certificate expired)");
+    env.step("after the cliff, the cluster left alone: the node goes NotReady");
     let status =
         wait_for("the node to be NotReady", Duration::from_secs(120), || {
-            match node_ready(&observer, &node)? {
+            match node_ready(observer, node)? {
                 ready if ready == "True" => Err("still Ready".to_string()),
                 other => Ok(other),
             }
         });
     env.step(&format!("node {node}: Ready={status}"));
-}
-
-/// lokoctl's taint list (lokomotive-pki.md §1.10): every leaf certificate and non-CA key, and
-/// the three CA certificates; never a CA key nor the service-account key.
-const LOKOCTL_TAINTS: [&str; 19] = [
-    "tls_locally_signed_cert.admin",
-    "tls_locally_signed_cert.admission-webhook-server",
-    "tls_locally_signed_cert.aggregation-client[0]",
-    "tls_locally_signed_cert.apiserver",
-    "tls_locally_signed_cert.client",
-    "tls_locally_signed_cert.kubelet",
-    "tls_locally_signed_cert.peer",
-    "tls_locally_signed_cert.server",
-    "tls_self_signed_cert.aggregation-ca[0]",
-    "tls_self_signed_cert.etcd-ca",
-    "tls_self_signed_cert.kube-ca",
-    "tls_private_key.admin",
-    "tls_private_key.admission-webhook-server",
-    "tls_private_key.aggregation-client[0]",
-    "tls_private_key.apiserver",
-    "tls_private_key.client",
-    "tls_private_key.kubelet",
-    "tls_private_key.peer",
-    "tls_private_key.server",
-];
-
-/// Validity of the renewed test's original certificates: the renewal typed by hand (19
-/// taints, an apply with the SSH copy, lokoctl with its helm upgrades, the restarts) must end
-/// before the cliff.
-const RENEWED_VALIDITY: Duration = Duration::from_secs(300);
-
-/// The ServiceAccount token Secrets whose `ca.crt` is not `ca` yet (`namespace/name`).
-fn tokens_without(observer: &Path, ca: &[u8]) -> Result<Vec<String>, String> {
-    use base64::Engine as _;
-    let out = kubectl_with(observer)
-        .args(["get", "secrets", "-A", "--field-selector=type=kubernetes.io/service-account-token"])
-        .arg("-o=json")
-        .run();
-    if !out.success() {
-        return Err(out.to_string());
-    }
-    let list: Value = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
-    let want = base64::engine::general_purpose::STANDARD.encode(ca);
-    Ok(list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["data"]["ca.crt"].as_str() != Some(want.as_str()))
-        .map(|s| {
-            format!(
-                "{}/{}",
-                s["metadata"]["namespace"].as_str().unwrap_or(""),
-                s["metadata"]["name"].as_str().unwrap_or("")
-            )
-        })
-        .collect())
 }
 
 /// A copy (0600, in the test's dir) of a file as it is now.
@@ -192,8 +148,121 @@ fn keep_copy(env: &TestEnv, from: &Path, name: &str) -> PathBuf {
     to
 }
 
+/// What the renewed cluster had before `renew`, to hold it to after the cliff.
+struct Renewed {
+    old_admin: PathBuf,
+    old_ca: PathBuf,
+    observer: PathBuf,
+    node: String,
+}
+
+/// `renew -y` alone (helm and lokoctl with `helm`), which must end before the cliff with every
+/// phase done and every certificate renewed for a year.
+fn renew(env: &TestEnv, helm: Helm) -> Renewed {
+    let observer = env.observer_kubeconfig();
+    let node = env.kubelet.nodes()[0].clone();
+    works_before_the_cliff(env, &observer, &node);
+    let old_admin = keep_copy(env, &env.kubeconfig(), "old-admin-kubeconfig");
+    let old_ca = keep_copy(env, &env.assets.tls("ca.crt"), "old-ca.crt");
+    let old_etcd = support::file_fingerprints(&env.assets.tls("etcd/server.crt"));
+
+    env.step(&format!("kubectl certrotate renew -y, with {helm:?}"));
+    let out = env
+        .certrotate_with_helm(helm)
+        .arg("renew")
+        .args(env.renew_etcd_flags())
+        .args(["-y", "-o", "json"])
+        .run();
+    assert!(out.success(), "renew: {out}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let results = report["phases"].as_array().unwrap();
+    assert_eq!(results.len(), 8, "{report:#}");
+    for phase in results {
+        assert_eq!(phase["result"], "done", "{report:#}");
+    }
+    let left = seconds_left(&old_ca);
+    assert!(left > 5, "renew ended {} s after the cliff: raise RENEWED_VALIDITY", -left);
+    assert!(seconds_left(&env.assets.tls("ca.crt")) > 86_400 * 300, "not renewed for a year");
+    assert_eq!(env.etcd.restarts(), 1, "copy-controller-secrets did not restart etcd once");
+    assert_ne!(support::file_fingerprints(&env.assets.tls("etcd/server.crt")), old_etcd);
+    assert_eq!(
+        env.node.ca_copy(),
+        support::file_fingerprints(&env.assets.tls("ca.crt")),
+        "the node's CA copy"
+    );
+    Renewed { old_admin, old_ca, observer, node }
+}
+
+/// After the cliff, the renewed cluster works: the new admin kubeconfig (the old one refused,
+/// expired), kube-apiserver restarted reaches etcd, the webhook mutates, kube-controller-manager
+/// restarted issues tokens, the node stays Ready past the node lifecycle's 40 s grace.
+fn works_after_the_cliff(env: &TestEnv, renewed: &Renewed) {
+    assert!(seconds_left(&renewed.old_ca) < 0);
+    env.step(
+        "after the cliff: the new admin kubeconfig works, the old admin certificate is refused",
+    );
+    env.kubectl().args(["get", "nodes"]).ok();
+    let old = kubectl_with(&renewed.old_admin).args(["get", "nodes"]).run();
+    assert!(!old.success() && old.stderr.contains("expired"), "the old admin kubeconfig: {old}");
+
+    env.step("after the cliff: kube-apiserver restarted reaches etcd; the webhook mutates");
+    env.block_on(env.apiserver.restart("after the cliff")).unwrap();
+    env.kubectl().args(["create", "namespace", "after-the-cliff"]).ok();
+    assert_eq!(
+        env.etcd_serving_fingerprint().unwrap(),
+        support::file_fingerprints(&env.assets.tls("etcd/server.crt"))[0]
+    );
+    wait_for(
+        "the webhook to mutate the new default ServiceAccount",
+        Duration::from_secs(60),
+        || {
+            let out = env
+                .kubectl()
+                .args(["-n", "after-the-cliff", "get", "serviceaccount", "default"])
+                .arg("-o=jsonpath={.automountServiceAccountToken}")
+                .run();
+            if out.success() && out.stdout.trim() == "false" {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        },
+    );
+
+    env.step("after the cliff: kube-controller-manager restarted issues tokens");
+    env.rollout_restart("kube-system", "deployment/kube-controller-manager");
+    wait_for_token(env, "after-the-cliff");
+
+    env.step("after the cliff: the node stays Ready past the node lifecycle's 40 s grace");
+    let until = std::time::Instant::now() + Duration::from_secs(45);
+    while std::time::Instant::now() < until {
+        let ready = node_ready(&renewed.observer, &renewed.node).unwrap();
+        assert_eq!(ready, "True", "node {} after the cliff", renewed.node);
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+/// Sleeps until the certificate in `path` has expired.
+fn wait_for_the_cliff(env: &TestEnv, path: &Path) {
+    let left = seconds_left(path);
+    env.step(&format!("waiting {left} s for the original certificates to expire"));
+    std::thread::sleep(Duration::from_secs(u64::try_from(left.max(0)).unwrap() + 3));
+}
+
+/// The proof of issue 16: two clusters made alike, every certificate expiring minutes after
+/// they are up. The one `renew -y` renewed (helm 3) crosses the cliff with nothing broken; the
+/// one left alone breaks at it, in the same test, which proves the harness models the cliff.
 #[test]
-fn renewed_by_hand_the_cluster_crosses_the_cliff() {
+fn renew_crosses_the_cliff_and_the_same_cluster_left_alone_breaks() {
+    let alone = TestEnv::start_with(
+        "cliff-alone",
+        EnvOptions { assets: AssetOptions::default().expiring_in(VALIDITY), ..Default::default() },
+    );
+    install_charts(&alone, Helm::V3, false);
+    let alone_observer = alone.observer_kubeconfig();
+    let alone_node = alone.kubelet.nodes()[0].clone();
+    works_before_the_cliff(&alone, &alone_observer, &alone_node);
+
     let env = TestEnv::start_with(
         "cliff-renewed",
         EnvOptions {
@@ -201,94 +270,27 @@ fn renewed_by_hand_the_cluster_crosses_the_cliff() {
             ..Default::default()
         },
     );
-    env.step("the control-plane charts: kube-apiserver, kubernetes, kubelet");
-    env.install_kube_apiserver_chart(Helm::V3);
-    env.install_kubernetes_chart(Helm::V3);
-    env.install_kubelet_chart(Helm::V3);
-    let observer = env.observer_kubeconfig();
-    let node = env.kubelet.nodes()[0].clone();
-    let old_admin = keep_copy(&env, &env.kubeconfig(), "old-admin-kubeconfig");
-    let old_ca = keep_copy(&env, &env.assets.tls("ca.crt"), "old-ca.crt");
-    let old_etcd = support::file_fingerprints(&env.assets.tls("etcd/server.crt"));
-    assert_eq!(env.node.ca_copy(), support::file_fingerprints(&old_ca));
+    install_charts(&env, Helm::V3, true);
+    let renewed = renew(&env, Helm::V3);
+    // The cluster left alone was made first, with a shorter validity: its cliff is behind us.
+    wait_for_the_cliff(&env, &renewed.old_ca);
+    broken_after_the_cliff(&alone, &alone_observer, &alone_node);
+    works_after_the_cliff(&env, &renewed);
+}
 
-    env.step(
-        "renewal typed by hand, as lokoctl's rotate: 19 taints, terraform apply -parallelism=1",
+/// The same proof with helm 4: the charts installed by it, and `renew` (its release recovery
+/// and lokoctl's upgrades) running it.
+#[test]
+fn renew_with_helm4_crosses_the_cliff() {
+    let env = TestEnv::start_with(
+        "cliff-renewed-helm4",
+        EnvOptions {
+            assets: AssetOptions::default().expiring_in(RENEWED_VALIDITY),
+            ..Default::default()
+        },
     );
-    let module = env.assets.bootkube_module();
-    for resource in LOKOCTL_TAINTS {
-        env.terraform().args(["taint", &format!("{module}.{resource}")]).ok();
-    }
-    env.terraform()
-        .args(["apply", "-auto-approve", "-input=false", "-no-color", "-parallelism=1"])
-        .ok();
-    assert_eq!(env.etcd.restarts(), 1, "copy-controller-secrets did not restart etcd");
-    let new_etcd = support::file_fingerprints(&env.assets.tls("etcd/server.crt"));
-    assert_ne!(new_etcd, old_etcd);
-    assert_eq!(env.etcd_serving_fingerprint().unwrap(), new_etcd[0]);
-
-    env.step("lokoctl cluster apply --upgrade-kubelets: every control-plane chart with the new certificates");
-    env.lokoctl()
-        .args([
-            "cluster",
-            "apply",
-            "--confirm",
-            "--skip-pre-update-health-check",
-            "--upgrade-kubelets",
-        ])
-        .ok();
-    let new_ca = std::fs::read(env.assets.tls("ca.crt")).unwrap();
-    wait_for("every token Secret's ca.crt to be the new CA", Duration::from_secs(120), || {
-        match tokens_without(&observer, &new_ca)? {
-            left if left.is_empty() => Ok(()),
-            left => Err(format!("still the old CA: {left:?}")),
-        }
-    });
-
-    env.step("the restarts: kube-controller-manager, kubelet, kube-apiserver");
-    env.rollout_restart("kube-system", "deployment/kube-controller-manager");
-    env.rollout_restart("kube-system", "daemonset/kubelet");
-    env.rollout_restart("kube-system", "deployment/kube-apiserver");
-    assert_eq!(env.node.ca_copy(), support::fingerprints(&new_ca), "the node's CA copy");
-    assert_eq!(
-        env.apiserver_serving_fingerprint().unwrap(),
-        support::file_fingerprints(&env.assets.tls("apiserver.crt"))[0]
-    );
-    let left = seconds_left(&old_ca);
-    assert!(left > 5, "the renewal ended {} s after the cliff: raise RENEWED_VALIDITY", -left);
-    assert!(seconds_left(&env.assets.tls("ca.crt")) > 86_400 * 300);
-
-    env.step(&format!("waiting {left} s for the original certificates to expire"));
-    std::thread::sleep(Duration::from_secs(u64::try_from(left).unwrap() + 3));
-    assert!(seconds_left(&old_ca) < 0);
-
-    env.step(
-        "after the cliff: the new admin kubeconfig works, the old admin certificate is refused",
-    );
-    env.kubectl().args(["get", "nodes"]).ok();
-    let old = kubectl_with(&old_admin).args(["get", "nodes"]).run();
-    assert!(!old.success() && old.stderr.contains("expired"), "the old admin kubeconfig: {old}");
-
-    env.step("after the cliff: kube-apiserver restarted reaches etcd (new client certificate, new etcd serving certificate)");
-    env.block_on(env.apiserver.restart("after the cliff")).unwrap();
-    env.kubectl().args(["create", "namespace", "after-the-cliff"]).ok();
-    assert_eq!(env.etcd_serving_fingerprint().unwrap(), new_etcd[0]);
-
-    env.step("after the cliff: kube-controller-manager restarted issues tokens");
-    env.rollout_restart("kube-system", "deployment/kube-controller-manager");
-    wait_for("a token in the namespace made after the cliff", Duration::from_secs(60), || {
-        let out = env
-            .kubectl()
-            .args(["-n", "after-the-cliff", "get", "serviceaccount", "default"])
-            .arg("-o=jsonpath={.secrets[0].name}")
-            .run();
-        if out.success() && !out.stdout.trim().is_empty() { Ok(()) } else { Err(out.to_string()) }
-    });
-
-    env.step("after the cliff: the node stays Ready past the node lifecycle's 40 s grace");
-    let until = std::time::Instant::now() + Duration::from_secs(50);
-    while std::time::Instant::now() < until {
-        assert_eq!(node_ready(&observer, &node).unwrap(), "True", "node {node} after the cliff");
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    install_charts(&env, Helm::V4, true);
+    let renewed = renew(&env, Helm::V4);
+    wait_for_the_cliff(&env, &renewed.old_ca);
+    works_after_the_cliff(&env, &renewed);
 }

@@ -464,27 +464,9 @@ fn restarted_at(env: &TestEnv, namespace: &str, kind: &str, name: &str) -> Optio
         .map(str::to_string)
 }
 
-/// The peer port etcd listens on, read from its command line (the harness names only the
-/// client port).
-fn etcd_peer_port(env: &TestEnv) -> u16 {
-    let pid = env.component_pid("etcd").expect("etcd runs");
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args = String::from_utf8_lossy(&cmdline).into_owned();
-    let url = args
-        .split('\0')
-        .find_map(|a| a.strip_prefix("--listen-peer-urls="))
-        .unwrap_or_else(|| panic!("no --listen-peer-urls in {args:?}"));
-    url.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// `renew` with the etcd member as this machine reaches it (the harness's etcd is on
-/// 127.0.0.1 and random ports, not under the values' etcdServers names).
+/// `renew` with the etcd member as this machine reaches it.
 fn renew_reaching_etcd(env: &TestEnv) -> Cmd {
-    renew(env)
-        .arg("--etcd-endpoint")
-        .arg(format!("https://127.0.0.1:{}", env.etcd_port))
-        .arg("--etcd-peer-endpoint")
-        .arg(format!("https://127.0.0.1:{}", etcd_peer_port(env)))
+    renew(env).args(env.renew_etcd_flags())
 }
 
 /// A lokoctl that fails as a broken one does: a message, exit code 1, nothing applied.
@@ -768,115 +750,4 @@ fn a_lokomotive_v0_7_cluster_is_refused_before_any_change() {
     assert_eq!(results(&report), pairs(&[("taint", "done")]), "{report:#}");
     let tainted = instances(&state(&env)).values().filter(|(_, t, _)| *t).count();
     assert_eq!(tainted, TAINTED.len());
-}
-
-/// Validity of every original certificate in the cliff test: the charts and the whole of
-/// `renew -y` must end before it (measured: about 60 s), then the test waits for the cliff.
-const CLIFF_VALIDITY: Duration = Duration::from_secs(180);
-
-/// Seconds until the certificate in `path` expires (negative once it has).
-fn seconds_left(path: &Path) -> i64 {
-    let cert = openssl::x509::X509::from_pem(&std::fs::read(path).unwrap()).unwrap();
-    let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
-    let diff = now.diff(cert.not_after()).unwrap();
-    i64::from(diff.days) * 86_400 + i64::from(diff.secs)
-}
-
-/// Real kubectl with `kubeconfig`.
-fn kubectl_with(kubeconfig: &Path) -> Cmd {
-    Cmd::new(&Tools::get().kubectl).env("KUBECONFIG", kubeconfig).timeout(Duration::from_secs(60))
-}
-
-/// The proof of issue 16: a cluster whose every certificate expires minutes after it is up,
-/// renewed by `renew -y` alone, crosses that moment with nothing broken.
-#[test]
-fn renew_crosses_the_one_year_cliff() {
-    use support::{AssetOptions, EnvOptions, Helm};
-    let env = TestEnv::start_with(
-        "renew-cliff",
-        EnvOptions {
-            assets: AssetOptions::default().expiring_in(CLIFF_VALIDITY),
-            ..Default::default()
-        },
-    );
-    env.step("the control-plane charts: kube-apiserver, kubernetes, kubelet, lokomotive");
-    env.install_kube_apiserver_chart(Helm::V3);
-    env.install_kubernetes_chart(Helm::V3);
-    env.install_kubelet_chart(Helm::V3);
-    env.install_lokomotive_chart();
-    let observer = env.observer_kubeconfig();
-    let node = env.kubelet.nodes()[0].clone();
-    let old_admin = env.dir().join("old-admin-kubeconfig");
-    support::pki::write_private(&old_admin, &std::fs::read(env.kubeconfig()).unwrap()).unwrap();
-    let old_ca = env.dir().join("old-ca.crt");
-    std::fs::copy(env.assets.tls("ca.crt"), &old_ca).unwrap();
-    let mut needles = Needles::new();
-    add_keys(&mut needles, &env);
-
-    let (report, _) = run_json(&env, &needles, &[], "");
-    assert!(results(&report).iter().all(|(_, r)| r == "done" || r == "already-done"), "{report:#}");
-    let left = seconds_left(&old_ca);
-    assert!(left > 5, "renew ended {} s after the cliff: raise CLIFF_VALIDITY", -left);
-    assert!(seconds_left(&env.assets.tls("ca.crt")) > 86_400 * 300, "not renewed for a year");
-
-    env.step(&format!("waiting {left} s for the original certificates to expire"));
-    std::thread::sleep(Duration::from_secs(u64::try_from(left).unwrap() + 3));
-    assert!(seconds_left(&old_ca) < 0);
-
-    env.step(
-        "after the cliff: the new admin kubeconfig works, the old admin certificate is refused",
-    );
-    env.kubectl().args(["get", "nodes"]).ok();
-    let old = kubectl_with(&old_admin).args(["get", "nodes"]).run();
-    assert!(!old.success() && old.stderr.contains("expired"), "the old admin kubeconfig: {old}");
-
-    env.step("after the cliff: kube-apiserver restarted reaches etcd; the webhook mutates");
-    env.block_on(env.apiserver.restart("after the cliff")).unwrap();
-    env.kubectl().args(["create", "namespace", "after-the-cliff"]).ok();
-    support::wait_for(
-        "the webhook to mutate the new default ServiceAccount",
-        Duration::from_secs(60),
-        || {
-            let out = env
-                .kubectl()
-                .args(["-n", "after-the-cliff", "get", "serviceaccount", "default"])
-                .arg("-o=jsonpath={.automountServiceAccountToken}")
-                .run();
-            if out.success() && out.stdout.trim() == "false" {
-                Ok(())
-            } else {
-                Err(out.to_string())
-            }
-        },
-    );
-
-    env.step("after the cliff: kube-controller-manager restarted issues tokens");
-    env.rollout_restart("kube-system", "deployment/kube-controller-manager");
-    support::wait_for(
-        "a token in the namespace made after the cliff",
-        Duration::from_secs(60),
-        || {
-            let out = env
-                .kubectl()
-                .args(["-n", "after-the-cliff", "get", "serviceaccount", "default"])
-                .arg("-o=jsonpath={.secrets[0].name}")
-                .run();
-            if out.success() && !out.stdout.trim().is_empty() {
-                Ok(())
-            } else {
-                Err(out.to_string())
-            }
-        },
-    );
-
-    env.step("after the cliff: the node stays Ready past the node lifecycle's 40 s grace");
-    let until = std::time::Instant::now() + Duration::from_secs(45);
-    while std::time::Instant::now() < until {
-        let out = kubectl_with(&observer)
-            .args(["get", "node", &node])
-            .arg("-o=jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
-            .ok();
-        assert_eq!(out.stdout.trim(), "True", "node {node} after the cliff");
-        std::thread::sleep(Duration::from_secs(5));
-    }
 }

@@ -41,14 +41,25 @@ pub async fn cluster_section(
         section.error = Some(reason);
         return section;
     }
-    match k8s::snapshot(&conn).await {
+    read_cluster_rows(&mut section, &conn, report, now, window).await;
+    section
+}
+
+/// Reads what the cluster of `conn` (verified to be the asset dir's) holds into `section`.
+pub async fn read_cluster_rows(
+    section: &mut ClusterSection,
+    conn: &Connection,
+    report: &ClusterReport,
+    now: i64,
+    window: i64,
+) {
+    match k8s::snapshot(conn).await {
         Ok(snapshot) => {
             section.reached = true;
-            fill_cluster_rows(&mut section, &snapshot, report, now, window);
+            fill_cluster_rows(section, &snapshot, report, now, window);
         }
         Err(err) => section.error = Some(err.to_string()),
     }
-    section
 }
 
 /// Which asset dir credential each cluster-held certificate is compared with.

@@ -22,6 +22,7 @@ use futures::StreamExt;
 use crate::assets::{AssetDir, resolve_asset_dirs};
 use crate::cli::{GlobalOpts, OutputFormat, StatusArgs};
 use crate::error::{Error, Result, exit};
+use crate::k8s::Connection;
 use crate::output::{self, JSON_API_VERSION};
 use crate::pki;
 
@@ -129,6 +130,24 @@ fn local_report(dir: &Path, now: i64, window: i64) -> ClusterReport {
             exit_code: exit::ERROR,
         },
     }
+}
+
+/// The report `status` makes of one asset dir, read through a connection already verified to
+/// be its cluster: `renew`'s `verify` holds the cluster to it.
+pub async fn assess(assets: &AssetDir, conn: &Connection, now: i64, window: i64) -> ClusterReport {
+    let mut report = local_report(assets.root(), now, window);
+    if report.error.is_none() {
+        let mut section = ClusterSection {
+            server: Some(conn.server.clone()),
+            kubeconfig: Some(conn.kubeconfig_description()),
+            ..Default::default()
+        };
+        cluster::read_cluster_rows(&mut section, conn, &report, now, window).await;
+        report.cluster = Some(section);
+    }
+    report.exit_code = report_exit_code(&report);
+    fix::add_fixes(&mut report);
+    report
 }
 
 async fn add_cluster_sections(

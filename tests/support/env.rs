@@ -319,6 +319,30 @@ impl TestEnv {
         served_fingerprint(self.etcd_port)
     }
 
+    /// The peer port etcd listens on, read from its command line (etcd is restarted on the
+    /// same ports).
+    pub fn etcd_peer_port(&self) -> u16 {
+        let pid = self.component_pid("etcd").expect("etcd runs");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args = String::from_utf8_lossy(&cmdline).into_owned();
+        let url = args
+            .split('\0')
+            .find_map(|a| a.strip_prefix("--listen-peer-urls="))
+            .unwrap_or_else(|| panic!("no --listen-peer-urls in {args:?}"));
+        url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// `renew`'s flags naming the etcd member as this machine reaches it: the harness's etcd
+    /// listens on 127.0.0.1 and free ports, not under the values' `etcdServers` names.
+    pub fn renew_etcd_flags(&self) -> [String; 4] {
+        [
+            "--etcd-endpoint".into(),
+            format!("https://127.0.0.1:{}", self.etcd_port),
+            "--etcd-peer-endpoint".into(),
+            format!("https://127.0.0.1:{}", self.etcd_peer_port()),
+        ]
+    }
+
     /// A file of kube-apiserver's "mounted Secret" as the running process was started with it
     /// (`apiserver.crt`, `etcd-client.crt`, …: the keys of Secret `kube-system/kube-apiserver`).
     pub fn apiserver_mounted_file(&self, key: &str) -> Vec<u8> {
@@ -381,6 +405,12 @@ impl TestEnv {
     /// [`Cmd::env_remove`].
     pub fn certrotate(&self) -> Cmd {
         self.operator_env(Cmd::new(plugin_binary()))
+    }
+
+    /// [`TestEnv::certrotate`] with `helm` as `$HELM` (the plugin's helm, and the lokoctl test
+    /// double's, which it runs), with that helm's own homes.
+    pub fn certrotate_with_helm(&self, helm: Helm) -> Cmd {
+        self.with_helm_homes(self.certrotate(), helm).env("HELM", helm.path())
     }
 
     /// `testenv/lokoctl`, the test double of `lokoctl cluster apply`, run in the config dir.

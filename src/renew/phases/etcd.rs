@@ -180,7 +180,7 @@ fn is(served: &CertInfo, want: &CertInfo) -> bool {
 }
 
 /// One look at `member`: `Ok` when it presents and accepts the new certificates.
-async fn check(ctx: &Ctx, member: &Member) -> std::result::Result<(), String> {
+pub(super) async fn check(ctx: &Ctx, member: &Member) -> std::result::Result<(), String> {
     let load = |e: Error| e.to_string();
     let (server, peer) =
         (ctx.file_cert(SERVER_CERT).map_err(load)?, ctx.file_cert(PEER_CERT).map_err(load)?);

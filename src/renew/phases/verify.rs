@@ -1,7 +1,9 @@
 //! `verify`: the cluster really uses the new certificates. kube-apiserver presents the new
 //! serving certificate (a TLS handshake); the asset dir's new admin kubeconfig reaches the API;
 //! a real admission call is mutated by the webhook (the webhook rotation's own check); every
-//! node is Ready.
+//! node is Ready; every etcd member still serves and accepts the new etcd certificates (the
+//! restarts came after the `etcd` phase); and `status` finds every row OK, every certificate of
+//! the asset dir issued in this run.
 
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, ListParams};
@@ -16,6 +18,7 @@ use crate::rotation::context::Ctx;
 use crate::rotation::engine::PhaseUnit;
 use crate::rotation::plan::StepKind;
 use crate::rotation::step::{Action, Planned, Running};
+use crate::status::report::{Check, ClusterReport, Validity};
 use crate::webhook::phases::CONFIGURATION;
 
 const APISERVER_CERT: &str = "tls/apiserver.crt";
@@ -48,6 +51,16 @@ impl PhaseUnit for Verify {
                 Step::Webhook,
             ),
             Planned::new(StepKind::Check, "every node is Ready", Step::Nodes),
+            Planned::new(
+                StepKind::Check,
+                "every etcd member again: it presents the new server and peer certificates and answers /health to the new client certificate",
+                Step::Etcd,
+            ),
+            Planned::new(
+                StepKind::Api,
+                "kubectl certrotate status: every row of the asset dir and the cluster OK, every certificate of the asset dir issued in this run",
+                Step::Status,
+            ),
         ]
     }
 }
@@ -57,6 +70,8 @@ enum Step {
     Admin,
     Webhook,
     Nodes,
+    Etcd,
+    Status,
 }
 
 fn fail(reason: String) -> Error {
@@ -70,6 +85,8 @@ impl Action for Step {
             Self::Admin => Box::pin(admin(ctx)),
             Self::Webhook => Box::pin(webhook(ctx)),
             Self::Nodes => Box::pin(nodes(ctx)),
+            Self::Etcd => Box::pin(etcd(ctx)),
+            Self::Status => Box::pin(status(ctx)),
         }
     }
 }
@@ -180,9 +197,88 @@ async fn nodes(ctx: &Ctx) -> Result<String> {
     Ok(format!("all {count} nodes Ready"))
 }
 
+async fn etcd(ctx: &Ctx) -> Result<String> {
+    let members = super::etcd::resolve_members(ctx)?;
+    for member in &members {
+        until(
+            ctx,
+            &format!("etcd member {} does not use the new certificates", member.client),
+            async || super::etcd::check(ctx, member).await,
+        )
+        .await?;
+    }
+    Ok(format!("{} etcd member(s) serve and accept the new certificates", members.len()))
+}
+
+/// `status`'s window for EXPIRING, its default.
+const STATUS_WINDOW: i64 = 30 * 86_400;
+
+/// What keeps `report` from proving the renewal: rows not OK (with the fix `status` names),
+/// APIServices not Available, certificates of the asset dir issued before `since`.
+fn status_problems(report: &ClusterReport, since: i64) -> Vec<String> {
+    let mut problems = Vec::new();
+    for row in &report.certificates {
+        if row.status != Validity::Ok || row.chain == Check::Fail || row.key == Check::Fail {
+            problems.push(format!("{} ({}): {}", row.name, row.file, row.problems.join("; ")));
+        } else if let Some(cert) = row.cert.as_ref().filter(|c| c.not_before_unix < since) {
+            problems.push(format!(
+                "{} ({}) was issued at {}, before this run renewed the certificates",
+                row.name, row.file, cert.not_before
+            ));
+        }
+    }
+    match &report.cluster {
+        Some(section) if section.reached => {
+            for row in section.certificates.iter().filter(|r| r.fix.is_some()) {
+                problems.push(format!(
+                    "{} {} [{}]: {} {}",
+                    row.object,
+                    row.key,
+                    row.index,
+                    row.status.label(),
+                    row.problems.join("; ")
+                ));
+            }
+            for service in section.api_services.iter().filter(|s| s.available != "True") {
+                problems.push(format!(
+                    "APIService {} not Available: {}",
+                    service.name,
+                    service.message.as_deref().unwrap_or("no message")
+                ));
+            }
+        }
+        Some(section) => problems.push(format!(
+            "the cluster was not read: {}",
+            section.error.as_deref().unwrap_or("no answer")
+        )),
+        None => problems.push(report.error.clone().unwrap_or_else(|| "no report".into())),
+    }
+    problems
+}
+
+async fn status(ctx: &Ctx) -> Result<String> {
+    let conn = ctx.conn()?;
+    let since = ctx
+        .run()?
+        .phase_first_began(Phase::Certificates.name())
+        .map_or(i64::MIN, |t| t.as_second());
+    let rows = until(ctx, "status does not find every row OK", async || {
+        let now = jiff::Timestamp::now().as_second();
+        let report = crate::status::assess(&ctx.assets, conn, now, STATUS_WINDOW).await;
+        match status_problems(&report, since) {
+            problems if problems.is_empty() => Ok(report.certificates.len()
+                + report.cluster.as_ref().map_or(0, |c| c.certificates.len())),
+            problems => Err(problems.join(", ")),
+        }
+    })
+    .await?;
+    Ok(format!("status: all {rows} rows OK, every certificate of the asset dir issued in this run"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::report::{ApiServiceRow, CertFacts, ClusterSection, LocalRow};
 
     #[test]
     fn a_node_without_ready_true_is_named() {
@@ -202,5 +298,76 @@ mod tests {
             node("d", Some("Unknown")),
         ];
         assert_eq!(not_ready(&nodes), ["b", "c", "d"]);
+    }
+
+    fn row(name: &'static str, not_before: i64, status: Validity) -> LocalRow {
+        let cert = CertFacts {
+            subject: format!("CN={name}"),
+            issuer: "<self>".into(),
+            not_before: crate::pki::rfc3339(not_before),
+            not_after: crate::pki::rfc3339(not_before + 86_400),
+            residual_seconds: 86_400,
+            serial: "01".into(),
+            sha256: "ab".into(),
+            not_before_unix: not_before,
+            not_after_unix: not_before + 86_400,
+            serial_decimal: "1".into(),
+            subject_attributes: Default::default(),
+            issuer_attributes: Default::default(),
+        };
+        LocalRow {
+            name,
+            file: format!("tls/{name}.crt"),
+            key_file: None,
+            ca: None,
+            cert: Some(cert),
+            status,
+            chain: Check::Ok,
+            key: Check::Ok,
+            problems: vec![],
+            fix: None,
+        }
+    }
+
+    #[test]
+    fn status_proves_the_renewal_only_with_every_row_ok_and_new() {
+        let since = 1_000_000;
+        let mut report = ClusterReport {
+            assets_dir: "/a".into(),
+            error: None,
+            aggregation_enabled: true,
+            certificates: vec![
+                row("kube-ca", since, Validity::Ok),
+                row("admin", since + 5, Validity::Ok),
+            ],
+            cluster: Some(ClusterSection { reached: true, ..Default::default() }),
+            rotations: vec![],
+            next: None,
+            exit_code: 0,
+        };
+        assert!(status_problems(&report, since).is_empty());
+
+        report.certificates.push(row("kubelet", since - 1, Validity::Ok));
+        report.certificates.push(row("etcd-ca", since, Validity::Expiring));
+        let mut bad_chain = row("etcd-client", since, Validity::Ok);
+        bad_chain.chain = Check::Fail;
+        report.certificates.push(bad_chain);
+        report.cluster.as_mut().unwrap().api_services.push(ApiServiceRow {
+            name: "v1beta1.metrics.k8s.io".into(),
+            service: "kube-system/metrics-server".into(),
+            available: "False".into(),
+            reason: None,
+            message: Some("failing".into()),
+        });
+        let problems = status_problems(&report, since);
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].contains("kubelet") && problems[0].contains("before this run"));
+        assert!(problems[1].starts_with("etcd-ca"));
+        assert!(problems[2].starts_with("etcd-client"));
+        assert!(problems[3].contains("v1beta1.metrics.k8s.io not Available: failing"));
+
+        report.cluster =
+            Some(ClusterSection { error: Some("refused".into()), ..Default::default() });
+        assert!(status_problems(&report, since).last().unwrap().contains("refused"));
     }
 }
