@@ -23,7 +23,7 @@ const VALIDITY: Duration = Duration::from_secs(120);
 
 /// Validity of the renewed cluster's original certificates: its environment, the charts and
 /// the whole of `renew -y` (measured: 60-100 s) must end before it.
-const RENEWED_VALIDITY: Duration = Duration::from_secs(210);
+const RENEWED_VALIDITY: Duration = Duration::from_secs(180);
 
 /// Seconds until the certificate in `path` expires (negative once it has).
 fn seconds_left(path: &Path) -> i64 {
@@ -177,8 +177,12 @@ fn renew(env: &TestEnv, helm: Helm) -> Renewed {
     let report: Value = serde_json::from_str(&out.stdout).unwrap();
     let results = report["phases"].as_array().unwrap();
     assert_eq!(results.len(), 8, "{report:#}");
+    // `tokens` may find kube-controller-manager done already ("already-done").
     for phase in results {
-        assert_eq!(phase["result"], "done", "{report:#}");
+        assert!(
+            ["done", "already-done"].contains(&phase["result"].as_str().unwrap()),
+            "{report:#}"
+        );
     }
     let left = seconds_left(&old_ca);
     assert!(left > 5, "renew ended {} s after the cliff: raise RENEWED_VALIDITY", -left);

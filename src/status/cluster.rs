@@ -72,6 +72,24 @@ const CLUSTER_CERTS: &[(&str, &str, &str)] = &[
     (k8s::WEBHOOK_CONFIG, "caBundle", "admission-webhook"),
 ];
 
+/// Whether `other` is an earlier issue of `current`: another certificate with its subject and
+/// key (`renew` re-issues the CA certificates with their keys kept). It verifies exactly what
+/// `current` verifies, and kube-apiserver keeps it in its ConfigMap, merged with what it
+/// trusts now, until five minutes after it expires: nothing to do about it.
+fn reissued(current: &pki::CertInfo, other: &pki::CertInfo) -> bool {
+    other.sha256 != current.sha256
+        && other.subject == current.subject
+        && pki::certificate_half(other).is_some_and(|k| Some(k) == pki::certificate_half(current))
+}
+
+fn superseded(at: usize) -> String {
+    format!(
+        "an earlier issue of [{at}], the current certificate, with the same key: it verifies \
+         what [{at}] verifies, and kube-apiserver drops it five minutes after it expires \
+         (nothing to do)"
+    )
+}
+
 fn fill_cluster_rows(
     section: &mut ClusterSection,
     snapshot: &ClusterSnapshot,
@@ -118,14 +136,21 @@ fn fill_cluster_rows(
                     vec![format!("{object} {key}: {}", problem.0)],
                 )),
                 Ok(certs) => {
+                    let current = certs.iter().position(|c| Some(&c.sha256) == local_sha.as_ref());
                     for (index, cert) in certs.iter().enumerate() {
-                        let status =
-                            Validity::of_dates(cert.not_before, cert.not_after, now, window);
+                        let earlier = current.filter(|&at| reissued(&certs[at], cert));
+                        let (status, notes) = match earlier {
+                            Some(at) => (Validity::Ok, vec![superseded(at)]),
+                            None => (
+                                Validity::of_dates(cert.not_before, cert.not_after, now, window),
+                                Vec::new(),
+                            ),
+                        };
                         section.certificates.push(row(
                             index,
                             Some(CertFacts::new(cert, now)),
                             status,
-                            Vec::new(),
+                            notes,
                         ));
                     }
                 }
@@ -143,4 +168,42 @@ fn fill_cluster_rows(
             message: s.message.clone(),
         })
         .collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::pkey::{PKey, Private};
+
+    fn key() -> PKey<Private> {
+        PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap()
+    }
+
+    fn ca(cn: &str, key: &PKey<Private>, serial: u32) -> pki::CertInfo {
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut b = openssl::x509::X509Builder::new().unwrap();
+        b.set_serial_number(
+            &openssl::bn::BigNum::from_u32(serial).unwrap().to_asn1_integer().unwrap(),
+        )
+        .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap()).unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap()).unwrap();
+        b.sign(key, openssl::hash::MessageDigest::sha256()).unwrap();
+        pki::parse_one_cert(&b.build().to_pem().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn only_an_earlier_issue_with_the_same_subject_and_key_is_superseded() {
+        let (kept, other) = (key(), key());
+        let current = ca("kubernetes-ca", &kept, 2);
+        assert!(reissued(&current, &ca("kubernetes-ca", &kept, 1)), "renew's re-issue");
+        assert!(!reissued(&current, &current), "the current certificate itself");
+        assert!(!reissued(&current, &ca("kubernetes-ca", &other, 1)), "a new CA key (aggregation)");
+        assert!(!reissued(&current, &ca("another-ca", &kept, 1)), "another subject");
+    }
 }
