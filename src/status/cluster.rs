@@ -84,9 +84,8 @@ fn reissued(current: &pki::CertInfo, other: &pki::CertInfo) -> bool {
 
 fn superseded(at: usize) -> String {
     format!(
-        "an earlier issue of [{at}], the current certificate, with the same key: it verifies \
-         what [{at}] verifies, and kube-apiserver drops it five minutes after it expires \
-         (nothing to do)"
+        "an earlier issue of [{at}] (the current one) with the same key: it verifies what \
+         [{at}] verifies; kube-apiserver drops it 5 minutes after it expires. Nothing to do"
     )
 }
 

@@ -176,7 +176,7 @@ fn render_cluster(out: &mut impl Write, cluster: &ClusterSection) -> std::io::Re
     table.write(out)?;
     for row in &cluster.certificates {
         for problem in &row.problems {
-            writeln!(out, "{}: {problem}", row.object)?;
+            writeln!(out, "{} {}[{}]: {problem}", row.object, row.key, row.index)?;
         }
         if let Some(fix) = &row.fix {
             writeln!(out, "{} {}[{}]: fix: {fix}", row.object, row.key, row.index)?;
