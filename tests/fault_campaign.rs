@@ -210,8 +210,13 @@ impl Reference {
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(out.code(), Some(0), "the uninterrupted reference run failed: {out}");
         let listed = phase_seconds(&out);
+        // A phase may find its work done by the cluster itself (renew's tokens: the
+        // controller-manager republishes them as soon as it runs on the new CA).
         for (name, result, _) in &listed {
-            assert_eq!(result, "done", "the reference run did {name}: {out}");
+            assert!(
+                ["done", "already-done"].contains(&result.as_str()),
+                "the reference run did {name}: {out}"
+            );
         }
         let mut at = seconds - listed.iter().map(|(_, _, s)| s).sum::<f64>();
         let mut phases = Vec::new();
