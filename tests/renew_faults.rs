@@ -29,7 +29,7 @@ mod aggregation;
 #[path = "renew/helpers.rs"]
 mod renew;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::leaks::Needles;
 use serde_json::Value;
@@ -103,10 +103,10 @@ fn step_running(env: &TestEnv, phase: &str, step: &str) -> bool {
 fn reach(env: &TestEnv, case: Case, run: &mut support::Spawned) -> String {
     let tls = env.assets.cluster_assets().join("tls");
     let original = common::snapshot_tree(&tls);
-    let started = Instant::now();
-    loop {
-        assert!(run.is_running(), "the renewal ended before the {case:?} moment: {}", run.kill());
-        assert!(started.elapsed() < TO_THE_MOMENT, "no {case:?} moment in {TO_THE_MOMENT:?}");
+    support::wait_for(&format!("the {case:?} moment"), TO_THE_MOMENT, || {
+        if !run.is_running() {
+            panic!("the renewal ended before the {case:?} moment: {}", run.kill());
+        }
         let found = match case {
             Case::Certificates => child(env, "terraform", "apply")
                 .filter(|_| common::snapshot_tree(&tls) != original)
@@ -118,11 +118,8 @@ fn reach(env: &TestEnv, case: Case, run: &mut support::Spawned) -> String {
             Case::Restart => step_running(env, "restart", "restart, concurrently")
                 .then(|| "the restart phase waits for the concurrent rollouts".to_string()),
         };
-        if let Some(found) = found {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        found.ok_or_else(|| "not yet".to_string())
+    })
 }
 
 /// `out` shows no private key of `needles`.
@@ -157,10 +154,11 @@ fn killed_and_rerun(env: &TestEnv, needles: &mut Needles, case: Case, new_run: b
     env.step(&format!("left running by the killed plugin: {left:?}"));
     let restarted = aggregation::restarted_at(env, "kube-apiserver");
 
-    env.step(&format!("the same command again, after the kill in {phase}"));
-    let started = Instant::now();
-    let out = command(env).run();
-    env.step(&format!("… exited {:?} after {:.1?}", out.code(), started.elapsed()));
+    let out = aggregation::timed(
+        env,
+        &format!("the same command again, after the kill in {phase}"),
+        command(env),
+    );
     assert_eq!(out.code(), Some(0), "the re-run after a kill in {phase}: {out}");
     no_key_in(needles, "the re-run", &out);
     let report = renew::json(&out);
