@@ -283,8 +283,9 @@ fn timestamp(text: &str) -> jiff::Timestamp {
     text.parse().unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
 }
 
-/// The new certificates in use on a [`renewal_cluster`]: every Secret and the kubelet
-/// release hold the asset dir's, every ServiceAccount token the new kube CA, every workload
+/// The new certificates in use on a [`renewal_cluster`]: every control-plane release
+/// deployed (none left pending by a killed helm), every Secret and the kubelet release hold
+/// the asset dir's, every ServiceAccount token the new kube CA, every workload
 /// of [`RESTARTED`] restarted after `since` and rolled out, metrics-server's APIService
 /// Available, and the new admin kubeconfig reaches the API.
 pub fn check_in_use(env: &TestEnv, since: jiff::Timestamp) {
@@ -307,6 +308,19 @@ pub fn check_in_use(env: &TestEnv, since: jiff::Timestamp) {
         secret_key(env, "lokomotive-system", "admission-webhook-server", "cert.pem"),
         cert_pem(&assets, "webhook")
     );
+    for (release, namespace) in [
+        ("kube-apiserver", "kube-system"),
+        ("kubernetes", "kube-system"),
+        ("kubelet", "kube-system"),
+        ("lokomotive", "lokomotive-system"),
+    ] {
+        // History, not status: `helm status -o json` prints the values, keys included.
+        let out = env.helm(Helm::V3).args(["history", release, "-n", namespace]);
+        let out = out.args(["--max", "1", "-o", "json"]).ok();
+        let latest = crate::support::helm_history_rows(&out.stdout).pop();
+        let status = latest.map(|(_, status, _)| status);
+        assert_eq!(status.as_deref(), Some("deployed"), "release {namespace}/{release}");
+    }
     let new_ca = std::fs::read(assets.join("tls/ca.crt")).unwrap();
     let kubelet = env
         .helm(Helm::V3)
