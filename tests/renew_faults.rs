@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `certificates` | `terraform apply -parallelism=1` runs and has re-written a first file of `tls/` (half the files new, half old) |
 //! | `control-plane` | lokoctl's `helm upgrade --install --atomic` runs (the plugin's grandchild, left running by the lokoctl script when the plugin dies) |
-//! | `restart` | the concurrent rollouts are waited for (kube-apiserver restarted already) |
+//! | `restart` | every workload restarted and their rollouts waited for (metrics-server's new pod held Pending until the kill) |
 //!
 //! After each kill the same command runs again (without `--new-run`, which a run in progress
 //! refuses) and must complete; the end state must be an uninterrupted run's: every
@@ -19,7 +19,7 @@
 //! the new kube CA; every workload restarted since the run began and rolled out; the run
 //! finished; exactly one new kube CA certificate; no process of the plugin or its children
 //! left; no key in any output or the journal. After the restart case, the workloads the
-//! killed run restarted are not restarted again.
+//! killed run restarted are not restarted again (their rollouts are waited for).
 
 mod common;
 mod support;
@@ -29,7 +29,10 @@ mod aggregation;
 #[path = "renew/helpers.rs"]
 mod renew;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
 
 use common::leaks::Needles;
 use serde_json::Value;
@@ -98,6 +101,21 @@ fn step_running(env: &TestEnv, phase: &str, step: &str) -> bool {
     })
 }
 
+/// The `restartedAt` of each workload of [`renew::RESTARTED`].
+fn restarts(env: &TestEnv) -> Vec<Option<String>> {
+    renew::RESTARTED
+        .iter()
+        .map(|(ns, kind, name)| renew::restarted_at(env, ns, kind, name))
+        .collect()
+}
+
+/// Whether every workload of [`renew::RESTARTED`] was restarted since the run in progress began.
+fn all_restarted_by_this_run(env: &TestEnv) -> bool {
+    let Some(journal) = journal_in_progress(env) else { return false };
+    let began = renew::timestamp(journal["startedAt"].as_str().unwrap());
+    restarts(env).iter().all(|at| at.as_deref().is_some_and(|at| renew::timestamp(at) >= began))
+}
+
 /// Waits for `case`'s moment in the running invocation and says what it found; panics with
 /// the invocation's output if it ends first.
 fn reach(env: &TestEnv, case: Case, run: &mut support::Spawned) -> String {
@@ -115,8 +133,9 @@ fn reach(env: &TestEnv, case: Case, run: &mut support::Spawned) -> String {
                 }),
             Case::ControlPlane => child(env, "helm", "upgrade")
                 .map(|(pid, args)| format!("lokoctl's helm upgrade runs (pid {pid}: {args})")),
-            Case::Restart => step_running(env, "restart", "restart, concurrently")
-                .then(|| "the restart phase waits for the concurrent rollouts".to_string()),
+            Case::Restart => (step_running(env, "restart", "restart, concurrently")
+                && all_restarted_by_this_run(env))
+            .then(|| "the restart phase has restarted every workload and waits for the rollouts (metrics-server's held)".to_string()),
         };
         found.ok_or_else(|| "not yet".to_string())
     })
@@ -138,6 +157,11 @@ fn killed_and_rerun(env: &TestEnv, needles: &mut Needles, case: Case, new_run: b
         "renew -y{}: SIGKILL during {phase}",
         if new_run { " --new-run" } else { "" }
     ));
+    if case == Case::Restart {
+        // Its new pod held Pending: the kill lands while its rollout is waited for.
+        let metrics_server = |pod: &Pod| aggregation::label_is(pod, "app", "metrics-server");
+        env.kubelet.set_never_started(Some(Arc::new(metrics_server)));
+    }
     let mut run = command(env).args(new_run.then_some("--new-run")).spawn();
     let moment = reach(env, case, &mut run);
     let pid = run.id();
@@ -152,7 +176,8 @@ fn killed_and_rerun(env: &TestEnv, needles: &mut Needles, case: Case, new_run: b
     let left = aggregation::tagged(&aggregation::tag(env));
     let left: Vec<String> = left.iter().map(|p| format!("{} ({})", p.comm, p.pid)).collect();
     env.step(&format!("left running by the killed plugin: {left:?}"));
-    let restarted = aggregation::restarted_at(env, "kube-apiserver");
+    let restarted = restarts(env);
+    env.kubelet.set_never_started(None);
 
     let out = aggregation::timed(
         env,
@@ -176,9 +201,10 @@ fn killed_and_rerun(env: &TestEnv, needles: &mut Needles, case: Case, new_run: b
     }
     if case == Case::Restart {
         assert_eq!(
-            aggregation::restarted_at(env, "kube-apiserver"),
+            restarts(env),
             restarted,
-            "the re-run restarted kube-apiserver again instead of waiting for the killed run's restart"
+            "the re-run restarted again what the killed run restarted (of {:?}), instead of waiting for those rollouts",
+            renew::RESTARTED
         );
     }
 

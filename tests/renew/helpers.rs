@@ -279,7 +279,7 @@ pub const RESTARTED: [(&str, &str, &str); 5] = [
     ("kube-system", "deployment", "metrics-server"),
 ];
 
-fn timestamp(text: &str) -> jiff::Timestamp {
+pub fn timestamp(text: &str) -> jiff::Timestamp {
     text.parse().unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
 }
 
