@@ -145,7 +145,7 @@ pub async fn run(global: &GlobalOpts, args: &ExtensionServersArgs) -> Result<u8>
             &format!("restart {} workload(s) on {}?", workloads.len(), conn.server),
         )?;
         let (results, available) =
-            restart_and_wait_available(&conn, &discovery, global.timeout.duration).await;
+            restart_and_wait_available(&conn, &discovery, None, global.timeout.duration).await;
         if results.iter().any(|r| !r.ok) || report.servers.iter().any(|s| !s.problems.is_empty()) {
             code = exit::ERROR;
         }
@@ -218,6 +218,7 @@ fn print_plan(discovery: &Discovery, workloads: &BTreeSet<WorkloadRef>) {
 async fn restart_and_wait_available(
     conn: &Connection,
     discovery: &Discovery,
+    ours_since: Option<jiff::Timestamp>,
     timeout: Duration,
 ) -> (Vec<RestartResult>, discovery::Available) {
     let workloads = discovery.workloads();
@@ -226,7 +227,7 @@ async fn restart_and_wait_available(
     futures::pin_mut!(follow);
     tokio::select! {
         done = async {
-            let results = restart_all(conn, discovery, &workloads, timeout).await;
+            let results = restart_all(conn, discovery, &workloads, ours_since, timeout).await;
             (results, availability.until_available(timeout).await)
         } => done,
         never = &mut follow => match never {},
@@ -243,15 +244,18 @@ pub struct ServersRestarted {
     pub loaded_ca: Vec<String>,
 }
 
-/// Restarts every extension API server (as `--restart`) and reads, per pod, whether it loaded
-/// `new_ca` (reported, not required: servers below `-v=2` do not log it).
+/// Restarts every extension API server (as `--restart`; one restarted at or after
+/// `ours_since`, by the rotation's phase before it was cut off, is waited for, not restarted
+/// again) and reads, per pod, whether it loaded `new_ca` (reported, not required: servers
+/// below `-v=2` do not log it).
 pub async fn restart_for_rotation(
     conn: &Connection,
+    ours_since: Option<jiff::Timestamp>,
     timeout: Duration,
     new_ca: &pki::CertInfo,
 ) -> Result<ServersRestarted> {
     let found = discovery::discover(&conn.client).await?;
-    let (results, available) = restart_and_wait_available(conn, &found, timeout).await;
+    let (results, available) = restart_and_wait_available(conn, &found, ours_since, timeout).await;
     let mut problems: Vec<String> = results
         .iter()
         .filter(|r| !r.ok)
@@ -295,6 +299,7 @@ async fn restart_all(
     conn: &Connection,
     discovery: &Discovery,
     workloads: &BTreeSet<WorkloadRef>,
+    ours_since: Option<jiff::Timestamp>,
     timeout: Duration,
 ) -> Vec<RestartResult> {
     let progress = Progress::new(workloads.iter().map(|w| w.to_string()).collect());
@@ -304,7 +309,9 @@ async fn restart_all(
         async move {
             let started = Instant::now();
             let report = |message: &str| progress.update(i, message);
-            let result = discovery.restart_and_wait(&conn.client, workload, timeout, &report).await;
+            let result = discovery
+                .restart_and_wait(&conn.client, workload, ours_since, timeout, &report)
+                .await;
             let (ok, message) = match result {
                 Ok(()) => (true, "rolled out".to_string()),
                 Err(err) => (false, err.to_string()),

@@ -12,40 +12,19 @@
 mod common;
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+#[path = "renew/helpers.rs"]
+mod helpers;
+
+use std::path::PathBuf;
 
 use common::leaks::Needles;
 use serde_json::Value;
 use support::{Cmd, Output, TestEnv, Tools, mode};
 
-/// The certificates renewed, as `cluster-assets/tls/` names them, with their CA's file
-/// (`None` for a CA). The webhook's certificate is inside `lokomotive.yaml`.
-const CERTIFICATES: [(&str, Option<&str>); 11] = [
-    ("ca.crt", None),
-    ("apiserver.crt", Some("ca.crt")),
-    ("admin.crt", Some("ca.crt")),
-    ("kubelet.crt", Some("ca.crt")),
-    ("etcd-ca.crt", None),
-    ("etcd-client.crt", Some("etcd-ca.crt")),
-    ("etcd/server.crt", Some("etcd-ca.crt")),
-    ("etcd/peer.crt", Some("etcd-ca.crt")),
-    ("aggregation-ca.crt", None),
-    ("aggregation-client.crt", Some("aggregation-ca.crt")),
-    ("webhook", Some("ca.crt")),
-];
-
-/// Keys never re-created: the CA keys and the service-account key pair.
-const KEPT_KEYS: [&str; 5] =
-    ["ca.key", "etcd-ca.key", "aggregation-ca.key", "service-account.key", "service-account.pub"];
+use helpers::*;
 
 /// lokoctl's taint list (lokomotive-pki.md §1.10).
 const TAINTED: [&str; 19] = certrotate::renew::phases::taint::LOKOCTL_TAINTS;
-
-fn renew(env: &TestEnv) -> Cmd {
-    env.certrotate().arg("renew").timeout(Duration::from_secs(300))
-}
 
 /// Runs `cmd`, which must succeed; its output must show no private key.
 fn ok(env: &TestEnv, needles: &Needles, what: &str, cmd: Cmd) -> Output {
@@ -64,109 +43,6 @@ fn run_json(env: &TestEnv, needles: &Needles, args: &[&str], note: &str) -> (Val
     let out =
         ok(env, needles, &what, renew_reaching_etcd(env).args(args).args(["-y", "-o", "json"]));
     (json(&out), out)
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-fn results(report: &Value) -> Vec<(String, String)> {
-    report["phases"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no phases: {report:#}"))
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap().into(), p["result"].as_str().unwrap().into()))
-        .collect()
-}
-
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
-}
-
-/// The run folders of `renew`.
-fn run_dirs(env: &TestEnv) -> Vec<PathBuf> {
-    let root = env.assets.dir.join("certrotate");
-    let Ok(entries) = std::fs::read_dir(&root) else { return Vec::new() };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("renew-"))
-        .collect()
-}
-
-/// The one run folder of `renew`.
-fn run_dir(env: &TestEnv) -> PathBuf {
-    let runs = run_dirs(env);
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    runs.into_iter().next().unwrap()
-}
-
-/// `terraform state pull`, as JSON.
-fn state(env: &TestEnv) -> Value {
-    let out = env.terraform().args(["state", "pull"]).ok();
-    serde_json::from_str(&out.stdout).unwrap()
-}
-
-/// Every managed instance of the state by address: (id, tainted, attributes).
-fn instances(state: &Value) -> BTreeMap<String, (String, bool, Value)> {
-    let mut found = BTreeMap::new();
-    for r in state["resources"].as_array().unwrap() {
-        if r["mode"] != "managed" {
-            continue;
-        }
-        let base = format!(
-            "{}.{}.{}",
-            r["module"].as_str().unwrap_or(""),
-            r["type"].as_str().unwrap(),
-            r["name"].as_str().unwrap()
-        );
-        for i in r["instances"].as_array().unwrap() {
-            let address = match i["index_key"].as_u64() {
-                Some(n) => format!("{base}[{n}]"),
-                None => base.clone(),
-            };
-            let id = i["attributes"]["id"].as_str().unwrap_or_default().to_string();
-            found.insert(address, (id, i["status"] == "tainted", i["attributes"].clone()));
-        }
-    }
-    found
-}
-
-/// The PEM of certificate `name` (a `CERTIFICATES` name) in the `cluster-assets/` at `base`.
-fn cert_pem(base: &Path, name: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    if name != "webhook" {
-        return std::fs::read(base.join("tls").join(name)).unwrap();
-    }
-    let text =
-        std::fs::read_to_string(base.join("charts/lokomotive-system/lokomotive.yaml")).unwrap();
-    let line = text.lines().find(|l| l.trim_start().starts_with("servingCert:")).unwrap();
-    let value = line.split_once(':').unwrap().1.trim().trim_matches('"');
-    base64::engine::general_purpose::STANDARD.decode(value).unwrap()
-}
-
-/// `openssl verify -CAfile ca leaf`: whether the leaf verifies under the CA.
-fn openssl_verifies(dir: &Path, ca: &[u8], leaf: &[u8]) -> Result<(), String> {
-    let (ca_file, leaf_file) = (dir.join("ca.pem"), dir.join("leaf.pem"));
-    std::fs::write(&ca_file, ca).unwrap();
-    std::fs::write(&leaf_file, leaf).unwrap();
-    let out = Cmd::new("openssl").arg("verify").arg("-CAfile").arg(&ca_file).arg(&leaf_file).run();
-    if out.success() && out.stdout.contains(": OK") { Ok(()) } else { Err(out.to_string()) }
-}
-
-fn public_key(pem: &[u8]) -> Vec<u8> {
-    openssl::x509::X509::from_pem(pem).unwrap().public_key().unwrap().public_key_to_der().unwrap()
-}
-
-/// Every private key of the asset dir (as it is now), as needles for the output checks.
-fn add_keys(needles: &mut Needles, env: &TestEnv) {
-    let tls = env.assets.cluster_assets().join("tls");
-    for entry in common::snapshot_tree(&tls) {
-        let (path, bytes) = entry;
-        if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY") {
-            needles.add_key(&path.display().to_string(), &bytes);
-        }
-    }
 }
 
 #[test]
@@ -356,75 +232,7 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
             );
         }
     }
-    let state_cert = |resource: &str| -> Vec<u8> {
-        renewed[&format!("{module}.{resource}")].2["cert_pem"].as_str().unwrap().as_bytes().to_vec()
-    };
-    let resource_of = |name: &str| match name {
-        "ca.crt" => "tls_self_signed_cert.kube-ca",
-        "etcd-ca.crt" => "tls_self_signed_cert.etcd-ca",
-        "aggregation-ca.crt" => "tls_self_signed_cert.aggregation-ca[0]",
-        "apiserver.crt" => "tls_locally_signed_cert.apiserver",
-        "admin.crt" => "tls_locally_signed_cert.admin",
-        "kubelet.crt" => "tls_locally_signed_cert.kubelet",
-        "etcd-client.crt" => "tls_locally_signed_cert.client",
-        "etcd/server.crt" => "tls_locally_signed_cert.server",
-        "etcd/peer.crt" => "tls_locally_signed_cert.peer",
-        "aggregation-client.crt" => "tls_locally_signed_cert.aggregation-client[0]",
-        "webhook" => "tls_locally_signed_cert.admission-webhook-server",
-        other => panic!("{other}"),
-    };
-    let scratch = env.dir().join("openssl");
-    std::fs::create_dir_all(&scratch).unwrap();
-    for (name, ca) in CERTIFICATES {
-        let (new, old) = (cert_pem(&assets, name), cert_pem(&kept, name));
-        assert_eq!(new, state_cert(resource_of(name)), "{name}: the file is not the state's");
-        assert_ne!(new, old, "{name}: not new");
-        match ca {
-            None => {
-                assert_eq!(public_key(&new), public_key(&old), "{name}: the CA's key changed");
-                openssl_verifies(&scratch, &new, &new).unwrap();
-            }
-            Some(ca) => {
-                let (new_ca, old_ca) = (cert_pem(&assets, ca), cert_pem(&kept, ca));
-                for (what, ca, leaf) in [
-                    ("new under new", &new_ca, &new),
-                    ("old under new", &new_ca, &old),
-                    ("new under old", &old_ca, &new),
-                ] {
-                    openssl_verifies(&scratch, ca, leaf)
-                        .unwrap_or_else(|e| panic!("{name}: {what}: {e}"));
-                }
-            }
-        }
-    }
-    for name in ["etcd-client-ca.crt", "etcd/server-ca.crt", "etcd/peer-ca.crt"] {
-        assert_eq!(cert_pem(&assets, name), cert_pem(&assets, "etcd-ca.crt"), "{name}");
-    }
-    for (cert, key) in [
-        ("apiserver.crt", "apiserver.key"),
-        ("admin.crt", "admin.key"),
-        ("kubelet.crt", "kubelet.key"),
-        ("etcd-client.crt", "etcd-client.key"),
-        ("etcd/server.crt", "etcd/server.key"),
-        ("etcd/peer.crt", "etcd/peer.key"),
-        ("aggregation-client.crt", "aggregation-client.key"),
-        ("ca.crt", "ca.key"),
-    ] {
-        let key = std::fs::read(assets.join("tls").join(key)).unwrap();
-        let key = openssl::pkey::PKey::private_key_from_pem(&key).unwrap();
-        assert_eq!(
-            public_key(&cert_pem(&assets, cert)),
-            key.public_key_to_der().unwrap(),
-            "{cert} does not match its key"
-        );
-    }
-    for key in KEPT_KEYS {
-        assert_eq!(
-            std::fs::read(assets.join("tls").join(key)).unwrap(),
-            std::fs::read(kept.join("tls").join(key)).unwrap(),
-            "{key} changed"
-        );
-    }
+    check_certificates_renewed(&env, &kept);
     env.step("the new admin kubeconfig reaches the API (its CA key and the API's are the same)");
     env.kubectl().args(["get", "nodes"]).ok();
 
@@ -446,29 +254,6 @@ fn backup_taint_and_certificates_renew_every_certificate_with_the_ca_keys_kept()
     assert_eq!(serial(&state(&env)), renewed_serial, "a second run changed the state");
 }
 
-/// The bytes under `key` of Secret `namespace/name`, read with kubectl.
-fn secret_key(env: &TestEnv, namespace: &str, name: &str, key: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    let out = env.kubectl().args(["-n", namespace, "get", "secret", name, "-o", "json"]).ok();
-    let secret: Value = serde_json::from_str(&out.stdout).unwrap();
-    let value = secret["data"][key].as_str().unwrap_or_else(|| panic!("{name} has no {key}"));
-    base64::engine::general_purpose::STANDARD.decode(value).unwrap()
-}
-
-/// The `kubectl.kubernetes.io/restartedAt` of `kind/name` in `namespace`, if any.
-fn restarted_at(env: &TestEnv, namespace: &str, kind: &str, name: &str) -> Option<String> {
-    let out = env.kubectl().args(["-n", namespace, "get", kind, name, "-o", "json"]).ok();
-    let object: Value = serde_json::from_str(&out.stdout).unwrap();
-    object["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
-        .as_str()
-        .map(str::to_string)
-}
-
-/// `renew` with the etcd member as this machine reaches it.
-fn renew_reaching_etcd(env: &TestEnv) -> Cmd {
-    renew(env).args(env.renew_etcd_flags())
-}
-
 /// A lokoctl that fails as a broken one does: a message, exit code 1, nothing applied.
 fn failing_lokoctl(env: &TestEnv) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
@@ -484,16 +269,7 @@ fn failing_lokoctl(env: &TestEnv) -> PathBuf {
 
 #[test]
 fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
-    use support::{ExtApiServer, Helm};
-    let env = TestEnv::start("renew-all");
-    env.step("the control-plane charts (kube-apiserver, kubernetes, kubelet, lokomotive) and metrics-server");
-    env.install_kube_apiserver_chart(Helm::V3);
-    env.install_kubernetes_chart(Helm::V3);
-    env.install_kubelet_chart(Helm::V3);
-    env.install_lokomotive_chart();
-    let metrics = ExtApiServer::metrics_server();
-    env.deploy_ext_apiserver(&metrics);
-    env.wait_apiservice(&metrics.apiservice(), true, Duration::from_secs(120));
+    let env = renewal_cluster("renew-all");
     let assets = env.assets.cluster_assets();
     let old_ca = std::fs::read(assets.join("tls/ca.crt")).unwrap();
     let mut needles = Needles::new();
@@ -549,83 +325,9 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
         "the restart says what it skipped: {journal}"
     );
 
-    env.step("every release and Secret holds the new certificates");
     let new_ca = std::fs::read(assets.join("tls/ca.crt")).unwrap();
     assert_ne!(new_ca, old_ca);
-    for (namespace, secret, key, file) in [
-        ("kube-system", "kube-apiserver", "apiserver.crt", "tls/apiserver.crt"),
-        ("kube-system", "kube-apiserver", "ca.crt", "tls/ca.crt"),
-        ("kube-system", "kube-apiserver", "etcd-client.crt", "tls/etcd-client.crt"),
-        ("kube-system", "kube-apiserver", "aggregation-client.crt", "tls/aggregation-client.crt"),
-        ("kube-system", "kube-controller-manager", "ca.crt", "tls/ca.crt"),
-    ] {
-        assert_eq!(
-            secret_key(&env, namespace, secret, key),
-            std::fs::read(assets.join(file)).unwrap(),
-            "secret {namespace}/{secret} {key} is not the new {file}"
-        );
-    }
-    assert_eq!(
-        secret_key(&env, "lokomotive-system", "admission-webhook-server", "cert.pem"),
-        cert_pem(&assets, "webhook")
-    );
-    let kubelet = env
-        .helm(Helm::V3)
-        .args(["get", "values", "kubelet", "-n", "kube-system"])
-        .args(["-o", "json"])
-        .ok();
-    let kubelet: Value = serde_json::from_str(&kubelet.stdout).unwrap();
-    {
-        use base64::Engine as _;
-        let value = kubelet["kubernetesCACert"].as_str().unwrap();
-        assert_eq!(base64::engine::general_purpose::STANDARD.decode(value).unwrap(), new_ca);
-    }
-
-    env.step("every ServiceAccount token holds the new kube CA");
-    let tokens = env
-        .kubectl()
-        .args([
-            "get",
-            "secrets",
-            "-A",
-            "--field-selector",
-            "type=kubernetes.io/service-account-token",
-        ])
-        .args(["-o", "json"])
-        .ok();
-    let tokens: Value = serde_json::from_str(&tokens.stdout).unwrap();
-    let items = tokens["items"].as_array().unwrap();
-    assert!(items.len() >= 5, "{} token secrets", items.len());
-    for item in items {
-        use base64::Engine as _;
-        let ca = item["data"]["ca.crt"].as_str().unwrap();
-        assert_eq!(
-            base64::engine::general_purpose::STANDARD.decode(ca).unwrap(),
-            new_ca,
-            "{}/{}",
-            item["metadata"]["namespace"],
-            item["metadata"]["name"]
-        );
-    }
-
-    env.step(
-        "every workload of lokoctl's list the cluster runs, and metrics-server, was restarted",
-    );
-    for (namespace, kind, name) in [
-        ("kube-system", "deployment", "kube-apiserver"),
-        ("kube-system", "deployment", "kube-controller-manager"),
-        ("kube-system", "daemonset", "kubelet"),
-        ("lokomotive-system", "deployment", "admission-webhook-server"),
-        ("kube-system", "deployment", "metrics-server"),
-    ] {
-        assert!(restarted_at(&env, namespace, kind, name).is_some(), "{kind}/{name} not restarted");
-        env.kubectl()
-            .args(["-n", namespace, "rollout", "status", &format!("{kind}/{name}"), "--timeout=1s"])
-            .ok();
-    }
-    env.wait_apiservice(&metrics.apiservice(), true, Duration::from_secs(5));
-    env.step("the new admin kubeconfig reaches the API");
-    env.kubectl().args(["get", "nodes"]).ok();
+    check_renewal_finished(&env, &needles);
 
     // 3. Again: the run is finished, nothing to do.
     let out = ok(&env, &needles, "renew -y (again; table)", renew_reaching_etcd(&env).arg("-y"));

@@ -126,6 +126,19 @@ impl Connection {
     /// must trust the asset dir's `tls/ca.crt`, so a successful TLS handshake means the API
     /// server's certificate was issued by that CA.
     pub fn verify_identity(&self, assets: &AssetDir) -> std::result::Result<(), String> {
+        self.verify_identity_resuming(assets, None)
+    }
+
+    /// [`Self::verify_identity`] for a run in progress, which may have been cut off while
+    /// terraform re-wrote `tls/ca.crt` (a `local_file` is deleted first): then `kept_ca`, the
+    /// run's copy of it, stands in. A CA is the same CA when its subject and key are (renew
+    /// re-issues the CA certificate with its key, so a kubeconfig trusting the old one trusts
+    /// the same servers).
+    pub fn verify_identity_resuming(
+        &self,
+        assets: &AssetDir,
+        kept_ca: Option<&std::path::Path>,
+    ) -> std::result::Result<(), String> {
         let ca_path = assets.asset("tls/ca.crt");
         let pointer = format!(
             "point at the right cluster with --kubeconfig {}",
@@ -139,14 +152,13 @@ impl Connection {
                 assets.root().display()
             ));
         }
-        let ca = std::fs::read(&ca_path)
-            .ok()
-            .and_then(|pem| openssl::x509::X509::from_pem(&pem).ok())
-            .and_then(|c| c.to_der().ok())
-            .ok_or_else(|| {
-                format!("cannot check which cluster this is: {} is unusable", ca_path.display())
-            })?;
-        if self.root_certs.contains(&ca) {
+        let usable = |path: &std::path::Path| {
+            std::fs::read(path).ok().and_then(|pem| openssl::x509::X509::from_pem(&pem).ok())
+        };
+        let ca = usable(&ca_path).or_else(|| kept_ca.and_then(usable)).ok_or_else(|| {
+            format!("cannot check which cluster this is: {} is unusable", ca_path.display())
+        })?;
+        if self.root_certs.iter().any(|der| same_ca(&ca, der)) {
             return Ok(());
         }
         Err(format!(
@@ -158,6 +170,14 @@ impl Connection {
             assets.root().display()
         ))
     }
+}
+
+/// Whether the certificate `der` is CA `ca`: the same subject and public key.
+fn same_ca(ca: &openssl::x509::X509Ref, der: &[u8]) -> bool {
+    let Ok(other) = openssl::x509::X509::from_der(der) else { return false };
+    let key = |c: &openssl::x509::X509Ref| c.public_key().and_then(|k| k.public_key_to_der()).ok();
+    let subject = |c: &openssl::x509::X509Ref| c.subject_name().to_der().ok();
+    key(ca).is_some() && key(ca) == key(&other) && subject(ca) == subject(&other)
 }
 
 /// The context `options` (else the current context) picks, with its cluster and user, or those

@@ -18,7 +18,7 @@ use kube::api::{Api, ListParams, LogParams, ObjectList, WatchParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
-use super::rollout::{Workload, WorkloadKind, WorkloadRef, restart_and_wait};
+use super::rollout::{Workload, WorkloadKind, WorkloadRef, restart_unless_ours};
 use super::watch::{self, Change, LastError};
 use crate::duration::within;
 use crate::error::{Error, Result};
@@ -241,11 +241,13 @@ pub async fn discover(client: &Client) -> Result<Discovery> {
 
 impl Discovery {
     /// Restarts one discovered workload as `kubectl rollout restart` does and waits for it as
-    /// `kubectl rollout status` does.
+    /// `kubectl rollout status` does; a restart made at or after `ours_since` (a resumed
+    /// phase's own, before it was cut off) is waited for instead of made again.
     pub async fn restart_and_wait(
         &self,
         client: &Client,
         workload: &WorkloadRef,
+        ours_since: Option<jiff::Timestamp>,
         timeout: Duration,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<()> {
@@ -253,15 +255,18 @@ impl Discovery {
         match workload.kind {
             WorkloadKind::Deployment => {
                 let api = Api::namespaced(client.clone(), ns);
-                restart_and_wait(&api, &self.deployments[workload], timeout, progress).await
+                let current = self.deployments[workload].clone();
+                restart_unless_ours(&api, current, ours_since, timeout, progress).await
             }
             WorkloadKind::DaemonSet => {
                 let api = Api::namespaced(client.clone(), ns);
-                restart_and_wait(&api, &self.daemonsets[workload], timeout, progress).await
+                let current = self.daemonsets[workload].clone();
+                restart_unless_ours(&api, current, ours_since, timeout, progress).await
             }
             WorkloadKind::StatefulSet => {
                 let api = Api::namespaced(client.clone(), ns);
-                restart_and_wait(&api, &self.statefulsets[workload], timeout, progress).await
+                let current = self.statefulsets[workload].clone();
+                restart_unless_ours(&api, current, ours_since, timeout, progress).await
             }
         }
     }

@@ -144,9 +144,14 @@ impl Procedure for Renew {
         let certificates_done =
             ctx.run.as_ref().is_some_and(|r| r.phase_done(Phase::Certificates.name()));
         if !certificates_done && let Some(terraform) = &ctx.terraform {
-            let state = terraform.state().await?;
-            let kubelet = ctx.read_asset(nodes::KUBELET_VALUES).ok();
-            let kubelet = kubelet.as_deref().map(String::from_utf8_lossy);
+            // What the cluster was before this run changed anything: an apply cut off half
+            // way leaves copy-controller-secrets destroyed and the values being re-written.
+            let state = match phases::kept_state(ctx)? {
+                Some(kept) => kept,
+                None => terraform.state().await?,
+            };
+            let kubelet = phases::backup::kept_or_current(ctx, nodes::KUBELET_VALUES).ok();
+            let kubelet = kubelet.as_ref().map(|(_, bytes)| String::from_utf8_lossy(bytes));
             let evidence = nodes::Evidence::read(&state, kubelet.as_deref());
             if let Some(refusal) = nodes::refusal(&evidence)
                 && !options().nodes_updated_by_hand

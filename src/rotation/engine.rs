@@ -212,7 +212,11 @@ async fn prepare<P: Procedure>(
         .filter(|&p| !run.as_ref().is_some_and(|r| r.phase_done(P::phase_name(p))))
         .collect();
     let mut unresolved = Vec::new();
-    let conn = connect(global, &assets, &mut unresolved).await?;
+    let kept_ca = run
+        .as_ref()
+        .filter(|r| r.journal.state == RunState::InProgress)
+        .map(|r| r.backup_path(KEPT_KUBE_CA));
+    let conn = connect(global, &assets, kept_ca.as_deref(), &mut unresolved).await?;
     // Named before anything runs, so even the children of a run's first invocation carry the
     // marker a re-run looks for.
     let run_name =
@@ -453,14 +457,20 @@ fn child_marker(assets: &AssetDir, run: &str) -> String {
 
 /// The cluster, proven to be the asset dir's before anything changes; a dry run goes on
 /// without it and says so.
+/// Where a run's backup keeps `tls/ca.crt` (renew's, which re-writes it; the other
+/// rotations never touch it).
+const KEPT_KUBE_CA: &str = "cluster-assets/tls/ca.crt";
+
 async fn connect(
     global: &GlobalOpts,
     assets: &AssetDir,
+    kept_ca: Option<&std::path::Path>,
     unresolved: &mut Vec<String>,
 ) -> Result<Option<Connection>> {
     let opened = Connection::open(&global.kube, Some(assets), false, global.verbose).await;
-    let checked = opened
-        .and_then(|conn| conn.verify_identity(assets).map(|()| conn).map_err(Error::WrongCluster));
+    let checked = opened.and_then(|conn| {
+        conn.verify_identity_resuming(assets, kept_ca).map(|()| conn).map_err(Error::WrongCluster)
+    });
     match checked {
         Ok(conn) => Ok(Some(conn)),
         Err(e) if global.dry_run => {

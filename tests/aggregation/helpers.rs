@@ -579,12 +579,15 @@ pub fn label_is(pod: &Pod, key: &str, value: &str) -> bool {
 // ---------------------------------------------------------------------------------------
 // Processes
 
-/// A process of /proc whose environment carries `tag`: `(pid, ppid, comm, is the plugin)`.
+/// A process of /proc whose environment carries `tag`: `(pid, ppid, comm, arguments, is the
+/// plugin)`.
 #[derive(Debug, Clone)]
 pub struct Tagged {
     pub pid: u32,
     pub ppid: u32,
     pub comm: String,
+    /// Its command line, the arguments joined by spaces.
+    pub args: String,
     pub is_plugin: bool,
 }
 
@@ -606,7 +609,10 @@ pub fn tagged(tag: &str) -> Vec<Tagged> {
             continue;
         }
         let exe = std::fs::read_link(entry.path().join("exe")).ok();
-        out.push(Tagged { pid, ppid, comm, is_plugin: exe.as_deref() == Some(bin.as_path()) });
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim_end().to_string();
+        let is_plugin = exe.as_deref() == Some(bin.as_path());
+        out.push(Tagged { pid, ppid, comm, args, is_plugin });
     }
     out
 }

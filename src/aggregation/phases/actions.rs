@@ -166,9 +166,11 @@ impl Action for RestartExtensionServers {
     fn run<'a>(&'a self, ctx: &'a mut Ctx) -> Running<'a, String> {
         Box::pin(async move {
             let new = new_ca(ctx).await?;
+            let ours_since = ctx.run()?.phase_first_began(self.0.name());
             let conn = ctx.conn()?;
             let done =
-                crate::extension_servers::restart_for_rotation(conn, ctx.timeout, &new).await?;
+                crate::extension_servers::restart_for_rotation(conn, ours_since, ctx.timeout, &new)
+                    .await?;
             if !done.problems.is_empty() {
                 return Err(Error::Verification {
                     phase: self.0.name(),

@@ -3,7 +3,7 @@
 //! state (`terraform state pull`), in its `backup/` folder (0600 files, 0700 folders); the
 //! copies must read back equal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::kept_state;
 use crate::assets::AssetDir;
@@ -154,6 +154,18 @@ fn files_to_keep(assets: &AssetDir) -> Result<Vec<String>> {
 
 fn kept_name(file: &str) -> String {
     format!("{ASSETS}/{file}")
+}
+
+/// File `file` of `cluster-assets/` as the run's backup kept it, when it did; else as it is
+/// now (a run's apply cut off half way leaves the rendered files being re-written); with
+/// the path it was read from.
+pub fn kept_or_current(ctx: &Ctx, file: &str) -> Result<(PathBuf, Vec<u8>)> {
+    if let Some(run) = &ctx.run
+        && let Ok(bytes) = ctx.read_backup(&kept_name(file))
+    {
+        return Ok((run.backup_path(&kept_name(file)), bytes));
+    }
+    Ok((ctx.asset(file), ctx.read_asset(file)?))
 }
 
 /// The backup as an asset dir: the files as they were before the run changed anything.

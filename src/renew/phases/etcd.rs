@@ -86,9 +86,10 @@ pub fn members(
 
 /// The members of this asset dir, with the endpoints given on the command line.
 pub fn resolve_members(ctx: &Ctx) -> Result<Vec<Member>> {
-    let path = ctx.asset(KUBE_APISERVER_VALUES);
-    let text = String::from_utf8(ctx.read_asset(KUBE_APISERVER_VALUES)?).map_err(|_| {
-        Error::BadInputFile { path: path.clone(), reason: "is not UTF-8 text".into() }
+    let (path, bytes) = super::backup::kept_or_current(ctx, KUBE_APISERVER_VALUES)?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::BadInputFile {
+        path: path.clone(),
+        reason: "is not UTF-8 text".into(),
     })?;
     let values: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| {
         Error::BadInputFile { path: path.clone(), reason: crate::secret_text::yaml_error(&e) }

@@ -52,7 +52,7 @@ const KUBE_CA: &str = "tls/ca.crt";
 
 /// The state as the run's backup kept it, before anything was tainted; `None` before the
 /// run has one (a phase asked for with no run in progress).
-fn kept_state(ctx: &Ctx) -> Result<Option<State>> {
+pub(crate) fn kept_state(ctx: &Ctx) -> Result<Option<State>> {
     let Some(run) = &ctx.run else { return Ok(None) };
     let path = run.backup_path(backup::STATE);
     if !path.exists() {

@@ -295,7 +295,7 @@ async fn restart_others(ctx: &Ctx) -> Result<String> {
             return Ok(None);
         }
         let new = ctx.file_cert(AGGREGATION_CA)?;
-        crate::extension_servers::restart_for_rotation(ctx.conn()?, ctx.timeout, &new)
+        crate::extension_servers::restart_for_rotation(ctx.conn()?, since, ctx.timeout, &new)
             .await
             .map(Some)
     };
