@@ -484,16 +484,9 @@ fn failing_lokoctl(env: &TestEnv) -> PathBuf {
 
 #[test]
 fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
-    use support::{ExtApiServer, Helm};
+    use support::Helm;
     let env = TestEnv::start("renew-all");
-    env.step("the control-plane charts (kube-apiserver, kubernetes, kubelet, lokomotive) and metrics-server");
-    env.install_kube_apiserver_chart(Helm::V3);
-    env.install_kubernetes_chart(Helm::V3);
-    env.install_kubelet_chart(Helm::V3);
-    env.install_lokomotive_chart();
-    let metrics = ExtApiServer::metrics_server();
-    env.deploy_ext_apiserver(&metrics);
-    env.wait_apiservice(&metrics.apiservice(), true, Duration::from_secs(120));
+    let metrics = support::renewal::install_control_plane(&env);
     let assets = env.assets.cluster_assets();
     let old_ca = std::fs::read(assets.join("tls/ca.crt")).unwrap();
     let mut needles = Needles::new();
