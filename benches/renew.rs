@@ -237,7 +237,10 @@ fn tool_side() -> Side {
         let mut groups = BTreeMap::new();
         for phase in phases {
             let name = phase["name"].as_str().unwrap_or("?").to_string();
-            assert_eq!(phase["result"], "done", "phase {name}: {phase}");
+            // `tokens` is found done when kube-controller-manager republished every token
+            // before the phase looked.
+            let result = phase["result"].as_str().unwrap_or("?");
+            assert!(["done", "already-done"].contains(&result), "phase {name}: {phase}");
             groups.insert(name, (seconds(phase), start));
             start += seconds(phase);
         }
