@@ -516,6 +516,7 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
     add_keys(&mut needles, &env);
 
     // 2. The same command again, with lokoctl working: it goes on from control-plane.
+    let apiserver_restarts = env.apiserver.restarts();
     let (report, _) = run_json(&env, &needles, &[], " (lokoctl working)");
     // kube-controller-manager may have republished every token before the phase looks: then
     // the real state shows it done.
@@ -601,11 +602,30 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
         );
     }
 
+    env.step("kube-apiserver restarted once: by the control-plane upgrade (checksum/secret) alone");
+    assert_eq!(env.apiserver.restarts() - apiserver_restarts, 1, "kube-apiserver restarts");
+    assert_eq!(restarted_at(&env, "kube-system", "deployment", "kube-apiserver"), None);
+    assert!(journal.contains("kube-apiserver -n kube-system not restarted again"), "{journal}");
+    assert_eq!(
+        env.apiserver_mounted_file("apiserver.crt"),
+        std::fs::read(assets.join("tls/apiserver.crt")).unwrap(),
+        "kube-apiserver runs on the new Secret"
+    );
+    env.kubectl()
+        .args([
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "deployment/kube-apiserver",
+            "--timeout=1s",
+        ])
+        .ok();
+
     env.step(
-        "every workload of lokoctl's list the cluster runs, and metrics-server, was restarted",
+        "every other workload of lokoctl's list the cluster runs, and metrics-server, was restarted",
     );
     for (namespace, kind, name) in [
-        ("kube-system", "deployment", "kube-apiserver"),
         ("kube-system", "deployment", "kube-controller-manager"),
         ("kube-system", "daemonset", "kubelet"),
         ("lokomotive-system", "deployment", "admission-webhook-server"),
