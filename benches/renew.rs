@@ -333,6 +333,15 @@ fn main() {
     print_outages("typed", &typed);
     let verdict = if tool.wall <= typed.wall { "met" } else { "NOT met" };
     println!("aim tool <= typed (wall): {verdict} ({})", ratio(tool.wall, typed.wall));
+    // The harness runs one controller: one kube-apiserver restart is the aim's allowance.
+    let verdict = if tool.apiserver_restarts <= 1 { "met" } else { "NOT met" };
+    println!(
+        "aim API down no longer than one kube-apiserver restart per controller (1 controller): {verdict} (tool {} restart(s), {:.1} s down; typed {}, {:.1} s)",
+        tool.apiserver_restarts,
+        tool.down(),
+        typed.apiserver_restarts,
+        typed.down()
+    );
     println!(
         "load average (1/5/15 min) before -> after: tool {} -> {}; typed {} -> {}",
         tool.load.0, tool.load.1, typed.load.0, typed.load.1
