@@ -299,6 +299,7 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
     add_keys(&mut needles, &env);
 
     // 2. The same command again, with lokoctl working: it goes on from control-plane.
+    let apiserver_restarts = env.apiserver.restarts();
     let (report, _) = run_json(&env, &needles, &[], " (lokoctl working)");
     // kube-controller-manager may have republished every token before the phase looks: then
     // the real state shows it done.
@@ -328,6 +329,10 @@ fn renew_puts_every_new_certificate_in_use_and_a_rerun_finds_it_done() {
     let new_ca = std::fs::read(assets.join("tls/ca.crt")).unwrap();
     assert_ne!(new_ca, old_ca);
     check_renewal_finished(&env, &needles);
+    env.step("kube-apiserver restarted once: by the control-plane upgrade (checksum/secret) alone");
+    assert_eq!(env.apiserver.restarts() - apiserver_restarts, 1, "kube-apiserver restarts");
+    assert_eq!(restarted_at(&env, "kube-system", "deployment", "kube-apiserver"), None);
+    assert!(journal.contains("kube-apiserver -n kube-system not restarted again"), "{journal}");
 
     // 3. Again: the run is finished, nothing to do.
     let out = ok(&env, &needles, "renew -y (again; table)", renew_reaching_etcd(&env).arg("-y"));

@@ -209,6 +209,12 @@ impl Terraform {
     /// leaves it cut); a lock held by someone else is its own error.
     pub async fn change(&self, cmd: Command) -> Result<()> {
         let kept = self.keep_state().await?;
+        self.change_kept(cmd, kept).await
+    }
+
+    /// [`Terraform::change`] when the state as it is now was kept already (`kept`, from
+    /// [`Terraform::read_and_keep_state`]).
+    pub async fn change_kept(&self, cmd: Command, kept: PathBuf) -> Result<()> {
         let outcome = match cmd.run().await {
             Ok(outcome) => outcome,
             Err(e) => return Err(self.state_kept(e, kept)),
@@ -232,6 +238,19 @@ impl Terraform {
             &format!("before-serial-{serial}.tfstate"),
             state.bytes(),
         )
+    }
+
+    /// The state as it is now, read and kept (as [`Terraform::keep_state`]) by one `terraform
+    /// state pull`: for a change decided from the state, whose own pull is then the one kept
+    /// before it ([`Terraform::change_kept`]).
+    pub async fn read_and_keep_state(&self) -> Result<(State, PathBuf)> {
+        let pulled = self.pull().await?;
+        let state = parse_state(&pulled.stdout)
+            .map_err(|reason| Error::TerraformState { dir: self.dir.clone(), reason })?;
+        let name = format!("before-serial-{}.tfstate", state.serial);
+        let kept =
+            self.runner.keep_private(STATE_BACKUPS, &name, pulled.unredacted_stdout.bytes())?;
+        Ok((state, kept))
     }
 
     /// The state to keep in a private file: its serial, and `terraform state pull` as

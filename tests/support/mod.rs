@@ -22,6 +22,7 @@ pub mod node;
 pub mod pki;
 pub mod pods;
 pub mod process;
+pub mod renewal;
 pub mod rotation;
 pub mod service;
 pub mod sync;

@@ -1,14 +1,16 @@
 //! `restart`: everything that reads certificates only at start, restarted exactly as
 //! `kubectl rollout restart` and waited for as `kubectl rollout status`: lokoctl's list
 //! (lokomotive-pki.md §4.4: DaemonSets or Deployments by the controller count) and the
-//! extension API servers. kube-apiserver first (the API drops while it restarts), then the
-//! others concurrently; a workload the cluster does not run is skipped and said. Then every
+//! extension API servers. kube-apiserver first (the API drops while it restarts), unless the
+//! `control-plane` phase's upgrade already rolled it onto its new Secret; then the others
+//! concurrently; a workload the cluster does not run is skipped and said. Then every
 //! APIService must be Available.
 
 use std::collections::BTreeSet;
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, ListParams};
 
@@ -25,6 +27,10 @@ use crate::rotation::step::{Action, Planned, Running};
 const AGGREGATION_CA: &str = "tls/aggregation-ca.crt";
 /// How often the APIServices are looked at again.
 const POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The annotation Lokomotive's kube-apiserver chart (v0.8+) gives its pod template: the hash
+/// of its Secret, so that a helm upgrade that changes a certificate rolls the pods.
+const SECRET_CHECKSUM: &str = "checksum/secret";
 
 /// lokoctl's `CommonDaemonSets` and `CommonDeployments` (§4.4): always so.
 const DAEMONSETS: [&str; 4] = ["calico-node", "pod-checkpointer", "kube-proxy", "kubelet"];
@@ -130,7 +136,7 @@ impl PhaseUnit for Restart {
             Planned::new(
                 StepKind::Api,
                 format!(
-                    "restart {} (kubectl rollout restart) and wait as kubectl rollout status; the API drops while it restarts",
+                    "restart {} (kubectl rollout restart) and wait as kubectl rollout status, unless the control-plane phase's upgrade rolled it onto its new Secret already ({SECRET_CHECKSUM}, rolled out, every pod started since); the API drops while it restarts",
                     list[0]
                 ),
                 Step::ApiServer,
@@ -167,7 +173,11 @@ async fn found_done(ctx: &Ctx) -> Result<Option<String>> {
         all.extend(discovery::discover(client).await?.workloads());
     }
     for workload in &all {
-        if !restarted_and_rolled_out(client, workload, since).await? {
+        let restarted = restarted_and_rolled_out(client, workload, since).await?;
+        // kube-apiserver is not restarted again when the upgrade rolled it already.
+        let rolled =
+            workload.name == "kube-apiserver" && rolled_by_control_plane(ctx, workload).await?;
+        if !restarted && !rolled {
             return Ok(None);
         }
     }
@@ -198,6 +208,75 @@ async fn restarted_and_rolled_out(
         WorkloadKind::DaemonSet => {
             one::<DaemonSet>(Api::namespaced(client.clone(), ns), &workload.name, since).await
         }
+        WorkloadKind::StatefulSet => Ok(false),
+    }
+}
+
+/// Whether a workload whose template is `template` already runs on the Secret the
+/// `control-plane` phase put in place: its chart rolls it when its Secret changes
+/// ([`SECRET_CHECKSUM`]: the upgrade writes the Secret, then the template), its rollout is
+/// complete, and every pod of it (`pods_created`) was created after `since`, when this run's
+/// `control-plane` phase first began (whole seconds: the same second does not count). Its
+/// processes then read the new certificates at start, and another restart would only drop
+/// the API a second time.
+pub fn started_on_the_new_secret(
+    template: Option<&PodTemplateSpec>,
+    rolled_out: bool,
+    pods_created: &[jiff::Timestamp],
+    since: jiff::Timestamp,
+) -> bool {
+    let annotations = template.and_then(|t| t.metadata.as_ref()?.annotations.as_ref());
+    annotations.is_some_and(|a| a.contains_key(SECRET_CHECKSUM))
+        && rolled_out
+        && !pods_created.is_empty()
+        && pods_created.iter().all(|at| at.as_second() > since.as_second())
+}
+
+/// [`started_on_the_new_secret`] for `workload` as the cluster has it now; never before this
+/// run's `control-plane` phase began.
+async fn rolled_by_control_plane(ctx: &Ctx, workload: &WorkloadRef) -> Result<bool> {
+    let Some(since) =
+        ctx.run.as_ref().and_then(|r| r.phase_first_began(Phase::ControlPlane.name()))
+    else {
+        return Ok(false);
+    };
+    async fn one<K: Workload>(
+        client: &kube::Client,
+        workload: &WorkloadRef,
+        since: jiff::Timestamp,
+    ) -> Result<bool> {
+        let ns = workload.namespace.as_str();
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let current = api
+            .get(&workload.name)
+            .await
+            .map_err(|e| Error::kube(format!("read {workload}"), e))?;
+        let selector: Vec<String> = current
+            .template_labels()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if selector.is_empty() {
+            return Ok(false);
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let list = pods
+            .list(&ListParams::default().labels(&selector.join(",")))
+            .await
+            .map_err(|e| Error::kube(format!("list the pods of {workload}"), e))?;
+        let created: Vec<jiff::Timestamp> = list
+            .items
+            .iter()
+            .filter_map(|p| Some(p.metadata.creation_timestamp.as_ref()?.0))
+            .collect();
+        let rolled_out = current.rollout_state().is_ok_and(|s| s.done);
+        Ok(started_on_the_new_secret(current.template(), rolled_out, &created, since))
+    }
+    let client = &ctx.conn()?.client;
+    match workload.kind {
+        WorkloadKind::Deployment => one::<Deployment>(client, workload, since).await,
+        WorkloadKind::DaemonSet => one::<DaemonSet>(client, workload, since).await,
         WorkloadKind::StatefulSet => Ok(false),
     }
 }
@@ -268,6 +347,11 @@ async fn restart_apiserver(ctx: &Ctx) -> Result<String> {
             "neither a Deployment nor a DaemonSet kube-system/kube-apiserver exists: is the kube-apiserver chart installed?".into(),
         ));
     };
+    if rolled_by_control_plane(ctx, workload).await? {
+        return Ok(format!(
+            "{workload} not restarted again: the control-plane phase's upgrade rolled it onto its new Secret ({SECRET_CHECKSUM}), every pod started since, rolled out"
+        ));
+    }
     let report = ctx.reporter();
     restart_one(&ctx.conn()?.client, workload, began(ctx)?, ctx.timeout, &report).await?;
     Ok(format!("{workload} rolled out"))
@@ -390,6 +474,37 @@ mod tests {
             assert!(list.contains(&at(De, "kube-system", "calico-kube-controllers")));
             assert!(list.contains(&at(De, "lokomotive-system", "admission-webhook-server")));
         }
+    }
+
+    /// kube-apiserver is not restarted again only when its chart rolls it on a Secret change,
+    /// its rollout is complete and every pod of it began after the control-plane phase did.
+    #[test]
+    fn a_workload_rolled_onto_its_new_secret_is_recognised() {
+        let since: jiff::Timestamp = "2026-12-05T10:00:00Z".parse().unwrap();
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let template = |annotation: Option<&str>| PodTemplateSpec {
+            metadata: Some(kube::api::ObjectMeta {
+                annotations: annotation.map(|a| {
+                    std::collections::BTreeMap::from([(a.to_string(), "0123abcd".to_string())])
+                }),
+                ..Default::default()
+            }),
+            spec: None,
+        };
+        let rolling = template(Some(SECRET_CHECKSUM));
+        let later = [at("2026-12-05T10:00:09Z"), at("2026-12-05T10:00:12Z")];
+        assert!(started_on_the_new_secret(Some(&rolling), true, &later, since));
+        // v0.5-v0.7's chart: a Secret change does not roll the pods.
+        assert!(!started_on_the_new_secret(Some(&template(None)), true, &later, since));
+        assert!(!started_on_the_new_secret(Some(&template(Some("other"))), true, &later, since));
+        assert!(!started_on_the_new_secret(None, true, &later, since));
+        assert!(!started_on_the_new_secret(Some(&rolling), false, &later, since));
+        assert!(!started_on_the_new_secret(Some(&rolling), true, &[], since));
+        // One pod from before the phase, or from its very second, may hold the old Secret.
+        let one_old = [later[0], at("2026-12-05T09:59:00Z")];
+        assert!(!started_on_the_new_secret(Some(&rolling), true, &one_old, since));
+        let same_second = [at("2026-12-05T10:00:00.900Z")];
+        assert!(!started_on_the_new_secret(Some(&rolling), true, &same_second, since));
     }
 
     /// What the cluster does not run is skipped and named; a workload of the other kind is

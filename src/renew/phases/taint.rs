@@ -150,12 +150,14 @@ impl Action for Step {
 async fn taint(ctx: &mut Ctx, step: &Step, resource: &str) -> Result<String> {
     let address = ctx.addr(resource);
     let terraform = ctx.terraform()?;
-    let state = terraform.state().await?;
+    // One pull both decides and is the state kept before the taint: two per address cost
+    // a third of the phase (docs/benchmarks.md).
+    let (state, kept_now) = terraform.read_and_keep_state().await?;
     let kept = kept_state(ctx)?;
     Ok(match found(&address, &state, kept.as_ref()) {
         Found::ToTaint => {
             let cmd = step.command(ctx)?.expect("a taint runs a command");
-            terraform.change(cmd).await?;
+            terraform.change_kept(cmd, kept_now).await?;
             "tainted".into()
         }
         Found::Tainted => "skipped: already tainted".into(),
