@@ -182,8 +182,9 @@ pub enum Command {
     /// apply --confirm --skip-pre-update-health-check --upgrade-kubelets`, then checks every
     /// control-plane release and Secret; `tokens` waits for every ServiceAccount token to carry
     /// the new kube CA; `restart` restarts lokoctl's list and the extension API servers as
-    /// `kubectl rollout restart`; `verify` proves the cluster serves and accepts the new
-    /// certificates.
+    /// `kubectl rollout restart` (kube-apiserver only when the upgrade did not already roll
+    /// it); `verify` proves the cluster serves and accepts the new certificates and `status`
+    /// finds every row OK and issued in this run.
     ///
     /// Lokomotive v0.5-v0.7, whose Terraform pushes no new etcd certificates to the controllers
     /// and re-syncs no node's CA copy, is refused before any change with the steps to take by

@@ -49,10 +49,11 @@ pub enum Phase {
     /// Wait until every ServiceAccount token Secret's ca.crt is the new kube CA.
     Tokens,
     /// Restart lokoctl's list and the extension API servers as kubectl rollout restart, wait as
-    /// kubectl rollout status; every APIService Available.
+    /// kubectl rollout status (kube-apiserver only when control-plane's upgrade did not already
+    /// roll it onto its new Secret); every APIService Available.
     Restart,
-    /// The API server serves the new certificate, the new admin kubeconfig works, the webhook
-    /// mutates, every node is Ready.
+    /// The API server and etcd serve the new certificates, the new admin kubeconfig works, the
+    /// webhook mutates, every node is Ready, status finds every row OK and renewed.
     Verify,
 }
 
