@@ -19,8 +19,8 @@ use super::phase::{PhaseOutcome, PhaseResult, RunPath};
 use super::plan::{self, PhasePlan};
 use super::runs_root;
 use super::step::{Planned, Running};
-use crate::assets::AssetDir;
-use crate::cli::{GlobalOpts, OutputFormat};
+use crate::assets::{AssetDir, KUBECONFIG};
+use crate::cli::{GlobalOpts, KubeOpts, OutputFormat};
 use crate::error::{Error, Result, exit};
 use crate::k8s::Connection;
 use crate::output::{self, Progress, Table};
@@ -212,11 +212,8 @@ async fn prepare<P: Procedure>(
         .filter(|&p| !run.as_ref().is_some_and(|r| r.phase_done(P::phase_name(p))))
         .collect();
     let mut unresolved = Vec::new();
-    let kept_ca = run
-        .as_ref()
-        .filter(|r| r.journal.state == RunState::InProgress)
-        .map(|r| r.backup_path(KEPT_KUBE_CA));
-    let conn = connect(global, &assets, kept_ca.as_deref(), &mut unresolved).await?;
+    let resuming = run.as_ref().filter(|r| r.journal.state == RunState::InProgress);
+    let conn = connect(global, &assets, resuming, &mut unresolved).await?;
     // Named before anything runs, so even the children of a run's first invocation carry the
     // marker a re-run looks for.
     let run_name =
@@ -455,21 +452,39 @@ fn child_marker(assets: &AssetDir, run: &str) -> String {
     format!("{run}@{}", root.display())
 }
 
-/// The cluster, proven to be the asset dir's before anything changes; a dry run goes on
-/// without it and says so.
-/// Where a run's backup keeps `tls/ca.crt` (renew's, which re-writes it; the other
-/// rotations never touch it).
+/// Where a run's backup keeps `tls/ca.crt` and `auth/kubeconfig` (renew's, which re-writes
+/// them; the other rotations never touch them).
 const KEPT_KUBE_CA: &str = "cluster-assets/tls/ca.crt";
+const KEPT_KUBECONFIG: &str = "cluster-assets/auth/kubeconfig";
 
+/// The cluster, proven to be the asset dir's before anything changes; a dry run goes on
+/// without it and says so. A run in progress (`resuming`) may find `tls/ca.crt` and
+/// `auth/kubeconfig` deleted by a terraform killed mid-replace: it then uses the copies its
+/// backup kept.
 async fn connect(
     global: &GlobalOpts,
     assets: &AssetDir,
-    kept_ca: Option<&std::path::Path>,
+    resuming: Option<&RunDir>,
     unresolved: &mut Vec<String>,
 ) -> Result<Option<Connection>> {
-    let opened = Connection::open(&global.kube, Some(assets), false, global.verbose).await;
+    let kept_ca = resuming.map(|r| r.backup_path(KEPT_KUBE_CA));
+    let kept_kubeconfig = resuming.map(|r| r.backup_path(KEPT_KUBECONFIG));
+    let opts = match kept_kubeconfig.filter(|kept| kept.is_file()) {
+        Some(kept) if asset_kubeconfig_deleted(&global.kube, assets) => {
+            eprintln!(
+                "{} is missing (a terraform cut off while re-writing it): using the copy this run kept, {}",
+                assets.asset(KUBECONFIG).display(),
+                kept.display()
+            );
+            KubeOpts { kubeconfig: Some(kept), ..global.kube.clone() }
+        }
+        _ => global.kube.clone(),
+    };
+    let opened = Connection::open(&opts, Some(assets), false, global.verbose).await;
     let checked = opened.and_then(|conn| {
-        conn.verify_identity_resuming(assets, kept_ca).map(|()| conn).map_err(Error::WrongCluster)
+        conn.verify_identity_resuming(assets, kept_ca.as_deref())
+            .map(|()| conn)
+            .map_err(Error::WrongCluster)
     });
     match checked {
         Ok(conn) => Ok(Some(conn)),
@@ -479,6 +494,25 @@ async fn connect(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether the kubeconfig the flags choose is the asset dir's `auth/kubeconfig` (by default,
+/// or named by `--kubeconfig` or `$KUBECONFIG`) and that file does not exist.
+fn asset_kubeconfig_deleted(opts: &KubeOpts, assets: &AssetDir) -> bool {
+    let own = assets.asset(KUBECONFIG);
+    if own.exists() {
+        return false;
+    }
+    let named = opts
+        .kubeconfig
+        .clone()
+        .or_else(|| std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let Some(named) = named else { return true };
+    // The folders exist (only the file went): compare them resolved, for a symlinked asset dir.
+    let folder = |p: &Path| p.parent().and_then(|d| d.canonicalize().ok());
+    named.file_name() == own.file_name()
+        && folder(&named).is_some()
+        && folder(&named) == folder(&own)
 }
 
 fn config_dir(global: &GlobalOpts, assets: &AssetDir) -> PathBuf {
@@ -1183,5 +1217,25 @@ mod tests {
         finish_if_path_done::<Fake>(&mut ctx).unwrap();
         assert_eq!(ctx.run().unwrap().journal.state, RunState::Finished);
         assert_eq!(next_step::<Fake>(&ctx), "optionally: kubectl certrotate fake --phase finale");
+    }
+
+    /// A run in progress falls back on its kept kubeconfig only when the one chosen is the
+    /// asset dir's own and it is gone; through a symlinked asset dir too.
+    #[test]
+    fn only_the_asset_dirs_own_deleted_kubeconfig_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("assets");
+        std::fs::create_dir_all(real.join("cluster-assets/auth")).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let assets = AssetDir::open(&link).unwrap();
+        let named = |path: PathBuf| KubeOpts { kubeconfig: Some(path), ..Default::default() };
+        let own = real.join("cluster-assets/auth/kubeconfig");
+        assert!(asset_kubeconfig_deleted(&named(own.clone()), &assets), "named by its real path");
+        let elsewhere = dir.path().join("kubeconfig");
+        std::fs::write(&elsewhere, "").unwrap();
+        assert!(!asset_kubeconfig_deleted(&named(elsewhere), &assets), "another kubeconfig");
+        std::fs::write(&own, "").unwrap();
+        assert!(!asset_kubeconfig_deleted(&named(own), &assets), "it exists");
     }
 }

@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 /// What helm says when a release is locked by an upgrade, install or rollback that never
 /// finished (helm 3 and 4 word it the same).
 const IN_PROGRESS: &str = "another operation (install/upgrade/rollback) is in progress";
+/// Rollbacks of one pending release while the API goes away under helm's `--wait`.
+const ROLLBACK_ATTEMPTS: usize = 3;
 /// Upgrade attempts before giving up: the seed's "try again", plus one after a rollback.
 const UPGRADE_ATTEMPTS: usize = 3;
 
@@ -269,11 +271,7 @@ impl Helm {
             let release =
                 Release { name: &listed.name, namespace: &listed.namespace, chart: Path::new("") };
             let revision = listed.revision();
-            let rollback = self.rollback_command(&release, revision)?;
-            let outcome = rollback.run().await?;
-            if !outcome.success() {
-                return Err(rollback.failed(&outcome));
-            }
+            let rollback = self.roll_back_through_restarts(&release, revision).await?;
             let status = self.command(&[
                 "status",
                 listed.name.as_str(),
@@ -303,6 +301,36 @@ impl Helm {
             ));
         }
         Ok(recovered.join("; "))
+    }
+
+    /// `helm rollback` of `release` to `revision`, again while it fails because the API went
+    /// away under its `--wait` (rolling back kube-apiserver's release restarts kube-apiserver):
+    /// once the API is back, a release still not deployed is rolled back to its latest
+    /// revision again. Returns the last rollback run.
+    async fn roll_back_through_restarts(
+        &self,
+        release: &Release<'_>,
+        revision: u32,
+    ) -> Result<Command> {
+        let mut revision = revision;
+        for attempt in 1..=ROLLBACK_ATTEMPTS {
+            let rollback = self.rollback_command(release, revision)?;
+            let outcome = rollback.run().await?;
+            if outcome.success() {
+                return Ok(rollback);
+            }
+            let failed = rollback.failed(&outcome);
+            if attempt == ROLLBACK_ATTEMPTS || !is_unreachable(&failed) {
+                return Err(failed);
+            }
+            let history = self.history_once_reachable(release).await?;
+            match history.iter().max_by_key(|r| r.revision) {
+                Some(latest) if latest.status == "deployed" => return Ok(rollback),
+                Some(latest) => revision = latest.revision,
+                None => return Err(failed),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// A release whose latest revision is pending (or a lock reported by helm) is rolled back

@@ -57,7 +57,21 @@ pub fn renew_reaching_etcd(env: &TestEnv) -> Cmd {
 pub fn renewal_cluster(name: &str) -> TestEnv {
     let env = TestEnv::start(name);
     crate::support::renewal::install_control_plane(&env);
+    observing_kubectl(&env);
     env
+}
+
+/// The test's own `system:masters` user, whose kubeconfig `renew` never rewrites: between a
+/// kill and the re-run, `auth/kubeconfig` may be missing (a terraform cut off mid-replace).
+const OBSERVER: &str = "renew-observer";
+
+/// kubectl as [`OBSERVER`], its kubeconfig made the first time (before any renewal: it
+/// trusts the kube CA certificate of then, whose key the renewal keeps).
+pub fn observing_kubectl(env: &TestEnv) -> Cmd {
+    let made = env.dir().join("values").join(format!("{OBSERVER}-kubeconfig.yaml"));
+    let path =
+        if made.is_file() { made } else { env.user_kubeconfig(OBSERVER, &["system:masters"]) };
+    env.kubectl().env("KUBECONFIG", path)
 }
 
 pub fn json(out: &Output) -> Value {
@@ -256,7 +270,7 @@ pub fn secret_key(env: &TestEnv, namespace: &str, name: &str, key: &str) -> Vec<
 
 /// The `kubectl.kubernetes.io/restartedAt` of `kind/name` in `namespace`, if any.
 pub fn restarted_at(env: &TestEnv, namespace: &str, kind: &str, name: &str) -> Option<String> {
-    let out = env.kubectl().args(["-n", namespace, "get", kind, name, "-o", "json"]).ok();
+    let out = observing_kubectl(env).args(["-n", namespace, "get", kind, name, "-o", "json"]).ok();
     let object: Value = serde_json::from_str(&out.stdout).unwrap();
     object["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
         .as_str()

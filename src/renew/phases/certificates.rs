@@ -293,6 +293,9 @@ async fn renewed_as_proven(ctx: &Ctx) -> Result<std::result::Result<String, Stri
             _ => {}
         }
     }
+    if let Err(why) = kubeconfig_renewed(&ctx.assets, &new) {
+        wrong.push(why);
+    }
     if !wrong.is_empty() {
         return Ok(Err(wrong.join("; ")));
     }
@@ -300,6 +303,31 @@ async fn renewed_as_proven(ctx: &Ctx) -> Result<std::result::Result<String, Stri
         "{} certificates re-issued: new, equal to the state, chained to their CA, keys matching; old and new verify under each other's CA; the CA keys and the service-account key kept",
         new.len()
     )))
+}
+
+/// The admin kubeconfig holds the new admin certificate: the same apply re-writes it, and one
+/// cut off mid-replace leaves it deleted, which only another apply makes again.
+fn kubeconfig_renewed(assets: &AssetDir, new: &[(&str, Pair)]) -> std::result::Result<(), String> {
+    use base64::Engine as _;
+    let path = assets.asset(assets::KUBECONFIG);
+    if !path.is_file() {
+        return Err(format!("{} is missing", path.display()));
+    }
+    // Its parser's message may quote the file, keys included: not shown.
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .map_err(|_| format!("{} is not a readable kubeconfig", path.display()))?;
+    let admin = new.iter().find(|(n, _)| *n == "admin").map(|(_, p)| &p.cert.sha256);
+    let holds_admin = kubeconfig.auth_infos.iter().any(|named| {
+        let data = named.auth_info.as_ref().and_then(|a| a.client_certificate_data.as_deref());
+        let pem = data.and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
+        let cert = pem.and_then(|pem| pki::parse_one_cert(&pem).ok());
+        cert.is_some_and(|c| Some(&c.sha256) == admin)
+    });
+    if holds_admin {
+        Ok(())
+    } else {
+        Err(format!("{} does not hold the new admin certificate", path.display()))
+    }
 }
 
 /// File `relative` is as the backup kept it.
@@ -430,5 +458,35 @@ mod tests {
     fn fingerprint_names_are_camel_case() {
         assert_eq!(fingerprint_name("old", "kube-ca"), "oldKubeCa");
         assert_eq!(fingerprint_name("new", "aggregation-ca"), "newAggregationCa");
+    }
+
+    /// The admin kubeconfig counts as renewed only when it holds the new admin certificate; a
+    /// missing or unreadable one is named without quoting it.
+    #[test]
+    fn the_admin_kubeconfig_must_hold_the_new_admin_certificate() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cluster-assets/auth")).unwrap();
+        let assets = AssetDir::open(dir.path()).unwrap();
+        let admin_key = key();
+        let (old, new) = (cert("admin", &admin_key, None), cert("admin", &admin_key, None));
+        let pairs = [("admin", pair(&new, None))];
+        let path = assets.asset(assets::KUBECONFIG);
+        let holding = |c: &CertInfo| {
+            let data = base64::engine::general_purpose::STANDARD.encode(c.x509.to_pem().unwrap());
+            format!(
+                "apiVersion: v1\nkind: Config\nusers:\n- name: admin\n  user:\n    client-certificate-data: {data}\n"
+            )
+        };
+        let err = kubeconfig_renewed(&assets, &pairs).unwrap_err();
+        assert!(err.ends_with("auth/kubeconfig is missing"), "{err}");
+        std::fs::write(&path, holding(&old)).unwrap();
+        let err = kubeconfig_renewed(&assets, &pairs).unwrap_err();
+        assert!(err.ends_with("does not hold the new admin certificate"), "{err}");
+        std::fs::write(&path, holding(&new)).unwrap();
+        assert_eq!(kubeconfig_renewed(&assets, &pairs), Ok(()));
+        std::fs::write(&path, "users: [client-key-data: SECRET-BYTES\n").unwrap();
+        let err = kubeconfig_renewed(&assets, &pairs).unwrap_err();
+        assert!(err.ends_with("is not a readable kubeconfig") && !err.contains("SECRET"), "{err}");
     }
 }
