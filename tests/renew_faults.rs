@@ -183,6 +183,10 @@ fn killed_and_rerun(env: &TestEnv, needles: &mut Needles, case: Case, new_run: b
         // reach the cluster with the copy its backup kept, and lokoctl's apply writes it again.
         env.step("auth/kubeconfig removed, as a terraform cut off mid-replace leaves it");
         std::fs::remove_file(env.kubeconfig()).unwrap();
+        // And the state emptied, as a terraform killed while writing it leaves it (it dies of
+        // SIGPIPE once the plugin reading its output is gone): seen in the certificates case.
+        env.step("terraform.tfstate emptied, as a terraform killed while writing it leaves it");
+        std::fs::write(env.assets.dir.join("terraform/terraform.tfstate"), "").unwrap();
     }
 
     let out = aggregation::timed(
@@ -193,6 +197,7 @@ fn killed_and_rerun(env: &TestEnv, needles: &mut Needles, case: Case, new_run: b
     assert_eq!(out.code(), Some(0), "the re-run after a kill in {phase}: {out}");
     if case == Case::ControlPlane {
         assert!(out.stderr.contains("using the copy this run kept"), "{out}");
+        assert!(out.stderr.contains("pushed back the state this run kept"), "{out}");
         assert!(
             env.kubeconfig().is_file(),
             "lokoctl's terraform apply wrote auth/kubeconfig again"

@@ -589,6 +589,15 @@ async fn resolve_module(ctx: &mut Ctx, dry_run: bool, unresolved: &mut Vec<Strin
         }
         return Ok(());
     };
+    if ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::InProgress)
+        && let Some(pushed) = terraform.restore_emptied_state().await?
+    {
+        eprintln!(
+            "the Terraform state in {} was empty (a terraform cut off while writing it): pushed back the state this run kept, {}",
+            terraform.dir().display(),
+            pushed.display()
+        );
+    }
     let chosen = match terraform.state().await {
         Ok(state) => state.choose_module(ctx.module.as_deref(), terraform.dir()),
         Err(e) => Err(e),

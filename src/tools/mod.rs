@@ -75,6 +75,11 @@ impl Runner {
         Ok(dir)
     }
 
+    /// `<run folder>/<folder>`, where [`Runner::keep_private`] keeps files.
+    pub fn kept_folder(&self, folder: &str) -> PathBuf {
+        self.scratch.join(folder)
+    }
+
     /// Keeps `bytes` as `<run folder>/<folder>/<name>` (0600, in a 0700 folder), atomically.
     pub fn keep_private(
         &self,

@@ -276,6 +276,35 @@ impl Terraform {
         Error::TerraformLocked { dir: self.dir.clone(), holder: info.join("; ") }
     }
 
+    /// Puts back the latest state this run kept when the state is empty (or not a state): a terraform whose
+    /// caller was killed dies of SIGPIPE at its next output, and one killed while writing a
+    /// local state leaves it empty, which the next apply would take for "create everything",
+    /// CA keys included. Everything the bootkube module holds is local (keys, certificates,
+    /// files, the SSH copy), so the apply that follows makes again what the kept state lacks.
+    /// Returns the file pushed, if any.
+    pub async fn restore_emptied_state(&self) -> Result<Option<PathBuf>> {
+        if parse_state(&self.pull().await?.stdout).is_ok() {
+            return Ok(None);
+        }
+        let serial = |p: &Path| {
+            let name = p.file_name()?.to_str()?;
+            name.strip_prefix("before-serial-")?.strip_suffix(".tfstate")?.parse::<u64>().ok()
+        };
+        let kept = std::fs::read_dir(self.runner.kept_folder(STATE_BACKUPS))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| serial(&p).map(|n| (n, p)))
+            .max_by_key(|(n, _)| *n);
+        let Some((_, latest)) = kept else { return Ok(None) };
+        let push = self.command(&["state", "push"]).arg(latest.display().to_string());
+        let outcome = push.run().await?;
+        if !outcome.success() {
+            return Err(push.failed(&outcome));
+        }
+        Ok(Some(latest))
+    }
+
     /// The state as `terraform state pull` gives it (the configured backend's, local or not).
     pub async fn state(&self) -> Result<State> {
         parse_state(&self.pull().await?.stdout)
