@@ -510,8 +510,12 @@ fn kubeconfig_of_another_cluster_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let assets = sample(&tmp.path().join("assets"), SampleOptions::default());
     let other = tmp.path().join("other");
-    let opts =
-        SampleOptions { api_server: Some("https://127.0.0.1:9".into()), ..Default::default() };
+    // Keys of its own: a CA with the same subject and key is the same CA (renew re-issues it so).
+    let opts = SampleOptions {
+        api_server: Some("https://127.0.0.1:9".into()),
+        fresh_keys: true,
+        ..Default::default()
+    };
     sample(&other, opts);
     let kubeconfig = other.join("cluster-assets/auth/kubeconfig");
     let run =
