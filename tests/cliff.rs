@@ -62,6 +62,12 @@ fn node_ready(observer: &Path, node: &str) -> Result<String, String> {
     if out.success() { Ok(out.stdout.trim().to_string()) } else { Err(out.to_string()) }
 }
 
+/// A control plane whose every certificate expires `validity` from now.
+fn expiring_cluster(name: &str, validity: Duration) -> TestEnv {
+    let assets = AssetOptions::default().expiring_in(validity);
+    TestEnv::start_with(name, EnvOptions { assets, ..Default::default() })
+}
+
 /// The control-plane charts lokoctl installs, with `helm` (the `lokomotive` chart always with
 /// helm 3: see `install_lokomotive_chart`).
 fn install_charts(env: &TestEnv, helm: Helm, webhook: bool) {
@@ -258,22 +264,13 @@ fn wait_for_the_cliff(env: &TestEnv, path: &Path) {
 /// one left alone breaks at it, in the same test, which proves the harness models the cliff.
 #[test]
 fn renew_crosses_the_cliff_and_the_same_cluster_left_alone_breaks() {
-    let alone = TestEnv::start_with(
-        "cliff-alone",
-        EnvOptions { assets: AssetOptions::default().expiring_in(VALIDITY), ..Default::default() },
-    );
+    let alone = expiring_cluster("cliff-alone", VALIDITY);
     install_charts(&alone, Helm::V3, false);
     let alone_observer = alone.observer_kubeconfig();
     let alone_node = alone.kubelet.nodes()[0].clone();
     works_before_the_cliff(&alone, &alone_observer, &alone_node);
 
-    let env = TestEnv::start_with(
-        "cliff-renewed",
-        EnvOptions {
-            assets: AssetOptions::default().expiring_in(RENEWED_VALIDITY),
-            ..Default::default()
-        },
-    );
+    let env = expiring_cluster("cliff-renewed", RENEWED_VALIDITY);
     install_charts(&env, Helm::V3, true);
     let renewed = renew(&env, Helm::V3);
     // The cluster left alone was made first, with a shorter validity: its cliff is behind us.
@@ -286,13 +283,7 @@ fn renew_crosses_the_cliff_and_the_same_cluster_left_alone_breaks() {
 /// and lokoctl's upgrades) running it.
 #[test]
 fn renew_with_helm4_crosses_the_cliff() {
-    let env = TestEnv::start_with(
-        "cliff-renewed-helm4",
-        EnvOptions {
-            assets: AssetOptions::default().expiring_in(RENEWED_VALIDITY),
-            ..Default::default()
-        },
-    );
+    let env = expiring_cluster("cliff-renewed-helm4", RENEWED_VALIDITY);
     install_charts(&env, Helm::V4, true);
     let renewed = renew(&env, Helm::V4);
     wait_for_the_cliff(&env, &renewed.old_ca);
