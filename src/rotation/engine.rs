@@ -589,7 +589,9 @@ async fn resolve_module(ctx: &mut Ctx, dry_run: bool, unresolved: &mut Vec<Strin
         }
         return Ok(());
     };
-    if ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::InProgress)
+    let mut state = terraform.state().await;
+    if state.is_err()
+        && ctx.run.as_ref().is_some_and(|r| r.journal.state == RunState::InProgress)
         && let Some(pushed) = terraform.restore_emptied_state().await?
     {
         eprintln!(
@@ -597,8 +599,9 @@ async fn resolve_module(ctx: &mut Ctx, dry_run: bool, unresolved: &mut Vec<Strin
             terraform.dir().display(),
             pushed.display()
         );
+        state = terraform.state().await;
     }
-    let chosen = match terraform.state().await {
+    let chosen = match state {
         Ok(state) => state.choose_module(ctx.module.as_deref(), terraform.dir()),
         Err(e) => Err(e),
     };
